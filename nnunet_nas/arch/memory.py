@@ -1,0 +1,227 @@
+"""Memory model of the DiNTS grid (He et al., CVPR 2021, section 3.5, Eq. 8-10) and rough network estimates.
+
+Unit: stored activation *elements* (multiply by the bytes per element yourself). The model is the paper's
+"tensor size" estimate with the per-op costs of :mod:`nnunet_nas.ops.catalog` (the same numbers as MONAI's
+``ram_cost``): a cell on edge ``e`` (source level ``in``, target level ``out``) whose ops carry the weights
+``alpha_n`` stores ::
+
+    size_out(e) * (1 + sum_n alpha_n * (pre_cost(e) + op_cost_n))
+
+``size_out(e) = batch * channels[out] * prod(patch / 2^(out+1))`` is the element count of the cell's output
+(grid level ``d`` lives at 1/2^(d+1) of the input resolution, see ``networks/dints_net.py``), ``1`` counts the
+output itself, ``pre_cost`` is the edge's resolution change (``edge_preprocess_cost(...)``) and ``op_cost_n`` is
+``OpSpec.memory_cost``. With ``sum_n alpha_n = 1`` (softmax) this is ``size_out * (1 + pre + sum_n alpha_n op_n)``.
+
+* ``M_e`` (Eq. 8, :meth:`GridMemoryModel.expected`): ``sum_{b,e} P(edge (b,e) on) * cost(b, e)``. Eq. 8 sums
+  over connection patterns ``j``; since ``sum_j eta_j cp_j(e) = P(e on)`` the marginals are enough. They equal
+  MONAI's ``arch_code_prob_a``: ``sigmoid(a) / (1 - prod_e (1 - sigmoid(a)))``.
+* ``M_a`` (Eq. 9, :meth:`GridMemoryModel.full`): every edge on and every ``alpha_n = 1``: a constant of the
+  search space ([paper]). MONAI's ``get_ram_cost_usage(full=True)`` keeps ``softmax(alpha)`` instead, so its
+  reference moves with (and back-propagates into) the op logits (MONAI_DINTS_NOTES q1); we do not follow it.
+* ``L_m = |M_e / M_a - sigma|`` (Eq. 10, :meth:`GridMemoryModel.memory_loss`).
+
+Relation to MONAI (checked in ``tests/test_memory.py``): MONAI's node size is
+``batch * f[r] * prod(patch // 2^r) / 2`` where the real node has ``f[r+1] = 2 f[r]`` channels at
+``patch / 2^(r+1)``: MONAI's sizes are ``2^(dims-2)`` times ours, i.e. **2x in 3-D, equal in 2-D**
+(q2). Its ``M_e`` (``full=False``) is therefore exactly ``2 * expected(...) * 4 / 1024**2`` MB in 3-D.
+
+Consequence of the paper-faithful reference: ``M_a`` counts all N ops of every edge at weight one while a
+discrete network has one op per edge, so the attainable ratio ``M_e / M_a`` is well below 1. The largest value
+is :meth:`GridMemoryModel.max_ratio` (every edge on, the costliest op on each edge): with channel doubling it
+does not depend on L or channel_mul and is about 0.25 (3-D paper op set, D=4: 0.2543; 2-D op set: 0.2634).
+A budget ``sigma`` above it can never be met: the loss then simply pushes towards the densest, most expensive
+architecture. Choose ``sigma`` as a fraction of ``max_ratio`` for the paper's "percentage of the maximum".
+
+Everything is linear in ``batch * prod(patch)``, so ratios do not depend on the patch or the batch: tables are
+kept per input voxel ("unit patch") and scaled at the end. Sizes are exact when every patch extent is divisible
+by 2^D (DiNTSNet requires 2^(D+1)).
+"""
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from nnunet_nas.ops.catalog import default_op_set, edge_preprocess_cost, op_set
+from nnunet_nas.spaces.grid_topology import check_num_blocks, grid_topology
+
+
+def _voxels(patch_size, spatial_dims: int) -> float:
+    patch = [int(s) for s in patch_size]
+    if len(patch) != spatial_dims:
+        raise ValueError(f"Memory model: patch size {list(patch_size)} has {len(patch)} axes, expected {spatial_dims} "
+                         f"(give the spatial extents only, without batch and channel).")
+    return float(np.prod(patch, dtype=np.float64))
+
+
+class GridMemoryModel:
+    """Per-edge memory costs of an L x D grid (tables built once, float64 on the CPU).
+
+    Args:
+        num_blocks: L.
+        num_depths: D.
+        channels_per_level: ``[D]`` channels of the grid nodes, finest first (``DiNTSNet.filters[1:]``).
+        spatial_dims: 2 or 3.
+        op_set_name: op set in :mod:`nnunet_nas.ops.catalog` (default: the one for ``spatial_dims``).
+
+    Attributes (torch float64):
+        unit_size: ``[E]`` output elements of edge e per input voxel and batch item,
+            ``channels[out] / 2^((out+1) * dims)``.
+        pre_cost: ``[E]`` preprocess cost of edge e (output-size tensors).
+        op_cost: ``[N]`` op costs (output-size tensors).
+        out_cost: ``[E]`` ``unit_size`` (the "1": the cell output itself).
+        op_edge_cost: ``[E, N]`` ``unit_size * (pre_cost + op_cost_n)``.
+    """
+
+    def __init__(self, num_blocks: int, num_depths: int, channels_per_level: Sequence[int], spatial_dims: int = 3,
+                 op_set_name: Optional[str] = None):
+        check_num_blocks(num_blocks)
+        topo = grid_topology(num_depths)
+        channels = [int(c) for c in channels_per_level]
+        if len(channels) != num_depths:
+            raise ValueError(f"GridMemoryModel: expected {num_depths} channel counts (one per level), got {channels}.")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"GridMemoryModel: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+        self.op_set_name = op_set_name or default_op_set(spatial_dims)
+        specs = op_set(self.op_set_name)
+        self.num_blocks, self.num_depths, self.spatial_dims = num_blocks, num_depths, spatial_dims
+        self.num_edges, self.num_ops = topo.num_edges, len(specs)
+        self.channels = channels
+        self.op_names = tuple(s.name for s in specs)
+        f64 = torch.float64
+        self.pre_cost = torch.tensor(
+            [edge_preprocess_cost(channels[i], channels[o], int(d), spatial_dims)
+             for i, o, d in zip(topo.edge_in, topo.edge_out, topo.edge_dir)], dtype=f64)
+        self.op_cost = torch.tensor([s.memory_cost for s in specs], dtype=f64)
+        self.unit_size = torch.tensor([channels[o] * 2.0 ** (-(int(o) + 1) * spatial_dims) for o in topo.edge_out],
+                                      dtype=f64)
+        self.out_cost = self.unit_size.clone()
+        self.op_edge_cost = self.unit_size[:, None] * (self.pre_cost[:, None] + self.op_cost[None, :])
+        # constants per input voxel and batch item
+        self._full_unit = float(num_blocks * (self.out_cost.sum() + self.op_edge_cost.sum()))
+        self._max_unit = float(num_blocks * (self.out_cost.sum() + self.op_edge_cost.max(dim=1).values.sum()))
+        self._cache = {}
+
+    @classmethod
+    def from_network(cls, net) -> "GridMemoryModel":
+        """The model of a :class:`~nnunet_nas.networks.dints_net.DiNTSNet`'s grid (supernet or fixed)."""
+        s = net.space
+        return cls(s.num_blocks, s.num_depths, s.channels, s.spatial_dims, s.op_set_name)
+
+    # ------------------------------------------------------------------ helpers
+    def _tables(self, like: torch.Tensor):
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = (self.out_cost.to(device=like.device, dtype=like.dtype),
+                                self.op_edge_cost.to(device=like.device, dtype=like.dtype))
+        return self._cache[key]
+
+    def _check(self, edge_marginals: torch.Tensor, op_probs: torch.Tensor) -> None:
+        L, E, N = self.num_blocks, self.num_edges, self.num_ops
+        if tuple(edge_marginals.shape) != (L, E):
+            raise ValueError(f"GridMemoryModel: edge marginals have shape {list(edge_marginals.shape)}, "
+                             f"expected [L, E] = [{L}, {E}].")
+        if tuple(op_probs.shape) != (L, E, N):
+            raise ValueError(f"GridMemoryModel: op probabilities have shape {list(op_probs.shape)}, "
+                             f"expected [L, E, N] = [{L}, {E}, {N}] ({self.op_set_name}: {list(self.op_names)}).")
+
+    def _unit_expected(self, edge_marginals: torch.Tensor, op_probs: torch.Tensor) -> torch.Tensor:
+        self._check(edge_marginals, op_probs)
+        out_cost, op_edge_cost = self._tables(edge_marginals)
+        per_cell = out_cost + (op_probs * op_edge_cost).sum(-1)  # [L, E]
+        return (edge_marginals * per_cell).sum()
+
+    # ------------------------------------------------------------------ paper quantities
+    def expected(self, edge_marginals: torch.Tensor, op_probs: torch.Tensor, patch_size, batch_size: int = 1
+                 ) -> torch.Tensor:
+        """``M_e`` (Eq. 8) in elements: a differentiable scalar tensor.
+
+        Args:
+            edge_marginals: ``[L, E]`` P(edge on) (MONAI's ``arch_code_prob_a``).
+            op_probs: ``[L, E, N]`` op weights, normally ``softmax(op_logits)``.
+            patch_size: spatial extents of the network input.
+            batch_size: batch size.
+        """
+        scale = batch_size * _voxels(patch_size, self.spatial_dims)
+        return self._unit_expected(edge_marginals, op_probs) * scale
+
+    def full(self, patch_size, batch_size: int = 1) -> float:
+        """``M_a`` (Eq. 9) in elements: every edge on, every op weight 1 (a constant; no gradient)."""
+        return self._full_unit * batch_size * _voxels(patch_size, self.spatial_dims)
+
+    def max_ratio(self, patch_size=None, batch_size: int = 1) -> float:
+        """Largest attainable ``M_e / M_a``: every edge on with its costliest op (independent of patch/batch)."""
+        return self._max_unit / self._full_unit
+
+    def ratio(self, edge_marginals: torch.Tensor, op_probs: torch.Tensor) -> torch.Tensor:
+        """``M_e / M_a`` (independent of patch and batch)."""
+        return self._unit_expected(edge_marginals, op_probs) / self._full_unit
+
+    def memory_loss(self, edge_marginals: torch.Tensor, op_probs: torch.Tensor, sigma: float, patch_size=None,
+                    batch_size: int = 1) -> torch.Tensor:
+        """``L_m = |M_e / M_a - sigma|`` (Eq. 10). ``patch_size``/``batch_size`` cancel and are ignored."""
+        return (self.ratio(edge_marginals, op_probs) - float(sigma)).abs()
+
+    # ------------------------------------------------------------------ discrete networks
+    def genotype_elements(self, genotype, patch_size, batch_size: int = 1) -> float:
+        """Elements of the discrete network's grid: the same model with 0/1 edges and one-hot ops."""
+        L, D = genotype.num_blocks, genotype.num_depths
+        if (L, D) != (self.num_blocks, self.num_depths) or genotype.op_set != self.op_set_name:
+            raise ValueError(f"GridMemoryModel: genotype has L={L}, D={D}, op set {genotype.op_set}; the model was "
+                             f"built for L={self.num_blocks}, D={self.num_depths}, op set {self.op_set_name}.")
+        on = torch.as_tensor(np.asarray(genotype.arch_code_a), dtype=torch.float64)
+        onehot = torch.nn.functional.one_hot(torch.as_tensor(genotype.op_indices()), self.num_ops).to(torch.float64)
+        return float(self._unit_expected(on, onehot)) * batch_size * _voxels(patch_size, self.spatial_dims)
+
+
+# ---------------------------------------------------------------------- whole network
+def network_feature_map_size(net, input_size) -> int:
+    """Estimated stored activation elements of one training forward of a ``DiNTSNet`` at batch 1.
+
+    The grid comes from :class:`GridMemoryModel` (the genotype's edges and ops; for the supernet every edge and
+    every op at weight one, i.e. ``M_a``). Stems, the U-Net tail, the final block and the heads count the
+    tensors autograd keeps for them (conv inputs, norm inputs, ReLU outputs, logits; a ReLU output that feeds a
+    conv is counted once). Measured with ``saved_tensors_hooks`` on the published DiNTS architecture
+    (channel_mul 0.25, patch 64^3, CPU) the stems+tail part is 1.06x and the grid part 1.84x the elements
+    autograd really keeps (1.69x in all): the op table (the paper's and MONAI's "tensor size" costs) counts
+    tensors that consecutive layers share. For the supernet, whose grid shares ReLUs and recomputes norms
+    (spaces/grid.py), it is about 2.8x (L=4, D=4, channel_mul 0.25, 32^3). Read it as a conservative estimate.
+    nnU-Net's planner and its reference values use dynamic_network_architectures' convention instead (one
+    tensor per conv output); compare like with like.
+    """
+    dims = net.spatial_dims
+    size = [int(s) for s in input_size]
+    if len(size) != dims:
+        raise ValueError(f"network_feature_map_size: give the {dims} spatial extents only, got {list(input_size)}.")
+    f = net.filters
+    n = [float(np.prod([s // 2 ** r for s in size], dtype=np.float64)) for r in range(net.num_depths + 2)]
+    in_ch = net.stem_down[0][0].in_channels
+    num_classes = net.stem_finals[-1].out_channels
+    total = 0.0
+    for d in range(net.num_depths):
+        if net.input_nodes[d]:  # (resized) input, conv1 output, ReLU output, stride-2 conv output
+            total += in_ch * n[d] + 2 * f[d] * n[d] + f[d + 1] * n[d + 1]
+    model = GridMemoryModel.from_network(net)
+    total += model.full(size, 1) if net.genotype is None else model.genotype_elements(net.genotype, size, 1)
+    for r in range(net.deepest, -1, -1):
+        total += f[r + 1] * n[r + 1] + f[r] * n[r + 1]  # ReLU output, conv output (the x2 resampling keeps none)
+    total += 3 * f[0] * n[0] + num_classes * n[0]  # final ReLU, conv and norm outputs; logits
+    for r in range(len(net.ds_heads)):
+        total += (f[r + 1] + num_classes) * n[r + 1]  # deep-supervision heads (counted whenever they exist)
+    return int(round(total))
+
+
+def estimate_training_memory_bytes(net, patch_size, batch_size: int, amp: bool = True) -> int:
+    """Rough training-memory estimate in bytes (for printing before training; not a guarantee).
+
+    ``activations * (2 if amp else 4) + parameters * 4 * 4`` with ``activations =
+    batch_size * network_feature_map_size(net, patch_size)`` and four fp32 copies per parameter: the weights,
+    their gradients, the SGD momentum buffer and one more copy for optimizer/GradScaler temporaries. Not
+    counted: the CUDA context, cuDNN workspaces, allocator fragmentation and the fp32 tensors autocast keeps
+    (norm statistics, loss inputs), while the activation count itself is conservative (about 1.7x what autograd
+    keeps for a fixed network, see :func:`network_feature_map_size`). Not validated against a GPU's peak
+    memory: treat it as an order of magnitude for comparing architectures and patch sizes.
+    """
+    activations = batch_size * network_feature_map_size(net, patch_size)
+    params = sum(p.numel() for p in net.parameters())
+    return int(activations * (2 if amp else 4) + params * 4 * 4)

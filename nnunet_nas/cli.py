@@ -1,0 +1,119 @@
+"""``nnunet-nas``: what nnU-Net's own commands do not cover.
+
+    nnunet-nas trainer-dir                    folder to put in nnUNet_extTrainer
+    nnunet-nas export CHECKPOINT              decode a search checkpoint, register <config>_dints
+    nnunet-nas add-arch DATASET               add the published DiNTS architecture (or a genotype / MONAI code)
+    nnunet-nas demo                           generate a small dataset, search, retrain, predict, print Dice
+"""
+
+import argparse
+import os
+import sys
+from importlib import resources
+
+
+def trainer_dir() -> str:
+    """The shim folder for ``nnUNet_extTrainer`` (``trainers/`` beside the package in a source checkout)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(here, "trainers")
+    if not os.path.isfile(os.path.join(path, "nnunet_nas_trainers.py")):
+        raise FileNotFoundError(f"trainer shim folder not found at {path}; install nnunet_nas from its source "
+                                f"checkout with `pip install -e .`.")
+    return path
+
+
+def published_genotype_path() -> str:
+    return str(resources.files("nnunet_nas") / "genotypes" / "zoo" / "dints_cvpr.json")
+
+
+def _cmd_trainer_dir(args) -> None:
+    print(trainer_dir())
+
+
+def _cmd_export(args) -> None:
+    from nnunet_nas.nnunet.export import export_from_checkpoint
+    ckpt = args.checkpoint
+    if os.path.isdir(ckpt):
+        names = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+        found = [os.path.join(ckpt, n) for n in names if os.path.isfile(os.path.join(ckpt, n))]
+        if not found:
+            raise FileNotFoundError(f"{ckpt} holds none of {names}.")
+        ckpt = found[0]
+    export_from_checkpoint(ckpt, name=args.name, channel_mul=args.channel_mul, base_config=args.base_config,
+                           overwrite=args.overwrite)
+
+
+def _cmd_add_arch(args) -> None:
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunet_nas.genotypes.monai_compat import load_monai_file
+    from nnunet_nas.genotypes.schema import GridGenotype
+    from nnunet_nas.nnunet.export import register_dints_configuration
+    from nnunet_nas.nnunet.plans_io import plans_file
+
+    if args.monai:
+        genotype = load_monai_file(args.monai)
+    else:
+        genotype = GridGenotype.load(args.genotype or published_genotype_path())
+    if nnUNet_preprocessed is None:
+        raise EnvironmentError("nnUNet_preprocessed is not set; nnU-Net needs it to find the plans file.")
+    dataset = maybe_convert_to_dataset_name(args.dataset)
+    path = plans_file(os.path.join(nnUNet_preprocessed, dataset), args.plans)
+    name = args.name or f"{args.configuration}_dints_{'cvpr' if not (args.monai or args.genotype) else 'imported'}"
+    used = register_dints_configuration(path, args.configuration, genotype, args.channel_mul, name=name,
+                                        overwrite=args.overwrite)
+    print(f"Train it with: nnUNetv2_train {dataset} {used} FOLD")
+
+
+def _cmd_demo(args) -> None:
+    from nnunet_nas.demo import run_demo
+    run_demo(args.workdir, fresh=args.fresh)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnunet-nas", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("trainer-dir", help="print the folder for nnUNet_extTrainer")
+    s.set_defaults(func=_cmd_trainer_dir)
+
+    s = sub.add_parser("export", help="decode a DiNTS search checkpoint and register it as a configuration")
+    s.add_argument("checkpoint", help="a search checkpoint, or the fold folder holding it")
+    s.add_argument("--name", help="configuration name (default <searched configuration>_dints)")
+    s.add_argument("--channel-mul", type=float, help="width of the retrained network (default: the search's "
+                                                    "export_channel_mul, 2x the search width)")
+    s.add_argument("--base-config", help="configuration to inherit from (default: the searched one)")
+    s.add_argument("--overwrite", action="store_true", help="replace a configuration holding another architecture")
+    s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("add-arch", help="register a DiNTS architecture without search (default: the published "
+                                        "CVPR 2021 architecture, MONAI Auto3DSeg's default)")
+    s.add_argument("dataset", help="dataset id or name (planned with nnUNetv2_plan_and_preprocess)")
+    s.add_argument("-c", "--configuration", default="3d_fullres", help="configuration to inherit from")
+    s.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
+    s.add_argument("--monai", help="a MONAI arch-code file (.pth or .json) instead of the published one")
+    s.add_argument("--genotype", help="an nnunet_nas genotype JSON instead of the published one")
+    s.add_argument("--name", help="configuration name (default <configuration>_dints_cvpr)")
+    s.add_argument("--channel-mul", type=float, default=1.0, help="channel multiplier (MONAI retrains at 1.0)")
+    s.add_argument("--overwrite", action="store_true", help="replace a configuration holding another architecture")
+    s.set_defaults(func=_cmd_add_arch)
+
+    s = sub.add_parser("demo", help="end-to-end DiNTS run on a generated dataset (CPU, about 10 minutes)")
+    s.add_argument("--workdir", default="nnunet_nas_demo", help="folder for nnUNet_raw/preprocessed/results")
+    s.add_argument("--fresh", action="store_true", help="delete the work folder first")
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, EnvironmentError, RuntimeError) as e:
+        print(f"nnunet-nas {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

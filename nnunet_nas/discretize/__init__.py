@@ -1,0 +1,1 @@
+"""Discretisation of searched architecture parameters into fixed, feasible architecture codes."""

@@ -1,0 +1,1 @@
+"""Genotypes: small, versioned, human-readable JSON hand-offs between search and retraining."""

@@ -1,0 +1,132 @@
+"""DiNTS network: multi-resolution stems, the L x D grid and a U-Net-like tail (He et al., CVPR 2021, Fig. 2).
+
+The same class is the search supernet (``genotype=None``: every edge and op, forward takes op weights) and the
+fixed network that nnU-Net trains and predicts with (``genotype`` given), built by the stock nnU-Net trainer
+from a plans ``architecture`` block::
+
+    "network_class_name": "nnunet_nas.networks.dints_net.DiNTSNet",
+    "arch_kwargs": {"genotype": {...}, "channel_mul": 1.0, "strides": [[1,1,1],[2,2,2],...]}
+
+Stems and tail follow MONAI's layout (parameter counts agree): level d of the grid lives at 1/2^(d+1) of the
+input resolution with ``f[d+1]`` channels, ``f[i] = int(base_channels * 2^i * channel_mul)``.
+
+Deep supervision [ours]: the tail has decoder features at 1/2^r for r = 0..k+1 (k = deepest active node of the
+last block: the grid output entering the tail at 1/2^(k+1), then the output of each up-sampling stem); a 1x1
+head on each gives nnU-Net's extra outputs, highest resolution first. ``strides`` in ``arch_kwargs`` (first
+entry all ones, then 2s) tells nnU-Net how many there are (at most k+2); without ``strides`` no
+deep-supervision heads are built (MONAI's parameter count).
+"""
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nnunet_nas.genotypes.schema import GridGenotype
+from nnunet_nas.ops.catalog import default_op_set
+from nnunet_nas.ops.conv import ActConvNorm, conv_nd, norm_nd
+from nnunet_nas.spaces.grid import GridSpace
+from nnunet_nas.spaces.grid_topology import check_num_depths
+
+
+class _Decoder(nn.Module):
+    """Holds the flag nnU-Net toggles (``network.decoder.deep_supervision``)."""
+
+    def __init__(self, deep_supervision: bool):
+        super().__init__()
+        self.deep_supervision = deep_supervision
+
+
+class DiNTSNet(nn.Module):
+    def __init__(self, input_channels: int, num_classes: int, genotype=None, num_blocks: int = 12,
+                 num_depths: int = 4, spatial_dims: int = 3, channel_mul: float = 1.0, base_channels: int = 32,
+                 op_set: Optional[str] = None, strides: Optional[Sequence] = None, deep_supervision: bool = False,
+                 recompute_norms: bool = True, **unused):
+        super().__init__()
+        if unused:
+            raise TypeError(f"DiNTSNet got unexpected arguments {sorted(unused)}.")
+        if genotype is not None:
+            genotype = genotype if isinstance(genotype, GridGenotype) else GridGenotype.from_dict(genotype)
+            num_blocks, num_depths = genotype.num_blocks, genotype.num_depths
+            spatial_dims, op_set = genotype.spatial_dims, genotype.op_set
+        check_num_depths(num_depths)
+        op_set = op_set or default_op_set(spatial_dims)
+        self.genotype = genotype
+        self.num_blocks, self.num_depths, self.spatial_dims = num_blocks, num_depths, spatial_dims
+        self.filters = [int(base_channels * 2 ** i * channel_mul) for i in range(num_depths + 1)]
+        if min(self.filters) < 2:
+            raise ValueError(f"DiNTSNet: channel_mul={channel_mul} gives {self.filters} channels; use a larger one.")
+        f, conv = self.filters, conv_nd(spatial_dims)
+        if genotype is None:
+            self.input_nodes = np.ones(num_depths, dtype=bool)
+            self.deepest = num_depths - 1
+            self.space = GridSpace(num_blocks, num_depths, f[1:], spatial_dims, op_set, recompute_norms=recompute_norms)
+        else:
+            self.input_nodes = genotype.node_a[0].astype(bool)
+            self.deepest = int(np.flatnonzero(genotype.node_a[-1]).max())
+            self.space = GridSpace(num_blocks, num_depths, f[1:], spatial_dims, op_set,
+                                   edge_mask=genotype.arch_code_a, op_index=genotype.op_indices())
+        self.stem_down = nn.ModuleList([nn.Sequential(
+            conv(input_channels, f[d], 3, padding=1, bias=False), norm_nd(spatial_dims, f[d]), nn.ReLU(),
+            conv(f[d], f[d + 1], 3, stride=2, padding=1, bias=False), norm_nd(spatial_dims, f[d + 1]),
+        ) for d in range(num_depths)])
+        self.stem_up = nn.ModuleList([nn.Sequential(
+            nn.ReLU(), conv(f[d + 1], f[d], 3, padding=1, bias=False), norm_nd(spatial_dims, f[d]),
+        ) for d in range(num_depths)])
+        self.stem_finals = nn.Sequential(ActConvNorm(f[0], f[0], 3, spatial_dims), conv(f[0], num_classes, 1))
+        self.strides = [list(s) for s in strides] if strides is not None else None
+        num_outputs = 1 if strides is None else len(strides) - 1
+        if num_outputs < 1 or num_outputs > self.deepest + 2:
+            raise ValueError(
+                f"DiNTSNet: strides {strides} ask for {num_outputs} deep-supervision outputs, but this architecture "
+                f"has decoder features at only {self.deepest + 2} resolutions; use strides of length "
+                f"2..{self.deepest + 3}.")
+        self.ds_heads = nn.ModuleList([conv(f[r], num_classes, 1) for r in range(1, num_outputs)])
+        self.decoder = _Decoder(deep_supervision)
+        self.mode = "trilinear" if spatial_dims == 3 else "bilinear"
+
+    @property
+    def divisor(self) -> int:
+        """Every spatial extent of the input must be divisible by this (2^(D+1))."""
+        return 2 ** (self.num_depths + 1)
+
+    def check_input_shape(self, shape) -> None:
+        bad = [s for s in shape if s % self.divisor]
+        if bad:
+            ok = [int(np.ceil(s / self.divisor) * self.divisor) for s in shape]
+            raise ValueError(
+                f"DiNTS with D={self.num_depths} levels needs every patch extent divisible by 2^(D+1)={self.divisor}, "
+                f"got patch {list(shape)}. Set the configuration's patch_size in the plans file to a multiple of "
+                f"{self.divisor} (for example {ok}), or re-export with `nnunet-nas export`, which adjusts it.")
+
+    def forward(self, x: torch.Tensor, weights: Optional[torch.Tensor] = None):
+        self.check_input_shape(x.shape[2:])
+        nodes = []
+        for d in range(self.num_depths):
+            if not self.input_nodes[d]:
+                nodes.append(None)
+                continue
+            xd = x if d == 0 else F.interpolate(x, scale_factor=0.5 ** d, mode=self.mode, align_corners=True)
+            nodes.append(self.stem_down[d](xd))
+        outs = self.space(nodes, weights)
+        feats, tmp = [], None  # feats: decoder features, coarsest first
+        for r in range(self.deepest, -1, -1):
+            s = outs[r] if tmp is None else (tmp if outs[r] is None else outs[r] + tmp)
+            if s is None:
+                raise RuntimeError(f"DiNTSNet: level {r} of the last block is empty; the genotype is infeasible.")
+            if tmp is None:
+                feats.append(s)  # 1/2^(deepest+1), f[deepest+1] channels
+            tmp = F.interpolate(self.stem_up[r](s), scale_factor=2, mode=self.mode, align_corners=True)
+            feats.append(tmp)
+        main = self.stem_finals(tmp)
+        if not self.decoder.deep_supervision:
+            return main
+        feats = feats[::-1]  # finest first: feats[r] at 1/2^r with f[r] channels
+        return [main] + [head(feats[r + 1]) for r, head in enumerate(self.ds_heads)]
+
+    def compute_conv_feature_map_size(self, input_size) -> int:
+        """Feature-map elements of one forward at batch 1 (DNA's planner convention); see arch/memory.py."""
+        from nnunet_nas.arch.memory import network_feature_map_size
+        return network_feature_map_size(self, input_size)

@@ -1,0 +1,58 @@
+"""The nnUNetTrainer subclasses users name with ``-tr`` (exposed to nnU-Net by the shim in ``trainers/``).
+
+Variants only set class attributes, in nnU-Net's style. Names are unique (nnU-Net looks classes up by name,
+its own folder first) and contain no ``__``.
+"""
+
+from dataclasses import replace
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_nas.config import DiNTSSearchConfig
+from nnunet_nas.nnunet.dints_trainer import DiNTSSearchTrainer
+
+
+class nnUNetTrainerDiNTSSearch(DiNTSSearchTrainer):
+    """DiNTS with the paper's search space (L=12, D=4, sigma=0.8) and MONAI's search width (channel_mul 0.5)."""
+
+
+class nnUNetTrainerDiNTSSearch_sigma05(DiNTSSearchTrainer):
+    search_config = replace(DiNTSSearchConfig(), memory_budget=0.5)
+
+
+class nnUNetTrainerDiNTSSearch_sigma02(DiNTSSearchTrainer):
+    search_config = replace(DiNTSSearchConfig(), memory_budget=0.2)
+
+
+class nnUNetTrainerDiNTSSearchDemo(DiNTSSearchTrainer):
+    """A few-minute CPU search on a small grid (L=4, D=3, narrow): for the demo and for trying things out."""
+    search_config = replace(DiNTSSearchConfig(), num_blocks=4, num_depths=3, channel_mul=0.125,
+                            export_channel_mul=0.25, arch_lr=0.03)
+    num_epochs_default = 6
+    iterations_per_epoch = 12
+    val_iterations_per_epoch = 3
+    save_every_default = 1
+
+
+class _ShortSchedule(nnUNetTrainer):
+    schedule = (1000, 250, 50)  # epochs, iterations per epoch, validation iterations per epoch
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.schedule
+
+
+class nnUNetTrainerNASDemo(_ShortSchedule):
+    """nnU-Net's default trainer on a short schedule (retraining in the demo)."""
+    schedule = (10, 20, 5)
+
+
+class nnUNetTrainerNAS_20x50(_ShortSchedule):
+    """The CPU benchmark schedule of BENCHMARK_PROTOCOL.md: 20 epochs x 50 iterations, 10 validation iterations."""
+    schedule = (20, 50, 10)
+
+
+__all__ = ["nnUNetTrainerDiNTSSearch", "nnUNetTrainerDiNTSSearch_sigma05", "nnUNetTrainerDiNTSSearch_sigma02",
+           "nnUNetTrainerDiNTSSearchDemo", "nnUNetTrainerNASDemo", "nnUNetTrainerNAS_20x50"]

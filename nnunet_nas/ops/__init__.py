@@ -1,0 +1,1 @@
+"""Candidate operations and the op catalog (the only op table of the package)."""

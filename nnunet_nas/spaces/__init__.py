@@ -1,0 +1,1 @@
+"""Supernets and fixed spaces: modules only; they own no architecture parameters."""

@@ -1,0 +1,13 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="nnunet_nas",
+    version="0.1.0",
+    description="Neural architecture search (DiNTS, ...) as nnU-Net v2 trainers and configurations",
+    packages=find_packages(include=["nnunet_nas", "nnunet_nas.*"]),
+    package_data={"nnunet_nas": ["genotypes/zoo/*.json"]},
+    python_requires=">=3.10",
+    install_requires=["nnunetv2>=2.8.1,<2.9", "numpy", "matplotlib"],
+    extras_require={"test": ["pytest", "monai==1.6.1", "scipy"]},
+    entry_points={"console_scripts": ["nnunet-nas=nnunet_nas.cli:main"]},
+)

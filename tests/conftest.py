@@ -1,0 +1,57 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+TEST_TRAINERS = os.path.join(HERE, "fixtures", "trainers")
+DATASET_ID = 991
+DATASET_NAME = "Dataset991_NASDemo"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def nnunet_env(root: str) -> dict:
+    from nnunet_nas.cli import trainer_dir
+    env = dict(os.environ)
+    env.update(nnUNet_raw=os.path.join(root, "raw"), nnUNet_preprocessed=os.path.join(root, "preprocessed"),
+               nnUNet_results=os.path.join(root, "results"), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="0",
+               nnUNet_extTrainer=os.pathsep.join([trainer_dir(), TEST_TRAINERS]), OMP_NUM_THREADS="2",
+               PATH=os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]))
+    return env
+
+
+def run_cli(cmd, env, timeout=900, check=True):
+    """Run a real nnU-Net / nnunet-nas entry point in a subprocess; on failure show its output tail."""
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def planned_dataset(tmp_path_factory):
+    """A tiny generated 3-D dataset (10 cases of 32^3), planned and preprocessed (2d, 3d_fullres) by nnU-Net's
+    real command."""
+    from nnunet_nas.demo import make_demo_dataset
+    root = str(tmp_path_factory.mktemp("nnunet"))
+    env = nnunet_env(root)
+    make_demo_dataset(env["nnUNet_raw"], DATASET_ID, num_cases=10, shape=(32, 32, 32), seed=1)
+    plan_env = {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}  # planning calls set_num_threads(n_proc_DA)
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "3d_fullres", "-np", "1", "1",
+             "-npfp", "1"], plan_env)
+    return root, env
+
+
+@pytest.fixture
+def fresh_dataset(planned_dataset, tmp_path):
+    """A private copy of the planned dataset (plans and results may be modified by the test)."""
+    root, _ = planned_dataset
+    new = str(tmp_path / "nnunet")
+    shutil.copytree(root, new)
+    return new, nnunet_env(new)

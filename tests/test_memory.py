@@ -1,0 +1,159 @@
+"""Memory model of the DiNTS grid (paper Eq. 8-10) against MONAI and hand-computed values."""
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_nas.arch.memory import GridMemoryModel, estimate_training_memory_bytes, network_feature_map_size
+from nnunet_nas.genotypes.schema import GridGenotype
+
+try:
+    from nnunet_nas.arch.grid_probs import edge_marginals
+except ImportError:  # written concurrently; the inline version is the same formula (MONAI's arch_code_prob_a)
+    def edge_marginals(a):
+        p = torch.sigmoid(a)
+        return p / (1 - torch.prod(1 - p, dim=-1, keepdim=True))
+
+
+def _rand_logits(L, E, N, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(L, E, generator=g, dtype=torch.float64) * 1.5, \
+        torch.randn(L, E, N, generator=g, dtype=torch.float64) * 1.5
+
+
+def test_matches_monai_expected_memory_times_two():
+    nets = pytest.importorskip("monai.networks.nets")
+    with contextlib.redirect_stdout(io.StringIO()):  # MONAI prints a patch-size hint
+        space = nets.TopologySearch(channel_mul=0.5, num_blocks=3, num_depths=3, use_downsample=True)
+    a, c = _rand_logits(3, 7, 5, seed=0)
+    space.log_alpha_a.data.copy_(a.float())
+    space.log_alpha_c.data.copy_(c.float())
+    B, patch = 2, [64, 48, 32]
+    monai_mb = space.get_ram_cost_usage(in_size=[B, 1] + patch, full=False)
+    monai_elements = monai_mb * 1024 ** 2 / 4  # MONAI: elements * 32 bits / 8 / 1024**2
+    monai_elements.backward()
+    monai_elements = float(monai_elements.detach())
+
+    model = GridMemoryModel(3, 3, space.filter_nums[1:], 3, "dints_3d")
+    a_ours = space.log_alpha_a.detach().double().requires_grad_()
+    c_ours = space.log_alpha_c.detach().double().requires_grad_()
+    ours = model.expected(edge_marginals(a_ours), torch.softmax(c_ours, -1), patch, B)
+    ours.backward()
+    # MONAI's node size is B * f[r] * prod(patch / 2^r) / 2; the real level-r node has f[r+1] = 2 f[r] channels
+    # at patch / 2^(r+1), i.e. B * f[r] * prod(patch / 2^r) / 4 elements in 3-D: MONAI counts every node (and
+    # hence M_e) exactly twice (MONAI_DINTS_NOTES q2). Its per-edge costs (op + preprocess) and its marginals
+    # are ours, so the relation holds for the value and for the gradients.
+    assert monai_elements == pytest.approx(2 * float(ours.detach()), rel=1e-5)
+    torch.testing.assert_close(space.log_alpha_a.grad.double(), 2 * a_ours.grad, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(space.log_alpha_c.grad.double(), 2 * c_ours.grad, rtol=1e-4, atol=1e-3)
+    # MONAI's full=True keeps softmax(alpha) (q1): it equals our M_e with every edge on, not our constant M_a
+    monai_full = space.get_ram_cost_usage(in_size=[B, 1] + patch, full=True).detach() * 1024 ** 2 / 4
+    ones = torch.ones(3, 7, dtype=torch.float64)
+    assert float(monai_full) == pytest.approx(2 * float(model.expected(ones, torch.softmax(c, -1), patch, B)),
+                                              rel=1e-5)
+    assert 2 * model.full(patch, B) > 3 * float(monai_full)
+
+
+def _tiny():
+    # D=2: e0 0->0 (same), e1 1->0 (up), e2 0->1 (down), e3 1->1 (same); channels [4, 8]
+    return GridMemoryModel(1, 2, [4, 8], 3, "dints_3d")
+
+
+def test_hand_computed_tiny_grid():
+    model = _tiny()
+    patch, B = [8, 8, 8], 2
+    # sizes: level 0 = 2 * 4 * 4^3 = 512, level 1 = 2 * 8 * 2^3 = 128
+    # pre: e0 0, e1 up 2 + 2*(8/4) = 6, e2 down 3 + (4/8)*2^3 = 7, e3 0; ops [skip 0, conv 3, p3d 4, 4, 4]
+    torch.testing.assert_close(model.pre_cost, torch.tensor([0.0, 6.0, 7.0, 0.0], dtype=torch.float64))
+    marg = torch.tensor([[0.5, 0.25, 1.0, 0.0]], dtype=torch.float64)
+    probs = torch.tensor([[[0, 1, 0, 0, 0], [0.5, 0.5, 0, 0, 0], [0.2] * 5, [0, 0, 0, 0, 1]]], dtype=torch.float64)
+    # 0.5*512*(1+0+3) + 0.25*512*(1+6+1.5) + 1*128*(1+7+3) + 0 = 1024 + 1088 + 1408
+    assert float(model.expected(marg, probs, patch, B)) == pytest.approx(3520.0)
+    # M_a: 512*(1+0+15) + 512*(1+5*6+15) + 128*(1+5*7+15) + 128*(1+0+15)
+    assert model.full(patch, B) == pytest.approx(8192 + 23552 + 6528 + 2048)
+    # max: 512*(1+4) + 512*(1+6+4) + 128*(1+7+4) + 128*(1+4) = 10368
+    assert model.max_ratio(patch, B) == pytest.approx(10368 / 40320)
+    assert float(model.memory_loss(marg, probs, 0.5)) == pytest.approx(abs(3520 / 40320 - 0.5))
+    ops = [["conv_3x3x3", None, None, "skip"]]
+    g = GridGenotype("dints_3d", np.array([[1, 1], [1, 1]]), np.array([[1, 0, 0, 1]]), ops)
+    g.validate()
+    assert model.genotype_elements(g, patch, B) == pytest.approx(512 * (1 + 3) + 128 * (1 + 0))
+
+
+def test_full_is_a_constant_of_the_space():
+    model = GridMemoryModel(2, 4, [16, 32, 64, 128], 3, "dints_3d")
+    patch = [32, 32, 32]
+    full = model.full(patch, 2)
+    assert isinstance(full, float)
+    ones = torch.ones(2, 10, 5, dtype=torch.float64)
+    assert float(model.expected(ones[..., 0], ones, patch, 2)) == pytest.approx(full)
+    for seed in range(3):
+        a, c = _rand_logits(2, 10, 5, seed)
+        a.requires_grad_()
+        c.requires_grad_()
+        loss = model.memory_loss(edge_marginals(a), torch.softmax(c, -1), 0.05)
+        ga, gc = torch.autograd.grad(loss, (a, c))
+        # only M_e carries gradient: d|M_e/M_a - s| = sign * dM_e / M_a with M_a fixed
+        m_e = model.expected(edge_marginals(a), torch.softmax(c, -1), patch, 2)
+        ea, ec = torch.autograd.grad(m_e, (a, c))
+        sign = float(torch.sign(m_e.detach() / full - 0.05))
+        torch.testing.assert_close(ga, sign * ea / full)
+        torch.testing.assert_close(gc, sign * ec / full)
+        assert model.full(patch, 2) == full
+    assert model.max_ratio() == pytest.approx(0.254328832406672)  # D=4, 3-D paper op set
+
+
+def test_monotone_in_edges_and_op_cost():
+    model = GridMemoryModel(2, 4, [16, 32, 64, 128], 3, "dints_3d")
+    patch = [16, 16, 16]
+    gen = torch.Generator().manual_seed(1)
+    order = torch.argsort(model.op_cost)  # cheapest first
+    for _ in range(20):
+        marg = torch.rand(2, 10, generator=gen, dtype=torch.float64)
+        probs = torch.softmax(torch.randn(2, 10, 5, generator=gen, dtype=torch.float64), -1)
+        base = float(model.expected(marg, probs, patch, 1))
+        b, e = torch.randint(0, 2, (1,), generator=gen).item(), torch.randint(0, 10, (1,), generator=gen).item()
+        on = marg.clone()
+        on[b, e] = 1.0
+        assert float(model.expected(on, probs, patch, 1)) >= base
+        off = marg.clone()
+        off[b, e] = 0.0
+        assert float(model.expected(off, probs, patch, 1)) <= base
+        i, j = sorted(torch.randint(0, 5, (2,), generator=gen).tolist())
+        lo, hi = order[i], order[j]  # cost[lo] <= cost[hi]
+        moved = probs.clone()
+        t = moved[b, e, lo] * 0.5
+        moved[b, e, lo] -= t
+        moved[b, e, hi] += t
+        assert float(model.expected(marg, moved, patch, 1)) >= base - 1e-9
+
+
+def test_memory_loss_gradient_reaches_both_logit_tensors():
+    model = GridMemoryModel(3, 4, [16, 32, 64, 128], 3, "dints_3d")
+    a = (torch.randn(3, 10) * 0.01).requires_grad_()
+    c = (1 + torch.randn(3, 10, 5) * 0.01).requires_grad_()
+    loss = model.memory_loss(edge_marginals(a), torch.softmax(c, -1), sigma=0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert (a.grad.abs().sum(-1) > 0).all() and (c.grad.abs().sum((-1, -2)) > 0).all()
+
+
+def test_network_estimates():
+    from nnunet_nas.networks.dints_net import DiNTSNet
+
+    ops = [["conv_3x3x3", None, None, "skip"]] * 2
+    g = GridGenotype("dints_3d", np.ones((3, 2), dtype=np.int64), np.array([[1, 0, 0, 1]] * 2), ops)
+    fixed = DiNTSNet(1, 3, genotype=g, channel_mul=0.25)
+    supernet = DiNTSNet(1, 3, num_blocks=2, num_depths=2, channel_mul=0.25)
+    patch = [16, 16, 16]
+    n_fixed, n_super = fixed.compute_conv_feature_map_size(patch), network_feature_map_size(supernet, patch)
+    assert isinstance(n_fixed, int) and n_fixed == network_feature_map_size(fixed, patch)
+    grid_fixed = GridMemoryModel.from_network(fixed).genotype_elements(g, patch, 1)
+    grid_super = GridMemoryModel.from_network(supernet).full(patch, 1)
+    assert n_super - n_fixed == pytest.approx(grid_super - grid_fixed, abs=2)  # same stems and tail
+    params = sum(p.numel() for p in fixed.parameters())
+    assert estimate_training_memory_bytes(fixed, patch, 2, amp=True) == 2 * n_fixed * 2 + 16 * params
+    assert estimate_training_memory_bytes(fixed, patch, 2, amp=False) == 2 * n_fixed * 4 + 16 * params

@@ -1,0 +1,133 @@
+"""DiNTSNet: parameter counts against MONAI's published figure, deep supervision, fixed vs supernet."""
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_nas.arch.params import GridArchParams
+from nnunet_nas.genotypes.monai_compat import load_monai_file
+from nnunet_nas.genotypes.schema import GridGenotype
+from nnunet_nas.networks.dints_net import DiNTSNet
+from nnunet_nas.nnunet.search_network import SearchNetwork
+from nnunet_nas.ops.catalog import op_names
+from conftest import SHARED
+
+CVPR_JSON = f"{SHARED}/reference/dints_arch_code_cvpr.json"
+
+
+def _params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_published_architecture_has_monais_parameter_count():
+    g = load_monai_file(CVPR_JSON)
+    assert int(g.arch_code_a.sum()) == 97
+    assert _params(DiNTSNet(1, 2, genotype=g, channel_mul=1.0)) == 152_360_994  # reference/README.md
+    # nnU-Net's deep supervision adds one 1x1 head per extra output: (f[r] + 1) * classes
+    with_ds = DiNTSNet(1, 2, genotype=g, channel_mul=1.0, strides=[[1, 1, 1]] + [[2, 2, 2]] * 4)
+    assert _params(with_ds) - 152_360_994 == sum((32 * 2 ** r + 1) * 2 for r in (1, 2, 3))
+
+
+def test_pth_and_json_reference_agree():
+    assert load_monai_file(CVPR_JSON).to_dict()["edges"] == load_monai_file(CVPR_JSON[:-4] + "pth").to_dict()["edges"]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_deep_supervision_outputs_match_nnunet_scales(dims):
+    strides = [[1] * dims] + [[2] * dims] * 3
+    net = DiNTSNet(1, 3, None, num_blocks=2, num_depths=3, spatial_dims=dims, channel_mul=0.125, strides=strides,
+                   deep_supervision=True)
+    arch = GridArchParams(2, 3, len(op_names(net.space.op_set_name)))
+    x = torch.randn(2, 1, *([32] * dims))
+    outs = net(x, arch.op_weights())
+    scales = (1 / np.cumprod(np.vstack(strides), axis=0))[:-1]  # what nnU-Net derives from the strides
+    assert len(outs) == len(scales)
+    for o, s in zip(outs, scales):
+        assert list(o.shape[2:]) == [int(32 * f) for f in s] and o.shape[1] == 3
+    net.decoder.deep_supervision = False
+    assert net(x, arch.op_weights()).shape == (2, 3) + (32,) * dims
+
+
+def test_every_weight_and_arch_parameter_gets_a_gradient_and_sets_are_disjoint():
+    net = DiNTSNet(1, 2, None, num_blocks=2, num_depths=3, channel_mul=0.125, strides=[[1] * 3] + [[2] * 3] * 3,
+                   deep_supervision=True)
+    model = SearchNetwork(net, GridArchParams(2, 3, 5))
+    outs = model(torch.randn(1, 1, 32, 32, 32))
+    sum(o.square().mean() for o in outs).backward()
+    weights, arch = set(map(id, model.weight_parameters())), set(map(id, model.arch_parameters()))
+    assert weights.isdisjoint(arch) and len(weights) + len(arch) == len(list(model.parameters()))
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+
+
+def _random_genotype(L, D, seed):
+    from nnunet_nas.discretize.grid_path import decode_monai
+    from nnunet_nas.genotypes.monai_compat import from_monai_codes
+    rng = np.random.RandomState(seed)
+    E = 3 * D - 2
+    return from_monai_codes(*decode_monai(rng.normal(0, 2, (L, E)), rng.normal(0, 2, (L, E, 5))))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_supernet_with_one_hot_weights_equals_fixed_network(seed):
+    """Where the search ops coincide with the genotype's, the supernet restricted by one-hot weights computes
+    exactly the fixed network with the same module weights (shared module names)."""
+    torch.manual_seed(seed)
+    g = _random_genotype(3, 3, seed)
+    sup = DiNTSNet(1, 2, None, num_blocks=3, num_depths=3, channel_mul=0.125).eval()
+    fixed = DiNTSNet(1, 2, genotype=g, channel_mul=0.125).eval()
+    state = sup.state_dict()
+    missing = fixed.load_state_dict({k: v for k, v in state.items() if k in fixed.state_dict()}, strict=False)
+    assert not missing.missing_keys and not missing.unexpected_keys
+    w = torch.zeros(3, 7, 5)
+    for b in range(3):
+        for e in range(7):
+            if g.arch_code_a[b, e]:
+                w[b, e, g.op_indices()[b, e]] = 1.0
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        # unused stems and levels carry zero weight / zero tensors in the supernet (norm biases start at 0)
+        torch.testing.assert_close(sup(x, w), fixed(x), rtol=1e-4, atol=1e-5)
+
+
+def test_recomputed_norms_give_identical_gradients():
+    torch.manual_seed(0)
+    net = DiNTSNet(1, 2, None, num_blocks=2, num_depths=2, channel_mul=0.125)
+    arch = GridArchParams(2, 2, 5)
+    x = torch.randn(2, 1, 16, 16, 16)
+    grads = []
+    for recompute in (True, False):
+        net.space.recompute_norms = recompute
+        net.zero_grad(), arch.zero_grad()
+        net(x, arch.op_weights()).square().mean().backward()
+        grads.append([p.grad.clone() for p in list(net.parameters()) + list(arch.parameters())])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_incompatible_patch_gives_a_clear_error():
+    net = DiNTSNet(1, 2, None, num_blocks=1, num_depths=3, channel_mul=0.125)
+    with pytest.raises(ValueError, match=r"divisible by 2\^\(D\+1\)=16.*\[48, 48, 48\]"):
+        net(torch.randn(1, 1, 40, 40, 40), torch.ones(1, 7, 5))
+
+
+def test_unsupported_depths_and_blocks_are_refused():
+    with pytest.raises(ValueError, match="unsupported number of resolution levels D=6"):
+        DiNTSNet(1, 2, None, num_blocks=2, num_depths=6)
+    with pytest.raises(ValueError, match="num_blocks"):
+        DiNTSNet(1, 2, None, num_blocks=0, num_depths=3)
+
+
+def test_deep_supervision_request_beyond_the_architecture_is_refused():
+    g = load_monai_file(CVPR_JSON)
+    with pytest.raises(ValueError, match="deep-supervision outputs"):
+        DiNTSNet(1, 2, genotype=g, channel_mul=0.0625, strides=[[1, 1, 1]] + [[2, 2, 2]] * 6)
+    # the deepest active level of its last block is 3: outputs at 1/2^0 .. 1/2^4
+    net = DiNTSNet(1, 2, genotype=g, channel_mul=0.0625, strides=[[1, 1, 1]] + [[2, 2, 2]] * 5, deep_supervision=True)
+    assert [o.shape[-1] for o in net(torch.zeros(1, 1, 32, 32, 32))] == [32, 16, 8, 4, 2]
+
+
+def test_genotype_dict_round_trips_through_the_network_kwargs():
+    g = load_monai_file(CVPR_JSON)
+    net = DiNTSNet(1, 2, genotype=g.to_dict(), channel_mul=0.0625)
+    assert isinstance(net.genotype, GridGenotype) and net.genotype == g

@@ -1,0 +1,151 @@
+"""DiNTS through nnU-Net's real entry points, in subprocesses, on a tiny generated dataset."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATASET_ID, DATASET_NAME, run_cli
+from nnunet_nas.genotypes.schema import GridGenotype
+
+SEARCH = "nnUNetTrainerDiNTSSearchTest"
+PLAIN = "nnUNetTrainerNASTest"
+
+
+def _fold(env, trainer, config="3d_fullres"):
+    return os.path.join(env["nnUNet_results"], DATASET_NAME, f"{trainer}__nnUNetPlans__{config}", "fold_0")
+
+
+def _plans(env):
+    with open(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")) as f:
+        return json.load(f)
+
+
+def _search(env, extra=(), crash_after=None):
+    env = dict(env)
+    if crash_after is not None:
+        env["NAS_TEST_CRASH_AFTER_EPOCH"] = str(crash_after)
+    return run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", SEARCH, "-device", "cpu", *extra],
+                   env, check=crash_after is None)
+
+
+@pytest.fixture(scope="module")
+def searched(planned_dataset, tmp_path_factory):
+    """One finished tiny search on a private copy of the dataset (shared by the tests of this module)."""
+    import shutil
+    from conftest import nnunet_env
+    root = str(tmp_path_factory.mktemp("searched"))
+    shutil.copytree(planned_dataset[0], root, dirs_exist_ok=True)
+    env = nnunet_env(root)
+    out = _search(env)
+    return env, out
+
+
+def test_search_exports_a_dropin_configuration(searched):
+    env, out = searched
+    fold = _fold(env, SEARCH)
+    assert "Found class nnUNetTrainerDiNTSSearchTest" in out.stdout
+    g = GridGenotype.load(os.path.join(fold, "dints_genotype.json"))
+    assert (g.num_blocks, g.num_depths) == (3, 2) and g.provenance["epoch"] == 4
+    for picture in ("dints_architecture.png", "dints_arch_trajectories.png", "progress.png"):
+        assert os.path.getsize(os.path.join(fold, picture)) > 1000, picture
+    config = _plans(env)["configurations"]["3d_fullres_dints"]
+    assert config["inherits_from"] == "3d_fullres"
+    assert config["architecture"]["network_class_name"] == "nnunet_nas.networks.dints_net.DiNTSNet"
+    assert GridGenotype.from_dict(config["architecture"]["arch_kwargs"]["genotype"]) == g
+    assert all(p % 8 == 0 for p in config["patch_size"])  # 2^(D+1), D = 2
+    assert os.path.isfile(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json.bak"))
+    # per-epoch architecture curves went through nnU-Net's logger (and so into the checkpoint)
+    ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    logged = ckpt["logging"]["arch_discretization_gap"]
+    assert len(logged) == 4
+    assert "arch.edge_logits" in ckpt["network_weights"]
+
+
+def test_exported_configuration_trains_predicts_and_ensembles_with_stock_nnunet(searched, tmp_path):
+    env, _ = searched
+    run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres_dints", "0", "-tr", PLAIN, "-device", "cpu", "--npz"],
+            env)
+    summary = json.load(open(os.path.join(_fold(env, PLAIN, "3d_fullres_dints"), "validation", "summary.json")))
+    assert "foreground_mean" in summary
+    images = os.path.join(env["nnUNet_raw"], DATASET_NAME, "imagesTr")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name in sorted(os.listdir(images))[:2]:
+        os.symlink(os.path.join(images, name), inp / name)
+    out = tmp_path / "out"
+    run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", str(out), "-d", str(DATASET_ID), "-c", "3d_fullres_dints",
+             "-f", "0", "-tr", PLAIN, "-device", "cpu", "-npp", "0", "-nps", "0"], env)
+    assert len([f for f in os.listdir(out) if f.endswith(".nii.gz")]) == 2
+    # the search trainer's own checkpoint is usable for inference too (alpha is part of network_weights)
+    out2 = tmp_path / "out_search"
+    run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", str(out2), "-d", str(DATASET_ID), "-c", "3d_fullres",
+             "-f", "0", "-tr", SEARCH, "-device", "cpu", "-npp", "0", "-nps", "0"], env)
+    assert len([f for f in os.listdir(out2) if f.endswith(".nii.gz")]) == 2
+    # nnU-Net's model selection accepts the searched configuration by name
+    res = run_cli(["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", "3d_fullres_dints", "-tr", PLAIN,
+                   "-f", "0", "--disable_ensembling"], env)
+    assert "3d_fullres_dints" in res.stdout
+
+
+def test_resume_after_kill_gives_the_uninterrupted_result(searched, planned_dataset, tmp_path):
+    import shutil
+    from conftest import nnunet_env
+    env_done, _ = searched
+    reference = GridGenotype.load(os.path.join(_fold(env_done, SEARCH), "dints_genotype.json"))
+    ref_ckpt = torch.load(os.path.join(_fold(env_done, SEARCH), "checkpoint_final.pth"), map_location="cpu",
+                          weights_only=False)
+    root = str(tmp_path / "resume")
+    shutil.copytree(planned_dataset[0], root)
+    env = nnunet_env(root)
+    killed = _search(env, crash_after=2)  # dies after epoch 2 (the first epoch with architecture steps)
+    assert killed.returncode == 17
+    assert os.path.isfile(os.path.join(_fold(env, SEARCH), "checkpoint_latest.pth"))
+    _search(env, extra=("--c",))
+    resumed = GridGenotype.load(os.path.join(_fold(env, SEARCH), "dints_genotype.json"))
+    assert resumed.to_dict()["edges"] == reference.to_dict()["edges"]
+    assert resumed.to_dict()["ops"] == reference.to_dict()["ops"]
+    ckpt = torch.load(os.path.join(_fold(env, SEARCH), "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    for key in ("arch.edge_logits", "arch.op_logits"):
+        assert torch.equal(ckpt["network_weights"][key], ref_ckpt["network_weights"][key]), key
+    state, ref_state = ckpt["nnunet_nas_search_state"], ref_ckpt["nnunet_nas_search_state"]
+    assert state["arch_steps_done"] == ref_state["arch_steps_done"] == 4
+    np.testing.assert_allclose(ckpt["logging"]["train_losses"], ref_ckpt["logging"]["train_losses"], rtol=1e-6)
+
+
+def test_published_architecture_is_added_with_one_command(fresh_dataset):
+    root, env = fresh_dataset
+    res = run_cli(["nnunet-nas", "add-arch", str(DATASET_ID), "--channel-mul", "0.0625"], env)
+    assert "3d_fullres_dints_cvpr" in res.stdout
+    config = _plans(env)["configurations"]["3d_fullres_dints_cvpr"]
+    assert all(p % 32 == 0 for p in config["patch_size"])
+    # a second, different architecture under the same name is refused, and the plans stay intact
+    before = open(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")).read()
+    res = run_cli(["nnunet-nas", "add-arch", str(DATASET_ID), "--channel-mul", "0.125", "--name",
+                   "3d_fullres_dints_cvpr"], env, check=False)
+    assert res.returncode == 2 and "already holds a different architecture" in res.stderr
+    assert open(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")).read() == before
+    # nnU-Net's own network construction path builds it from the plans
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    arch = config["architecture"]
+    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 3,
+                                 allow_init=True, deep_supervision=True)
+    outs = net(torch.zeros(1, 1, 32, 32, 32))
+    assert [o.shape[-1] for o in outs] == [32, 16, 8, 4, 2]
+
+
+def test_2d_search_registers_a_2d_configuration(fresh_dataset):
+    root, env = fresh_dataset
+    run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", SEARCH, "-device", "cpu"], env)
+    g = GridGenotype.load(os.path.join(_fold(env, SEARCH, "2d"), "dints_genotype.json"))
+    assert g.op_set == "dints_2d" and g.spatial_dims == 2
+    config = _plans(env)["configurations"]["2d_dints"]
+    assert config["inherits_from"] == "2d" and len(config["patch_size"]) == 2
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    arch = config["architecture"]
+    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 3,
+                                 allow_init=True, deep_supervision=True)
+    outs = net(torch.zeros(2, 1, *config["patch_size"]))
+    assert outs[0].shape == (2, 3, *config["patch_size"]) and len(outs) == len(arch["arch_kwargs"]["strides"]) - 1

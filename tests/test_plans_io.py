@@ -1,0 +1,61 @@
+"""Registering configurations never corrupts the user's plans file."""
+
+import json
+
+import pytest
+
+from nnunet_nas.genotypes.monai_compat import load_monai_file
+from nnunet_nas.nnunet.export import dints_architecture_block, register_dints_configuration
+from nnunet_nas.nnunet.plans_io import PlansError, free_configuration_name, register_configuration
+from conftest import SHARED
+
+
+@pytest.fixture
+def plans_path(tmp_path):
+    plans = {"dataset_name": "Dataset001_X", "plans_name": "nnUNetPlans", "configurations": {
+        "3d_fullres": {"patch_size": [40, 56, 40], "batch_size": 2, "architecture": {"network_class_name": "x"}},
+        "2d": {"patch_size": [56, 40], "batch_size": 32}}}
+    p = tmp_path / "nnUNetPlans.json"
+    p.write_text(json.dumps(plans))
+    return str(p)
+
+
+def test_register_adds_an_inheriting_configuration_with_adjusted_patch(plans_path):
+    g = load_monai_file(f"{SHARED}/reference/dints_arch_code_cvpr.json")
+    name = register_dints_configuration(plans_path, "3d_fullres", g, 0.5, log=lambda *a: None)
+    plans = json.load(open(plans_path))
+    c = plans["configurations"][name]
+    assert name == "3d_fullres_dints" and c["inherits_from"] == "3d_fullres"
+    assert c["patch_size"] == [64, 64, 64]  # multiples of 2^(D+1) = 32
+    assert c["architecture"]["arch_kwargs"]["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 5  # deepest level 3: 5 outputs
+    assert plans["configurations"]["3d_fullres"]["patch_size"] == [40, 56, 40]
+    with pytest.raises(ValueError, match="2-D but the genotype is 3-D"):
+        register_dints_configuration(plans_path, "2d", g, 0.5, log=lambda *a: None)
+
+
+def test_different_architecture_is_never_overwritten_silently(plans_path):
+    a = {"network_class_name": "A", "arch_kwargs": {}}
+    b = {"network_class_name": "B", "arch_kwargs": {}}
+    register_configuration(plans_path, "3d_fullres", "3d_fullres_dints", a)
+    before = open(plans_path).read()
+    with pytest.raises(PlansError, match="already holds a different architecture"):
+        register_configuration(plans_path, "3d_fullres", "3d_fullres_dints", b)
+    assert open(plans_path).read() == before
+    register_configuration(plans_path, "3d_fullres", "3d_fullres_dints", a)  # same architecture: refresh is fine
+    assert free_configuration_name(plans_path, "3d_fullres_dints", b) == "3d_fullres_dints_2"
+    assert free_configuration_name(plans_path, "3d_fullres_dints", a) == "3d_fullres_dints"
+    register_configuration(plans_path, "3d_fullres", "3d_fullres_dints", b, overwrite=True)
+    assert json.load(open(plans_path + ".bak"))["configurations"]["3d_fullres_dints"]["architecture"] == a
+
+
+def test_bad_names_and_bases(plans_path):
+    with pytest.raises(PlansError, match="must not contain '__'"):
+        register_configuration(plans_path, "3d_fullres", "a__b", {})
+    with pytest.raises(PlansError, match="no configuration '3d_lowres'"):
+        register_configuration(plans_path, "3d_lowres", "x", {})
+
+
+def test_architecture_block_is_json_serialisable():
+    g = load_monai_file(f"{SHARED}/reference/dints_arch_code_cvpr.json")
+    block = dints_architecture_block(g, 1.0)
+    assert json.loads(json.dumps(block)) == block
