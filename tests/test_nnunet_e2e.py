@@ -64,6 +64,19 @@ def test_search_exports_a_dropin_configuration(searched):
     assert "arch.edge_logits" in ckpt["network_weights"]
 
 
+def test_export_on_demand_from_a_checkpoint(searched):
+    env, _ = searched
+    fold = _fold(env, SEARCH)
+    res = run_cli(["nnunet-nas", "export", fold, "--name", "3d_fullres_dints_wide", "--channel-mul", "0.25"], env)
+    assert "registered configuration '3d_fullres_dints_wide'" in res.stdout
+    configs = _plans(env)["configurations"]
+    kwargs = configs["3d_fullres_dints_wide"]["architecture"]["arch_kwargs"]
+    assert kwargs["channel_mul"] == 0.25
+    assert kwargs["genotype"] == configs["3d_fullres_dints"]["architecture"]["arch_kwargs"]["genotype"]
+    res = run_cli(["nnunet-nas", "export", os.path.join(fold, "debug.json")], env, check=False)
+    assert res.returncode == 2 and "error" in res.stderr
+
+
 def test_exported_configuration_trains_predicts_and_ensembles_with_stock_nnunet(searched, tmp_path):
     env, _ = searched
     run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres_dints", "0", "-tr", PLAIN, "-device", "cpu", "--npz"],

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from nnunet_nas.arch import grid_probs
+from nnunet_nas.arch.memory import GridMemoryModel
 from nnunet_nas.arch.params import GridArchParams
 from nnunet_nas.config import DiNTSSearchConfig
 from nnunet_nas.discretize.grid_path import decode_monai
@@ -57,7 +58,6 @@ class DiNTSSearchTrainer(NASSearchTrainer):
 
     def _memory_model(self, net):
         if getattr(self, "_memory", None) is None:
-            from nnunet_nas.arch.memory import GridMemoryModel
             self._memory = GridMemoryModel.from_network(net.supernet)
         return self._memory
 

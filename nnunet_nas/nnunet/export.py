@@ -6,6 +6,7 @@ from typing import Optional
 import numpy as np
 
 from nnunet_nas.genotypes.schema import GridGenotype
+from nnunet_nas.ops.catalog import default_op_set
 from nnunet_nas.nnunet.plans_io import (DINTS_NETWORK_CLASS, free_configuration_name, load_plans,
                                         register_configuration)
 
@@ -117,16 +118,18 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
     if not os.path.isfile(checkpoint_path):
         raise FileNotFoundError(f"{checkpoint_path}: no such checkpoint. Pass a search fold folder's "
                                 f"checkpoint_final.pth / checkpoint_latest.pth / checkpoint_best.pth.")
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    state = ckpt.get(SEARCH_STATE_KEY)
-    weights = ckpt.get("network_weights", {})
+    try:
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
+        raise ValueError(f"{checkpoint_path} cannot be read as a checkpoint ({type(e).__name__}: {e}).") from None
+    state = ckpt.get(SEARCH_STATE_KEY) if isinstance(ckpt, dict) else None
+    weights = ckpt.get("network_weights", {}) if isinstance(ckpt, dict) else {}
     if state is None or "arch.edge_logits" not in weights:
         raise ValueError(f"{checkpoint_path} is not a DiNTS search checkpoint (no architecture parameters).")
     config = state["search_config"]
     init = ckpt["init_args"]
     plans, searched = init["plans"], init["configuration"]
-    spatial_dims = len(plans["configurations"][searched].get("patch_size", [0, 0, 0]))
-    op_set = state.get("op_set") or ("dints_2d" if spatial_dims == 2 else "dints_3d")
+    op_set = default_op_set(len(_resolved(plans, searched)["patch_size"]))
     provenance = {"method": "dints", "dataset": plans["dataset_name"], "configuration": searched,
                   "fold": init.get("fold"), "epoch": int(ckpt["current_epoch"]), "trainer": ckpt["trainer_name"],
                   "checkpoint": os.path.abspath(checkpoint_path), "search_config": config,

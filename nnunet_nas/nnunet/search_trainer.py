@@ -235,10 +235,10 @@ class NASSearchTrainer(nnUNetTrainer):
 
     # ------------------------------------------------------------------ epoch end: record the architecture
     def on_epoch_end(self):
-        record = self.describe_architecture(self._unwrap())
-        for key in self.history_keys:
-            self.logger.log(key, float(record[key]), self.current_epoch)
-        if self.local_rank == 0:
+        if self.local_rank == 0:  # alpha is identical on every rank (DDP): rank 0 decodes, logs and draws
+            record = self.describe_architecture(self._unwrap())
+            for key in self.history_keys:
+                self.logger.log(key, float(record[key]), self.current_epoch)
             for key, value in record.items():
                 self.arch_history.setdefault(key, []).append(value)
             self.arch_history.setdefault("epoch", []).append(self.current_epoch)

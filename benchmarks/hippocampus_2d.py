@@ -1,0 +1,368 @@
+#!/usr/bin/env python
+"""Real-data CPU benchmark: MSD Hippocampus (Dataset004), nnU-Net 2d at batch 32, baseline vs DiNTS.
+
+Runs the CPU protocol of ``../shared/BENCHMARK_PROTOCOL.md`` end to end with the real commands
+(``nnUNetv2_plan_and_preprocess``, ``nnUNetv2_train``), each step under ``/usr/bin/time -v`` for wall-clock and
+peak resident memory, and writes a JSON of results (default ``benchmarks/results/hippocampus_2d.json``):
+
+1. plan and preprocess (2d + 3d_fullres; ``--plan-only-2d`` for 2d only)
+2. add configuration ``2d_bs32`` (inherits ``2d``, batch_size 32) to ``nnUNetPlans.json`` (atomic write)
+3. baseline: ``nnUNetv2_train 4 2d_bs32 0 -tr nnUNetTrainerNAS_20x50 -device cpu``
+4. search:   ``nnUNetv2_train 4 2d_bs32 0 -tr <search trainer> -device cpu`` (exports ``2d_bs32_dints``)
+5. retrain:  ``nnUNetv2_train 4 2d_bs32_dints 0 -tr nnUNetTrainerNAS_20x50 -device cpu``
+
+Resumable: a finished step is skipped (its timing is read back from its ``.time`` file); an interrupted training
+step is continued with nnU-Net's ``--c``. The data are copied into a scratch ``nnUNet_raw`` (default
+``/tmp/hippo``), never into the repository. The search trainer lives in ``benchmarks/trainers/``.
+
+    python benchmarks/hippocampus_2d.py [--work /tmp/hippo] [--search-trainer NAME] [--only-report]
+"""
+
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "Dataset004_Hippocampus")
+DATASET = "Dataset004_Hippocampus"
+TRAIN_TR = "nnUNetTrainerNAS_20x50"
+SEARCH_TR = "nnUNetTrainerDiNTSSearchHippo2D_L8D3"
+LABELS = {"1": "anterior", "2": "posterior"}
+
+
+def sh(cmd):
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+
+
+def env_for(work):
+    env = dict(os.environ)
+    trainer_dir = sh("nnunet-nas trainer-dir") or os.path.join(REPO, "trainers")
+    env.update(nnUNet_raw=os.path.join(work, "nnUNet_raw"),
+               nnUNet_preprocessed=os.path.join(work, "nnUNet_preprocessed"),
+               nnUNet_results=os.path.join(work, "nnUNet_results"),
+               nnUNet_def_n_proc="1",
+               nnUNet_extTrainer=f"{trainer_dir}:{os.path.join(REPO, 'benchmarks', 'trainers')}")
+    return env
+
+
+def parse_time_file(path):
+    """Wall-clock (s), peak RSS (MiB; of the largest single process of the tree, as GNU time reports it), rc."""
+    if not os.path.isfile(path):
+        return {}
+    text = open(path).read()
+    out = {}
+    m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text)
+    if m:
+        parts = [float(p) for p in m.group(1).split(":")]
+        secs = 0.0
+        for p in parts:
+            secs = secs * 60 + p
+        out["wall_s"] = round(secs, 1)
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    if m:
+        out["peak_rss_mib"] = round(int(m.group(1)) / 1024, 1)
+    m = re.search(r"Exit status: (\d+)", text)
+    if m:
+        out["exit_status"] = int(m.group(1))
+    m = re.search(r"Percent of CPU this job got: (\S+)", text)
+    if m:
+        out["cpu_percent"] = m.group(1)
+    return out
+
+
+class Runner:
+    def __init__(self, work, env):
+        self.work, self.env = work, env
+        self.logs = os.path.join(work, "logs")
+        os.makedirs(self.logs, exist_ok=True)
+
+    def step(self, name, cmd, done, resume_cmd=None, resumable=None):
+        """Run ``cmd`` unless ``done()``; returns the step's timing record (from this run or an earlier one)."""
+        tfile = os.path.join(self.logs, f"{name}.time")
+        if done():
+            print(f"[{name}] already done: skipped", flush=True)
+        else:
+            use = resume_cmd if (resume_cmd and resumable and resumable()) else cmd
+            if use is resume_cmd:
+                print(f"[{name}] interrupted earlier: continuing with --c", flush=True)
+            print(f"[{name}] $ {use}", flush=True)
+            with open(os.path.join(self.logs, f"{name}.uptime_start"), "w") as f:
+                f.write(sh("uptime") + "\n")
+            t0 = time.time()
+            with open(os.path.join(self.logs, f"{name}.log"), "a") as log:
+                rc = subprocess.call(["/usr/bin/time", "-v", "-o", tfile, "bash", "-c", use], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+            with open(os.path.join(self.logs, f"{name}.uptime_end"), "w") as f:
+                f.write(sh("uptime") + "\n")
+            with open(os.path.join(self.logs, f"{name}.rc"), "w") as f:
+                f.write(f"{rc}\n")
+            print(f"[{name}] rc={rc} in {time.time() - t0:.0f} s", flush=True)
+            if rc != 0:
+                raise SystemExit(f"step {name} failed (rc {rc}); see {os.path.join(self.logs, name + '.log')}")
+        rec = parse_time_file(tfile)
+        rec["command"] = cmd
+        for k in ("uptime_start", "uptime_end"):
+            p = os.path.join(self.logs, f"{name}.{k}")
+            if os.path.isfile(p):
+                rec[k] = open(p).read().strip()
+        return rec
+
+
+def plans_path(env):
+    return os.path.join(env["nnUNet_preprocessed"], DATASET, "nnUNetPlans.json")
+
+
+def add_bs32(env):
+    p = plans_path(env)
+    plans = json.load(open(p))
+    if "2d_bs32" in plans["configurations"]:
+        return False
+    plans["configurations"]["2d_bs32"] = {"inherits_from": "2d", "batch_size": 32}
+    tmp = p + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(plans, f, indent=4)
+    os.replace(tmp, p)
+    return True
+
+
+def fold_dir(env, trainer, config):
+    return os.path.join(env["nnUNet_results"], DATASET, f"{trainer}__nnUNetPlans__{config}", "fold_0")
+
+
+def dice(fold):
+    s = json.load(open(os.path.join(fold, "validation", "summary.json")))
+    per = {LABELS.get(k, k): round(v["Dice"], 4) for k, v in s["mean"].items()}
+    per["mean"] = round(s["foreground_mean"]["Dice"], 4)
+    return per
+
+
+def count_params(env, config, fold):
+    """Parameters of the network nnU-Net builds for ``config`` (with deep supervision heads, as trained), through
+    nnU-Net's plans; cross-checked against the checkpoint's ``network_weights``."""
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    out = {}
+    pm = PlansManager(plans_path(env))
+    cm = pm.get_configuration(config)
+    ds = json.load(open(os.path.join(env["nnUNet_preprocessed"], DATASET, "dataset.json")))
+    lm = pm.get_label_manager(ds)
+    net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                 cm.network_arch_init_kwargs_req_import, len(ds["channel_names"]),
+                                 lm.num_segmentation_heads, allow_init=True, deep_supervision=True)
+    out["params"] = int(sum(p.numel() for p in net.parameters()))
+    out["network_class"] = cm.network_arch_class_name
+    ck = os.path.join(fold, "checkpoint_final.pth")
+    if os.path.isfile(ck):
+        sd = torch.load(ck, map_location="cpu", weights_only=False)["network_weights"]
+        names = {n for n, _ in net.named_parameters()}
+        out["params_checkpoint"] = int(sum(v.numel() for k, v in sd.items()
+                                           if k.replace("_orig_mod.", "") in names))
+    return out
+
+
+def genotype_summary(search_fold):
+    g = json.load(open(os.path.join(search_fold, "dints_genotype.json")))
+    ops = [o for row in g["ops"] for o in row if o is not None]
+    counts = {}
+    for o in ops:
+        counts[o] = counts.get(o, 0) + 1
+    edges = g["edges"]
+    return {"num_blocks": g.get("num_blocks"), "num_depths": g.get("num_depths"), "op_set": g.get("op_set"),
+            "active_edges": int(sum(sum(r) for r in edges)), "total_edges": int(sum(len(r) for r in edges)),
+            "op_counts": counts, "active_edges_per_block": [int(sum(r)) for r in edges],
+            "node_a": g.get("node_a")}
+
+
+def search_epoch_info(log_path):
+    if not os.path.isfile(log_path):
+        return {}
+    text = open(log_path).read()
+    times = [float(t) for t in re.findall(r"Epoch time: ([\d.]+) s", text)]
+    m = re.search(r"search: (\d+) warm-up epochs", text)
+    return {"epoch_times_s": times, "warmup_epochs": int(m.group(1)) if m else None}
+
+
+def machine():
+    cpu = ""
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = ""
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal"):
+            mem = f"{int(line.split()[1]) / 1024 ** 2:.1f} GiB"
+    import torch
+    import nnunetv2  # noqa: F401
+    from importlib.metadata import version
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram": mem, "python": platform.python_version(),
+            "torch": torch.__version__, "nnunetv2": version("nnunetv2"),
+            "nnunet_nas": version("nnunet_nas") if _has_dist("nnunet_nas") else "editable",
+            "uptime_at_report": sh("uptime")}
+
+
+def _has_dist(name):
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        version(name)
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+TABLE_START = "<!-- hippocampus_2d:table:start -->"
+TABLE_END = "<!-- hippocampus_2d:table:end -->"
+
+
+def render_table(res):
+    """The section's results table (markdown), from the results JSON."""
+    lines = ["| run | fold-0 val Dice anterior / posterior / mean | parameters (with DS heads) | training wall-clock "
+             "(incl. final validation) | peak RSS | load (1-min avg) at start / end |",
+             "|---|---|---|---|---|---|"]
+    for key, row in res["table"].items():
+        step = res["steps"]["baseline" if row["config"] == "2d_bs32" else "retrain"]
+        d = row.get("dice")
+        dtxt = f"{d['anterior']:.4f} / {d['posterior']:.4f} / {d['mean']:.4f}" if d else "pending (not finished)"
+        wall = f"{step['wall_s']:.0f} s" if step.get("wall_s") is not None else "pending"
+        rss = f"{step['peak_rss_mib'] / 1024:.2f} GiB" if step.get("peak_rss_mib") is not None else "pending"
+        loads = " / ".join(re.search(r"load average: ([\d.]+)", step[k]).group(1) if k in step else "?"
+                           for k in ("uptime_start", "uptime_end"))
+        lines.append(f"| {key} (`{row['config']}`) | {dtxt} | {row['params']:,} | {wall} | {rss} | {loads} |")
+    rows = list(res["table"].values())
+    if len(rows) == 2 and rows[0].get("dice") and rows[1].get("dice"):
+        b, n = rows[0], rows[1]
+        diff = {k: n["dice"][k] - b["dice"][k] for k in ("anterior", "posterior", "mean")}
+        verdict = "above" if diff["mean"] > 0 else ("below" if diff["mean"] < 0 else "equal to")
+        lines.append("")
+        lines.append(f"DiNTS minus baseline Dice: anterior {diff['anterior']:+.4f}, posterior {diff['posterior']:+.4f}, "
+                     f"mean {diff['mean']:+.4f} (DiNTS is {verdict} the baseline on this fold and schedule).")
+        bw, nw = res["steps"]["baseline"].get("wall_s"), res["steps"]["retrain"].get("wall_s")
+        if bw and nw:
+            lines.append(f"Retrain wall-clock / baseline wall-clock: {nw / bw:.2f}x (both on the shared, loaded machine).")
+    return "\n".join(lines)
+
+
+def update_markdown(path, table):
+    """Replace the table between this benchmark's markers in BENCHMARKS.md (re-read right before an atomic write;
+    nothing else in the file is touched)."""
+    if not os.path.isfile(path):
+        print(f"{path} missing: table not written there")
+        return
+    text = open(path).read()
+    i, j = text.find(TABLE_START), text.find(TABLE_END)
+    if i < 0 or j < i:
+        print(f"markers not found in {path}: table not written there")
+        return
+    new = text[:i + len(TABLE_START)] + "\n" + table + "\n" + text[j:]
+    tmp = path + ".hippocampus_2d.tmp"
+    with open(tmp, "w") as f:
+        f.write(new)
+    os.replace(tmp, path)
+    print(f"updated the table in {path}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/hippo")
+    ap.add_argument("--data", default=DATA)
+    ap.add_argument("--search-trainer", default=SEARCH_TR)
+    ap.add_argument("--plan-only-2d", action="store_true")
+    ap.add_argument("--only-report", action="store_true", help="run nothing, collect what is there")
+    ap.add_argument("--update-benchmarks-md", action="store_true",
+                    help="write the table between the hippocampus_2d markers of BENCHMARKS.md")
+    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "hippocampus_2d.json"))
+    args = ap.parse_args()
+
+    env = env_for(args.work)
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(env[k], exist_ok=True)
+    raw = os.path.join(env["nnUNet_raw"], DATASET)
+    if not os.path.isfile(os.path.join(raw, "dataset.json")):
+        shutil.copytree(args.data, raw, dirs_exist_ok=True)
+    r = Runner(args.work, env)
+    if args.only_report:
+        r.step = lambda name, cmd, done, **kw: dict(parse_time_file(os.path.join(r.logs, f"{name}.time")),
+                                                    command=cmd, **{k: open(os.path.join(r.logs, f"{name}.{k}")).read().strip()
+                                                                    for k in ("uptime_start", "uptime_end")
+                                                                    if os.path.isfile(os.path.join(r.logs, f"{name}.{k}"))})
+    res = {"machine": machine(), "work": args.work, "steps": {}}
+
+    cfgs = "2d" if args.plan_only_2d else "2d 3d_fullres"
+    pre = os.path.join(env["nnUNet_preprocessed"], DATASET)
+    res["steps"]["plan_preprocess"] = r.step(
+        "plan_preprocess",
+        f"nnUNetv2_plan_and_preprocess -d 4 -c {cfgs} --verify_dataset_integrity -np {' '.join(['1'] * len(cfgs.split()))} -npfp 1",
+        done=lambda: os.path.isfile(os.path.join(pre, "nnUNetPlans.json")) and all(
+            len(glob.glob(os.path.join(pre, f"nnUNetPlans_{c}", "*"))) >= 200 for c in cfgs.split()))
+    if not args.only_report:
+        print("[add_config] 2d_bs32 " + ("added" if add_bs32(env) else "already present"), flush=True)
+
+    def train(name, config, trainer):
+        fold = fold_dir(env, trainer, config)
+        cmd = f"nnUNetv2_train 4 {config} 0 -tr {trainer} -device cpu"
+        return fold, r.step(name, cmd,
+                            done=lambda: os.path.isfile(os.path.join(fold, "validation", "summary.json"))
+                            or (trainer == args.search_trainer and os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))),
+                            resume_cmd=cmd + " --c",
+                            resumable=lambda: os.path.isfile(os.path.join(fold, "checkpoint_latest.pth")))
+
+    base_fold, res["steps"]["baseline"] = train("baseline", "2d_bs32", TRAIN_TR)
+    search_fold, res["steps"]["search"] = train("search", "2d_bs32", args.search_trainer)
+    res["steps"]["search"].update(search_epoch_info(os.path.join(r.logs, "search.log")))
+    if "2d_bs32_dints" not in json.load(open(plans_path(env)))["configurations"]:
+        raise SystemExit("the search did not register 2d_bs32_dints; see its log")
+    dints_fold, res["steps"]["retrain"] = train("retrain", "2d_bs32_dints", TRAIN_TR)
+
+    rows = {}
+    for key, config, fold in (("baseline nnU-Net 2d_bs32", "2d_bs32", base_fold),
+                              ("DiNTS 2d_bs32_dints", "2d_bs32_dints", dints_fold)):
+        step = res["steps"]["baseline" if config == "2d_bs32" else "retrain"]
+        row = {"config": config, "fold_folder": fold, "train_wall_s": step.get("wall_s"),
+               "peak_rss_mib": step.get("peak_rss_mib")}
+        try:
+            row["dice"] = dice(fold)
+        except FileNotFoundError:
+            row["dice"] = None
+        row.update(count_params(env, config, fold))
+        rows[key] = row
+    res["table"] = rows
+    try:
+        res["search"] = genotype_summary(search_fold)
+        res["search"]["genotype_json"] = os.path.join(search_fold, "dints_genotype.json")
+        res["search"]["architecture_png"] = os.path.join(search_fold, "dints_architecture.png")
+        res["search"]["trajectories_png"] = os.path.join(search_fold, "dints_arch_trajectories.png")
+        res["search"]["dints_config"] = json.load(open(plans_path(env)))["configurations"]["2d_bs32_dints"]
+    except FileNotFoundError as e:
+        res["search"] = {"error": str(e)}
+
+    resdir = os.path.dirname(args.out)
+    os.makedirs(resdir, exist_ok=True)
+    for png in ("dints_architecture.png", "dints_arch_trajectories.png"):
+        src = os.path.join(search_fold, png)
+        if os.path.isfile(src) and os.path.getsize(src) < 300 * 1024:
+            shutil.copy(src, os.path.join(resdir, f"hippocampus_2d_{png}"))
+    gj = os.path.join(search_fold, "dints_genotype.json")
+    if os.path.isfile(gj):
+        shutil.copy(gj, os.path.join(resdir, "hippocampus_2d_dints_genotype.json"))
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=2, default=str)
+    os.replace(tmp, args.out)
+    print(json.dumps(res, indent=2, default=str))
+    table = render_table(res)
+    print("\n" + table)
+    if args.update_benchmarks_md:
+        update_markdown(os.path.join(REPO, "BENCHMARKS.md"), table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
