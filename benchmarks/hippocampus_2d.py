@@ -19,12 +19,14 @@ step is continued with nnU-Net's ``--c``. The data are copied into a scratch ``n
 """
 
 import argparse
+import datetime
 import glob
 import json
 import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "Dataset004_Hippocampus")
 DATASET = "Dataset004_Hippocampus"
 TRAIN_TR = "nnUNetTrainerNAS_20x50"
-SEARCH_TR = "nnUNetTrainerDiNTSSearchHippo2D_L8D3"
+SEARCH_TR = "nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25"
 LABELS = {"1": "anterior", "2": "posterior"}
 
 
@@ -182,6 +184,26 @@ def genotype_summary(search_fold):
             "node_a": g.get("node_a")}
 
 
+def fold_timing(fold):
+    """Mean training-epoch time and the final validation's duration, from the fold's nnU-Net training logs."""
+    stamp = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): "
+    epochs, first_pred, last = [], None, None
+    for log in sorted(glob.glob(os.path.join(fold, "training_log_*.txt"))):
+        for line in open(log):
+            m = re.match(stamp + r"(.*)$", line)
+            if not m:
+                continue
+            t = datetime.datetime.fromisoformat(m.group(1))
+            e = re.match(r"Epoch time: ([\d.]+) s", m.group(2))
+            if e:
+                epochs.append(float(e.group(1)))
+            if first_pred is None and m.group(2).startswith("predicting "):
+                first_pred = t
+            last = t
+    return {"mean_epoch_s": statistics.mean(epochs) if epochs else None,
+            "final_validation_s": (last - first_pred).total_seconds() if first_pred else None}
+
+
 def search_epoch_info(log_path):
     if not os.path.isfile(log_path):
         return {}
@@ -226,8 +248,9 @@ TABLE_END = "<!-- hippocampus_2d:table:end -->"
 def render_table(res):
     """The section's results table (markdown), from the results JSON."""
     lines = ["| run | fold-0 val Dice anterior / posterior / mean | parameters (with DS heads) | training wall-clock "
-             "(incl. final validation) | peak RSS | load (1-min avg) at start / end |",
-             "|---|---|---|---|---|---|"]
+             "(incl. final validation) | mean epoch (50 iterations) | final validation (40 cases) | peak RSS "
+             "| load (1-min avg) at start / end |",
+             "|---|---|---|---|---|---|---|---|"]
     for key, row in res["table"].items():
         step = res["steps"]["baseline" if row["config"] == "2d_bs32" else "retrain"]
         d = row.get("dice")
@@ -236,7 +259,11 @@ def render_table(res):
         rss = f"{step['peak_rss_mib'] / 1024:.2f} GiB" if step.get("peak_rss_mib") is not None else "pending"
         loads = " / ".join(re.search(r"load average: ([\d.]+)", step[k]).group(1) if k in step else "?"
                            for k in ("uptime_start", "uptime_end"))
-        lines.append(f"| {key} (`{row['config']}`) | {dtxt} | {row['params']:,} | {wall} | {rss} | {loads} |")
+        ft = fold_timing(row["fold_folder"])
+        ep = f"{ft['mean_epoch_s']:.1f} s" if ft["mean_epoch_s"] else "?"
+        val = f"{ft['final_validation_s']:.0f} s" if ft["final_validation_s"] else "?"
+        lines.append(f"| {key} (`{row['config']}`) | {dtxt} | {row['params']:,} | {wall} | {ep} | {val} | {rss} "
+                     f"| {loads} |")
     rows = list(res["table"].values())
     if len(rows) == 2 and rows[0].get("dice") and rows[1].get("dice"):
         b, n = rows[0], rows[1]
@@ -247,7 +274,7 @@ def render_table(res):
                      f"mean {diff['mean']:+.4f} (DiNTS is {verdict} the baseline on this fold and schedule).")
         bw, nw = res["steps"]["baseline"].get("wall_s"), res["steps"]["retrain"].get("wall_s")
         if bw and nw:
-            lines.append(f"Retrain wall-clock / baseline wall-clock: {nw / bw:.2f}x (both on the shared, loaded machine).")
+            lines.append(f"Retrain wall-clock / baseline wall-clock: {nw / bw:.2f}x (same machine; loads in the table).")
     return "\n".join(lines)
 
 

@@ -90,17 +90,25 @@ def test_supernet_with_one_hot_weights_equals_fixed_network(seed):
         torch.testing.assert_close(sup(x, w), fixed(x), rtol=1e-4, atol=1e-5)
 
 
-def test_recomputed_norms_give_identical_gradients():
+@pytest.mark.parametrize("batch,size,frozen_weights", [(2, 16, False), (1, 32, False), (1, 32, True)])
+def test_recomputed_norms_give_identical_gradients(batch, size, frozen_weights):
+    """The lean search edges (recomputed activations, oneDNN kernels, split weight gradients at batch 1) give the
+    gradients of plain autograd, in the weight step and in the architecture step (weights frozen)."""
     torch.manual_seed(0)
     net = DiNTSNet(1, 2, None, num_blocks=2, num_depths=2, channel_mul=0.125)
     arch = GridArchParams(2, 2, 5)
-    x = torch.randn(2, 1, 16, 16, 16)
+    for p in net.parameters():
+        p.requires_grad_(not frozen_weights)
+    x = torch.randn(batch, 1, size, size, size, requires_grad=frozen_weights)
+    trained = [p for p in list(net.parameters()) + list(arch.parameters()) if p.requires_grad]
+    trained += [x] if frozen_weights else []
     grads = []
     for recompute in (True, False):
         net.space.recompute_norms = recompute
-        net.zero_grad(), arch.zero_grad()
+        for p in trained:
+            p.grad = None
         net(x, arch.op_weights()).square().mean().backward()
-        grads.append([p.grad.clone() for p in list(net.parameters()) + list(arch.parameters())])
+        grads.append([p.grad.clone() for p in trained])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 

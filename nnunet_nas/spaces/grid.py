@@ -11,17 +11,17 @@ cell output twice). Memory and time are kept low ([ours], figures in BENCHMARKS.
 
 * one ReLU per source node is shared by every conv op and the down-sampling edge that read it;
 * on the CPU with ``recompute_norms`` (the default) each edge is one autograd function (:class:`_LeanEdge`)
-  that keeps only what its backward pass cannot cheaply recompute: the conv outputs (the inputs of the
-  InstanceNorms) and, only when the conv weights are trained, the inputs of the second convs of the P3D ops.
-  ReLU outputs, norm outputs, the up-sampled/ReLU'd input of an up edge and the edge's own pre-processed input
-  are recomputed in backward from those and from the source node. With frozen weights (the architecture step)
-  no conv input is kept at all and no weight gradient is computed;
+  that keeps only the conv outputs (the inputs of the InstanceNorms) and the norm statistics. ReLU outputs,
+  norm outputs, the up-sampled/ReLU'd input of an up edge, the edge's own pre-processed input and, when their
+  weight gradients need them, the inputs of the second convs of the P3D ops are recomputed in backward from
+  those and from the source node. With frozen weights (the architecture step) no weight gradient is computed;
 * the stride-1 convolutions of the cells run on oneDNN (``torch.mkldnn_convolution``) also where PyTorch's
   heuristic falls back to its slow im2col kernel (small 3-D volumes with batch 1, i.e. the coarse levels);
   their input gradients are the same oneDNN convolution with the flipped, transposed kernel. Results agree with
-  the plain path to float rounding (about 1e-6 relative); weight gradients use PyTorch's own backward;
-* elsewhere (CUDA, unknown op modules, ``recompute_norms=True``) the InstanceNorm outputs are recomputed under
-  ``torch.utils.checkpoint``; ``recompute_norms=False`` is plain autograd (the reference the tests compare to).
+  the plain path to float rounding (about 1e-6 relative). Weight gradients use PyTorch's own backward kernel; at
+  batch 1 on small volumes it is fed the two depth halves as a batch of two, which makes it pick oneDNN;
+* with ``recompute_norms`` elsewhere (CUDA, op modules it does not know) the InstanceNorm outputs are recomputed
+  under ``torch.utils.checkpoint``; ``recompute_norms=False`` is plain autograd (the reference the tests compare to).
 """
 
 from typing import List, Optional, Sequence
