@@ -61,7 +61,6 @@ def _weighted_norm_sum(weights: torch.Tensor, skip_index: int, x: torch.Tensor, 
 # ---------------------------------------------------------------------------------------------- lean edge
 _CONV_TYPES = (nn.Conv2d, nn.Conv3d)
 _NORM_TYPES = (nn.InstanceNorm2d, nn.InstanceNorm3d)
-_RECOMPUTE_MIDS = True  # weight step: recompute the P3D ops' inner conv outputs instead of storing them
 _ONEDNN_MIN_VOXELS = 216  # below ~6^3 voxels PyTorch's own kernel is as fast (measured, BENCHMARKS.md)
 _conv_backward = torch.ops.aten.convolution_backward
 
@@ -237,7 +236,7 @@ class _LeanEdge(torch.autograd.Function):
             p, mean, invstd = _norm_forward(plan.pre_norm, c)
             pre_stats = [mean, invstd]
             r = F.relu(p)
-        zs, mids, mid_shapes, stats = [], [], [], []
+        zs, mid_shapes, stats = [], [], []
         out = None
         chains = iter(zip(plan.chains, plan.norms))
         for n in range(w.shape[0]):  # the order of _weighted_norm_sum, so the sum is bitwise the same
@@ -247,9 +246,8 @@ class _LeanEdge(torch.autograd.Function):
                 chain, norm = next(chains)
                 h = r
                 for i, conv in enumerate(chain):
-                    if i > 0:
+                    if i > 0:  # the input of a P3D op's second conv: recomputed in backward if needed
                         mid_shapes.append(h.shape)
-                        mids.append(h if conv.weight.requires_grad and not _RECOMPUTE_MIDS else None)
                     h = _conv_forward(conv, h)
                 zs.append(h)
                 y, mean, invstd = _norm_forward(norm, h)
@@ -260,10 +258,8 @@ class _LeanEdge(torch.autograd.Function):
         ctx.num_z = len(zs)
         ctx.has_c = c is not None
         ctx.mid_shapes = mid_shapes
-        ctx.mid_saved = [m is not None for m in mids]
         ctx.r_shape = r.shape
-        ctx.save_for_backward(x, w, *([c] + pre_stats if c is not None else []), *zs, *stats,
-                              *[m for m in mids if m is not None])
+        ctx.save_for_backward(x, w, *([c] + pre_stats if c is not None else []), *zs, *stats)
         return out
 
     @staticmethod
@@ -281,8 +277,6 @@ class _LeanEdge(torch.autograd.Function):
         nz = ctx.num_z
         zs = saved[pos:pos + nz]
         stats = saved[pos + nz:pos + 3 * nz]
-        saved_mids = iter(saved[pos + 3 * nz:])
-        mids = [next(saved_mids) if s else None for s in ctx.mid_saved]
         del saved
         need_x, need_w = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         param_index = {id(p): i for i, p in enumerate(plan.params)}
@@ -319,11 +313,11 @@ class _LeanEdge(torch.autograd.Function):
             del p
 
         grad_r = None
-        mid_iter = iter(zip(ctx.mid_shapes, mids))
+        mid_shapes = iter(ctx.mid_shapes)
         op_ns = [n for n in range(w.shape[0]) if n != plan.skip_index]
         for k, (chain, norm) in enumerate(zip(plan.chains, plan.norms)):
             n = op_ns[k]
-            cm = [next(mid_iter) for _ in chain[1:]]
+            cm = [(next(mid_shapes), None) for _ in chain[1:]]
             need_affine = needs(norm.weight) or needs(norm.bias) or need_w
             gz, gnw, gnb = _norm_backward(norm, grad_out, zs[k], stats[2 * k], stats[2 * k + 1], need_affine)
             zs[k] = None

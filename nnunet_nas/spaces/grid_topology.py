@@ -46,20 +46,8 @@ class GridTopology:
     pattern_out_nodes: np.ndarray
 
     @property
-    def num_patterns(self) -> int:
-        return self.patterns.shape[0]
-
-    @property
     def num_node_patterns(self) -> int:
         return 2 ** self.num_depths - 1
-
-    def nodes_to_mask(self, nodes) -> int:
-        """``[D]`` 0/1 vector -> bitmask."""
-        return int(sum(1 << d for d, v in enumerate(nodes) if v))
-
-    def mask_to_nodes(self, mask: int) -> np.ndarray:
-        """Bitmask -> ``[D]`` int64 0/1 vector."""
-        return np.array([(int(mask) >> d) & 1 for d in range(self.num_depths)], dtype=np.int64)
 
 
 def check_num_depths(num_depths: int) -> None:
