@@ -153,6 +153,11 @@ class _Amp:
 
 
 # ------------------------------------------------------------------------------------------------ search cases
+def _set_trainable(params, flag: bool):
+    for p in params:
+        p.requires_grad_(flag)
+
+
 def build_monai(device):
     import torch
     from monai.networks.nets.dints import DiNTS, TopologySearch
@@ -169,10 +174,8 @@ def build_monai(device):
     amp = _Amp(device)
 
     def weight_step(x, y):
-        for p in weights:
-            p.requires_grad_(True)
-        for p in arch:
-            p.requires_grad_(False)
+        _set_trainable(weights, True)
+        _set_trainable(arch, False)
         sgd.zero_grad(set_to_none=True)
         with amp.autocast():
             loss = seg_loss(model(x), y)
@@ -180,10 +183,8 @@ def build_monai(device):
         return float(loss.detach())
 
     def arch_step(x, y):
-        for p in weights:
-            p.requires_grad_(False)
-        for p in arch:
-            p.requires_grad_(True)
+        _set_trainable(weights, False)
+        _set_trainable(arch, True)
         adam_a.zero_grad(set_to_none=True)
         adam_c.zero_grad(set_to_none=True)
         with amp.autocast():
@@ -232,8 +233,7 @@ def build_ours(device):
     def arch_step(x, y):
         a = net.arch
         adam.zero_grad(set_to_none=True)
-        for p in weights:
-            p.requires_grad_(False)
+        _set_trainable(weights, False)
         try:
             with amp.autocast():
                 seg = seg_loss(net(x), y)
@@ -245,8 +245,7 @@ def build_ours(device):
             loss = seg + RAMP * sum(regs)
             amp.backward_step(loss, [adam], "a", clip_params=arch, clip=ARCH_GRAD_CLIP)
         finally:
-            for p in weights:
-                p.requires_grad_(True)
+            _set_trainable(weights, True)
         return float(loss.detach())
 
     n_params = sum(p.numel() for p in net.parameters())

@@ -184,33 +184,43 @@ def genotype_summary(search_fold):
             "node_a": g.get("node_a")}
 
 
-def fold_timing(fold):
-    """Mean training-epoch time and the final validation's duration, from the fold's nnU-Net training logs."""
-    stamp = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): "
-    epochs, first_pred, last = [], None, None
+def _fold_log(fold):
+    """(timestamp, message) of every stamped line of the fold's nnU-Net training logs, oldest log first."""
     for log in sorted(glob.glob(os.path.join(fold, "training_log_*.txt"))):
         for line in open(log):
-            m = re.match(stamp + r"(.*)$", line)
-            if not m:
-                continue
-            t = datetime.datetime.fromisoformat(m.group(1))
-            e = re.match(r"Epoch time: ([\d.]+) s", m.group(2))
-            if e:
-                epochs.append(float(e.group(1)))
-            if first_pred is None and m.group(2).startswith("predicting "):
-                first_pred = t
-            last = t
+            m = re.match(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): (.*)$", line)
+            if m:
+                yield datetime.datetime.fromisoformat(m.group(1)), m.group(2)
+
+
+def _epoch_time(message):
+    m = re.match(r"Epoch time: ([\d.]+) s", message)
+    return float(m.group(1)) if m else None
+
+
+def fold_timing(fold):
+    """Mean training-epoch time and the final validation's duration, from the fold's nnU-Net training logs."""
+    epochs, first_pred, last = [], None, None
+    for t, message in _fold_log(fold):
+        if _epoch_time(message) is not None:
+            epochs.append(_epoch_time(message))
+        if first_pred is None and message.startswith("predicting "):
+            first_pred = t
+        last = t
     return {"mean_epoch_s": statistics.mean(epochs) if epochs else None,
             "final_validation_s": (last - first_pred).total_seconds() if first_pred else None}
 
 
-def search_epoch_info(log_path):
-    if not os.path.isfile(log_path):
-        return {}
-    text = open(log_path).read()
-    times = [float(t) for t in re.findall(r"Epoch time: ([\d.]+) s", text)]
-    m = re.search(r"search: (\d+) warm-up epochs", text)
-    return {"epoch_times_s": times, "warmup_epochs": int(m.group(1)) if m else None}
+def search_epoch_info(fold):
+    """Per-epoch times and the number of warm-up epochs of a search, from its fold's training logs."""
+    times, warmup = [], None
+    for _, message in _fold_log(fold):
+        if _epoch_time(message) is not None:
+            times.append(_epoch_time(message))
+        m = re.match(r"search: (\d+) warm-up epochs", message)
+        if m:
+            warmup = int(m.group(1))
+    return {"epoch_times_s": times, "warmup_epochs": warmup}
 
 
 def machine():
@@ -344,7 +354,7 @@ def main():
 
     base_fold, res["steps"]["baseline"] = train("baseline", "2d_bs32", TRAIN_TR)
     search_fold, res["steps"]["search"] = train("search", "2d_bs32", args.search_trainer)
-    res["steps"]["search"].update(search_epoch_info(os.path.join(r.logs, "search.log")))
+    res["steps"]["search"].update(search_epoch_info(search_fold))
     if "2d_bs32_dints" not in json.load(open(plans_path(env)))["configurations"]:
         raise SystemExit("the search did not register 2d_bs32_dints; see its log")
     dints_fold, res["steps"]["retrain"] = train("retrain", "2d_bs32_dints", TRAIN_TR)

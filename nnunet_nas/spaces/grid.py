@@ -61,7 +61,7 @@ def _weighted_norm_sum(weights: torch.Tensor, skip_index: int, x: torch.Tensor, 
 # ---------------------------------------------------------------------------------------------- lean edge
 _CONV_TYPES = (nn.Conv2d, nn.Conv3d)
 _NORM_TYPES = (nn.InstanceNorm2d, nn.InstanceNorm3d)
-_ONEDNN_MIN_VOXELS = 216  # below ~6^3 voxels PyTorch's own kernel is as fast (measured, BENCHMARKS.md)
+_ONEDNN_MIN_VOXELS = 216  # below ~6^3 voxels PyTorch's own kernel is as fast (measured during development)
 _conv_backward = torch.ops.aten.convolution_backward
 
 
