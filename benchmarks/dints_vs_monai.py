@@ -14,7 +14,7 @@ One **search iteration** is defined identically for both implementations, as in 
   MONAI: ``get_prob_a(child=True)``, ``ent_a``, ``ent_c``, ``get_topology_entropy``, two
   ``get_ram_cost_usage`` calls, loss ``seg + w (ent_a + ent_c + ram_loss + 0.001 topo)`` (the AMP branch of the
   tutorial), two Adam optimisers. Ours: ``grid_probs.pattern_probs``, ``entropy_loss_ops``,
-  ``entropy_loss_patterns``, ``topology_loss``, ``GridMemoryModel.memory_loss`` (what ``DiNTSSearchTrainer``
+  ``entropy_loss_patterns``, ``topology_loss``, ``GridMemoryModel.memory_loss`` (what ``NASSearchTrainer``
   computes), one Adam optimiser with the trainer's gradient clipping.
 
 Both use the same loss (cross-entropy + soft Dice over the foreground classes), the same random inputs and
@@ -22,7 +22,7 @@ labels and the same number of threads. Every (implementation, case) runs in a fr
 resident memory (``ru_maxrss``) belongs to that case alone; the parent runs them one at a time, prints a table
 and the ratios ours / MONAI and can write everything as JSON.
 
-Decode: MONAI's ``TopologySearch.decode()`` against our ``decode_monai`` on the same logits (L=12, D=4), each in
+Decode: MONAI's ``TopologySearch.decode()`` against our ``decode_grid_codes`` on the same logits (L=12, D=4), each in
 its own subprocess; the decoded codes are compared.
 
 ``--device cuda`` runs the search iteration on a GPU with AMP (autocast + GradScaler) for both and reports
@@ -209,10 +209,11 @@ def build_ours(device):
     from nnunet_nas.arch import grid_probs
     from nnunet_nas.arch.memory import GridMemoryModel
     from nnunet_nas.arch.params import GridArchParams
+    from nnunet_nas.arch.weighting import GridEdgeOpWeighting
     from nnunet_nas.networks.dints_net import DiNTSNet
     from nnunet_nas.nnunet.search_network import SearchNetwork
     supernet = DiNTSNet(IN_CHANNELS, NUM_CLASSES, None, NUM_BLOCKS, NUM_DEPTHS, 3, CHANNEL_MUL)
-    net = SearchNetwork(supernet, GridArchParams(NUM_BLOCKS, NUM_DEPTHS, 5)).to(device)
+    net = SearchNetwork(supernet, GridArchParams(NUM_BLOCKS, NUM_DEPTHS, 5), GridEdgeOpWeighting()).to(device)
     weights, arch = list(net.weight_parameters()), list(net.arch_parameters())
     memory = GridMemoryModel.from_network(supernet)
     sgd = torch.optim.SGD(weights, **SGD_KW)
@@ -319,9 +320,9 @@ def child_decode(impl: str, repeats: int) -> dict:
             space.log_alpha_c.copy_(ops)
         fn = lambda: space.decode()[:3]  # noqa: E731
     else:
-        from nnunet_nas.discretize.grid_path import decode_monai
+        from nnunet_nas.discretize.grid_path import decode_grid_codes
         build_s = 0.0
-        fn = lambda: decode_monai(edge, ops)  # noqa: E731
+        fn = lambda: decode_grid_codes(edge, ops)  # noqa: E731
     rss_before = _rss_mb()
     times = []
     with _RssSampler() as sampler:

@@ -44,14 +44,8 @@ def sh(cmd):
 
 
 def env_for(work):
-    env = dict(os.environ)
-    trainer_dir = sh("nnunet-nas trainer-dir") or os.path.join(REPO, "trainers")
-    env.update(nnUNet_raw=os.path.join(work, "nnUNet_raw"),
-               nnUNet_preprocessed=os.path.join(work, "nnUNet_preprocessed"),
-               nnUNet_results=os.path.join(work, "nnUNet_results"),
-               nnUNet_def_n_proc="1",
-               nnUNet_extTrainer=f"{trainer_dir}:{os.path.join(REPO, 'benchmarks', 'trainers')}")
-    return env
+    from nnunet_nas.nnunet.environment import nnunet_env
+    return nnunet_env(work, [os.path.join(REPO, "benchmarks", "trainers")])
 
 
 def parse_time_file(path):

@@ -1,8 +1,9 @@
 """``nnunet-nas``: what nnU-Net's own commands do not cover.
 
     nnunet-nas trainer-dir                    folder to put in nnUNet_extTrainer
-    nnunet-nas export CHECKPOINT              decode a search checkpoint, register <config>_dints
-    nnunet-nas add-arch DATASET               add the published DiNTS architecture (or a genotype / MONAI code)
+    nnunet-nas methods                        the registered NAS methods and their search trainers
+    nnunet-nas export CHECKPOINT              discretise a search checkpoint, register <config>_<method>
+    nnunet-nas add-arch DATASET               register a genotype without search (default: published DiNTS)
     nnunet-nas demo                           generate a small dataset, search, retrain, predict, print Dice
 """
 
@@ -12,22 +13,23 @@ import sys
 from importlib import resources
 
 
-def trainer_dir() -> str:
-    """The shim folder for ``nnUNet_extTrainer`` (``trainers/`` beside the package in a source checkout)."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(here, "trainers")
-    if not os.path.isfile(os.path.join(path, "nnunet_nas_trainers.py")):
-        raise FileNotFoundError(f"trainer shim folder not found at {path}; install nnunet_nas from its source "
-                                f"checkout with `pip install -e .`.")
-    return path
-
-
 def published_genotype_path() -> str:
     return str(resources.files("nnunet_nas") / "genotypes" / "zoo" / "dints_cvpr.json")
 
 
 def _cmd_trainer_dir(args) -> None:
+    from nnunet_nas.nnunet.environment import trainer_dir
     print(trainer_dir())
+
+
+def _cmd_methods(args) -> None:
+    from nnunet_nas.registry import get_method, method_names
+    from nnunet_nas.nnunet import trainers
+    for name in method_names():
+        m = get_method(name)
+        names = [t for t in trainers.__all__ if getattr(getattr(trainers, t), "nas_method", None) == name]
+        print(f"{name}: {m.paper}\n  trainers: {', '.join(names)}\n  configuration suffix: _{name}; fixed network: "
+              f"{m.network_class_name}")
 
 
 def _cmd_export(args) -> None:
@@ -47,21 +49,27 @@ def _cmd_add_arch(args) -> None:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunet_nas.genotypes.monai_compat import load_monai_file
-    from nnunet_nas.genotypes.schema import GridGenotype
-    from nnunet_nas.nnunet.export import register_dints_configuration
+    from nnunet_nas.genotypes.schema import load_genotype
+    from nnunet_nas.nnunet.export import register_searched_configuration
     from nnunet_nas.nnunet.plans_io import plans_file
+    from nnunet_nas.registry import get_method
 
     if args.monai:
         genotype = load_monai_file(args.monai)
     else:
-        genotype = GridGenotype.load(args.genotype or published_genotype_path())
+        genotype = load_genotype(args.genotype or published_genotype_path())
+    method = get_method(args.method or genotype.provenance.get("method") or "dints")
+    if not isinstance(genotype, method.genotype_class):
+        raise ValueError(f"the genotype is a {genotype.schema_name} genotype; method {method.name!r} takes "
+                         f"{method.genotype_class.schema_name} genotypes. Pass the matching --method.")
     if nnUNet_preprocessed is None:
         raise EnvironmentError("nnUNet_preprocessed is not set; nnU-Net needs it to find the plans file.")
     dataset = maybe_convert_to_dataset_name(args.dataset)
     path = plans_file(os.path.join(nnUNet_preprocessed, dataset), args.plans)
-    name = args.name or f"{args.configuration}_dints_{'cvpr' if not (args.monai or args.genotype) else 'imported'}"
-    used = register_dints_configuration(path, args.configuration, genotype, args.channel_mul, name=name,
-                                        overwrite=args.overwrite)
+    suffix = "cvpr" if not (args.monai or args.genotype) else "imported"
+    name = args.name or f"{args.configuration}_{method.name}_{suffix}"
+    used = register_searched_configuration(path, args.configuration, method, genotype, args.channel_mul, name=name,
+                                           overwrite=args.overwrite)
     print(f"Train it with: nnUNetv2_train {dataset} {used} FOLD")
 
 
@@ -77,23 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("trainer-dir", help="print the folder for nnUNet_extTrainer")
     s.set_defaults(func=_cmd_trainer_dir)
 
-    s = sub.add_parser("export", help="decode a DiNTS search checkpoint and register it as a configuration")
+    s = sub.add_parser("methods", help="list the registered NAS methods and their search trainers")
+    s.set_defaults(func=_cmd_methods)
+
+    s = sub.add_parser("export", help="discretise a search checkpoint (any method) and register it as a "
+                                      "configuration")
     s.add_argument("checkpoint", help="a search checkpoint, or the fold folder holding it")
-    s.add_argument("--name", help="configuration name (default <searched configuration>_dints)")
+    s.add_argument("--name", help="configuration name (default <searched configuration>_<method>)")
     s.add_argument("--channel-mul", type=float, help="width of the retrained network (default: the search's "
                                                     "export_channel_mul, 2x the search width)")
     s.add_argument("--base-config", help="configuration to inherit from (default: the searched one)")
     s.add_argument("--overwrite", action="store_true", help="replace a configuration holding another architecture")
     s.set_defaults(func=_cmd_export)
 
-    s = sub.add_parser("add-arch", help="register a DiNTS architecture without search (default: the published "
+    s = sub.add_parser("add-arch", help="register an architecture without search (default: the published DiNTS "
                                         "CVPR 2021 architecture, MONAI Auto3DSeg's default)")
     s.add_argument("dataset", help="dataset id or name (planned with nnUNetv2_plan_and_preprocess)")
     s.add_argument("-c", "--configuration", default="3d_fullres", help="configuration to inherit from")
     s.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
     s.add_argument("--monai", help="a MONAI arch-code file (.pth or .json) instead of the published one")
-    s.add_argument("--genotype", help="an nnunet_nas genotype JSON instead of the published one")
-    s.add_argument("--name", help="configuration name (default <configuration>_dints_cvpr)")
+    s.add_argument("--genotype", help="an nnunet_nas genotype JSON (any method) instead of the published one")
+    s.add_argument("--method", help="the method whose fixed network builds it (default: the genotype's provenance)")
+    s.add_argument("--name", help="configuration name (default <configuration>_<method>_cvpr / _imported)")
     s.add_argument("--channel-mul", type=float, default=1.0, help="channel multiplier (MONAI retrains at 1.0)")
     s.add_argument("--overwrite", action="store_true", help="replace a configuration holding another architecture")
     s.set_defaults(func=_cmd_add_arch)

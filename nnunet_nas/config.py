@@ -1,29 +1,69 @@
-"""Search hyper-parameters: one frozen dataclass per method, paper defaults, saved next to every genotype.
+"""Search hyper-parameters: one frozen dataclass per method, extending :class:`SearchConfig`; paper defaults,
+saved next to every genotype and in every search checkpoint.
 
 A trainer variant changes a field with ``dataclasses.replace`` in a class attribute (nnU-Net's attribute
 style), e.g. ``search_config = replace(DiNTSSearchConfig(), memory_budget=0.5)``.
 """
 
 from dataclasses import asdict, dataclass
-from typing import Tuple
+from typing import Optional, Tuple
+
+WEIGHT_OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
-class DiNTSSearchConfig:
+class SearchConfig:
+    """What every search shares: the bi-level loop, the data split, the optimisers and the export width.
+
+    ``data_split`` (weight : architecture) divides the fold's training cases: (1, 1) is DARTS / DiNTS's 50/50,
+    (4, 1) SCNAS's. ``warmup_epochs`` (weight steps only) wins over ``warmup_fraction`` when set. The weight
+    optimiser is nnU-Net's SGD (its learning rate, momentum 0.99, Nesterov, poly schedule) or Adam
+    (``weight_lr``, ``weight_betas``, same poly schedule).
+    """
+    op_set: Optional[str] = None  # candidate operations; None: the method's default for 2-D / 3-D
+    export_channel_mul: float = 1.0  # width of the exported (retrained) network
+    warmup_fraction: float = 0.5  # share of the epochs with weight steps only
+    warmup_epochs: Optional[int] = None  # absolute warm-up, overrides warmup_fraction
+    data_split: Tuple[int, int] = (1, 1)  # weight : architecture training cases
+    weight_optimizer: str = "sgd"  # "sgd" (nnU-Net's) or "adam"
+    weight_lr: Optional[float] = None  # None: nnU-Net's initial_lr (SGD) / 1e-3 (Adam)
+    weight_betas: Tuple[float, float] = (0.9, 0.999)  # Adam only
+    arch_lr: float = 3e-4
+    arch_betas: Tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    arch_grad_clip: Optional[float] = None  # max norm of the architecture gradient; None: no clipping
+
+    def __post_init__(self):
+        if self.weight_optimizer not in WEIGHT_OPTIMIZERS:
+            raise ValueError(f"{type(self).__name__}: weight_optimizer {self.weight_optimizer!r} is not one of "
+                             f"{WEIGHT_OPTIMIZERS}.")
+        if len(self.data_split) != 2 or min(self.data_split) < 1:
+            raise ValueError(f"{type(self).__name__}: data_split {self.data_split} must be two positive integers "
+                             f"(weight cases : architecture cases), e.g. (1, 1) or (4, 1).")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"{type(self).__name__}: warmup_fraction {self.warmup_fraction} must lie in [0, 1).")
+
+    def num_warmup_epochs(self, num_epochs: int) -> int:
+        if self.warmup_epochs is not None:
+            return min(int(self.warmup_epochs), num_epochs)
+        return int(round(self.warmup_fraction * num_epochs))
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class DiNTSSearchConfig(SearchConfig):
+    """DiNTS (He et al., CVPR 2021)."""
     num_blocks: int = 12  # L [paper 4.1]
     num_depths: int = 4  # D [paper 4.1]
     channel_mul: float = 0.5  # search width: f = 32 * 2^i * mul [MONAI tutorial]
     export_channel_mul: float = 1.0  # retrained width: 2x the search filters [paper 4.1]
     memory_budget: float = 0.8  # sigma of Eq. 10 [paper]
     topology_weight: float = 0.001  # lambda of Eq. 11 [paper]
-    warmup_fraction: float = 0.5  # share of epochs with weight steps only [paper: 11k of 21k iterations]
+    warmup_fraction: float = 0.5  # [paper: 11k of 21k iterations]
     arch_lr: float = 0.008  # Adam [paper 4.1]
     arch_betas: Tuple[float, float] = (0.5, 0.999)  # [MONAI tutorial]
     arch_weight_decay: float = 0.0  # [paper]
-    arch_grad_clip: float = 0.5  # max norm of the architecture gradient [Auto3DSeg]
+    arch_grad_clip: Optional[float] = 0.5  # [Auto3DSeg]
     recompute_norms: bool = True  # [ours] search-memory saving, see spaces/grid.py
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["arch_betas"] = list(d["arch_betas"])
-        return d

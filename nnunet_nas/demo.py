@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from nnunet_nas.nnunet.environment import nnunet_env
+
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = f"Dataset{DEMO_DATASET_ID:03d}_NASDemo"
 SEARCH_TRAINER = "nnUNetTrainerDiNTSSearchDemo"
@@ -49,17 +51,6 @@ def make_demo_dataset(raw_root: str, dataset_id: int = DEMO_DATASET_ID, num_case
     return folder
 
 
-def nnunet_env(workdir: str) -> dict:
-    from nnunet_nas.cli import trainer_dir
-    env = dict(os.environ)
-    env.update(nnUNet_raw=os.path.join(workdir, "nnUNet_raw"),
-               nnUNet_preprocessed=os.path.join(workdir, "nnUNet_preprocessed"),
-               nnUNet_results=os.path.join(workdir, "nnUNet_results"),
-               nnUNet_extTrainer=trainer_dir(), nnUNet_def_n_proc="1",
-               nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "1"))
-    return env
-
-
 def dice_scores(pred_folder: str, label_folder: str, labels=(1, 2)) -> dict:
     import nibabel as nib
     scores = {lab: [] for lab in labels}
@@ -85,7 +76,7 @@ def run_demo(workdir: str = "nnunet_nas_demo", fresh: bool = False, log=print) -
     workdir = os.path.abspath(workdir)
     if fresh and os.path.isdir(workdir):
         shutil.rmtree(workdir)
-    env = nnunet_env(workdir)
+    env = nnunet_env(workdir, n_proc_DA=int(os.environ.get("nnUNet_n_proc_DA", "1")))
     start = time.time()
     raw = make_demo_dataset(env["nnUNet_raw"])
     log(f"[nnunet-nas demo] dataset written to {raw}")

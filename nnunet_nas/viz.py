@@ -5,10 +5,11 @@ backend switch), so importing this module is cheap and safe in headless training
 atomically (temporary file in the same folder, then ``os.replace``).
 """
 
-import os
 from typing import Optional
 
 import numpy as np
+
+from nnunet_nas.io import atomic_path
 
 DIRECTION_NAMES = {-1: "down (finer -> coarser)", 0: "same resolution", 1: "up (coarser -> finer)"}
 DIRECTION_COLOURS = {-1: "tab:blue", 0: "tab:gray", 1: "tab:red"}
@@ -39,15 +40,8 @@ def _new_figure(width: float, height: float):
 
 
 def _save_png(fig, path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

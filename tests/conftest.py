@@ -1,7 +1,6 @@
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,13 +16,8 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def nnunet_env(root: str) -> dict:
-    from nnunet_nas.cli import trainer_dir
-    env = dict(os.environ)
-    env.update(nnUNet_raw=os.path.join(root, "raw"), nnUNet_preprocessed=os.path.join(root, "preprocessed"),
-               nnUNet_results=os.path.join(root, "results"), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="0",
-               nnUNet_extTrainer=os.pathsep.join([trainer_dir(), TEST_TRAINERS]), OMP_NUM_THREADS="2",
-               PATH=os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]))
-    return env
+    from nnunet_nas.nnunet.environment import nnunet_env as env_for
+    return env_for(root, [TEST_TRAINERS], n_proc_DA=0, OMP_NUM_THREADS="2")
 
 
 def run_cli(cmd, env, timeout=900, check=True):
@@ -32,6 +26,16 @@ def run_cli(cmd, env, timeout=900, check=True):
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
     return p
+
+
+def run_search(env, trainer, extra=(), crash_after=None):
+    """``nnUNetv2_train DATASET 3d_fullres 0 -tr trainer -device cpu``; with ``crash_after=k`` the test trainers
+    die right after epoch k (as a killed job would) and the exit code is left to the caller."""
+    env = dict(env)
+    if crash_after is not None:
+        env["NAS_TEST_CRASH_AFTER_EPOCH"] = str(crash_after)
+    return run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu", *extra],
+                   env, check=crash_after is None)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nnunet_nas.arch.params import GridArchParams
+from nnunet_nas.arch.weighting import GridEdgeOpWeighting
 from nnunet_nas.networks.dints_net import DiNTSNet
 from nnunet_nas.nnunet.search_network import SearchNetwork
 
@@ -23,7 +24,7 @@ def _worker(rank, world, port, out):
     torch.set_num_threads(1)
     torch.manual_seed(100 + rank)  # different initialisation per rank: DDP must broadcast rank 0's
     model = SearchNetwork(DiNTSNet(1, 2, None, num_blocks=2, num_depths=2, channel_mul=0.125),
-                          GridArchParams(2, 2, 5))
+                          GridArchParams(2, 2, 5), GridEdgeOpWeighting())
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     arch_opt = torch.optim.Adam(model.arch_parameters(), lr=0.05, betas=(0.5, 0.999))
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.01, momentum=0.9)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nnunet_nas.genotypes.monai_compat import from_monai_codes, load_monai_file, to_monai_codes
-from nnunet_nas.genotypes.schema import GenotypeError, GridGenotype
+from nnunet_nas.genotypes.grid import GridGenotype
+from nnunet_nas.genotypes.schema import GenotypeError
 from conftest import SHARED
 
 CVPR = f"{SHARED}/reference/dints_arch_code_cvpr.json"
@@ -99,3 +100,16 @@ def test_malformed_files(tmp_path):
     torch.save({"node_a": np.ones((3, 2))}, tmp_path / "partial.pth")
     with pytest.raises(GenotypeError, match="missing keys"):
         load_monai_file(str(tmp_path / "partial.pth"))
+
+
+def test_genotypes_are_read_by_their_schema_name_and_keep_spatial_dims(cvpr, tmp_path):
+    from nnunet_nas.genotypes.schema import genotype_from_dict, load_genotype
+    assert genotype_from_dict(cvpr.to_dict()) == cvpr
+    cvpr.save(str(tmp_path / "g.json"))
+    g = load_genotype(str(tmp_path / "g.json"))
+    assert isinstance(g, GridGenotype) and g.spatial_dims == 3
+    with pytest.raises(GenotypeError, match="schema 'nnunet_nas.cell' is not a genotype schema"):
+        genotype_from_dict(_mutated(cvpr, schema="nnunet_nas.cell"))
+    # spatial_dims is read back and checked against the op set, never derived from a name
+    with pytest.raises(GenotypeError, match="spatial_dims 2 disagrees with op set dints_3d"):
+        GridGenotype.from_dict(_mutated(cvpr, spatial_dims=2))

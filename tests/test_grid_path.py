@@ -14,7 +14,7 @@ import torch
 
 from nnunet_nas.arch.grid_probs import discretisation_gap
 from nnunet_nas.discretize import grid_path as gpath
-from nnunet_nas.discretize.grid_path import decode, decode_arrays, decode_monai, monai_pattern_probs, path_costs
+from nnunet_nas.discretize.grid_path import decode, decode_arrays, decode_grid_codes, monai_pattern_probs, path_costs
 from nnunet_nas.spaces.grid_topology import grid_topology
 
 
@@ -95,7 +95,7 @@ def test_all_zero_logits_take_highest_pattern_on_ties():
 
 def test_monai_layout_and_dtypes():
     edge, ops = _random_logits(5, 3, seed=1)
-    node_a, arch_a, arch_c = decode_monai(edge, ops)
+    node_a, arch_a, arch_c = decode_grid_codes(edge, ops)
     assert node_a.shape == (6, 3) and node_a.dtype == np.int64
     assert arch_a.shape == (5, 7) and arch_a.dtype == np.float64 and set(np.unique(arch_a)) <= {0.0, 1.0}
     assert arch_c.shape == (5, 7) and arch_c.dtype == np.int64
@@ -215,7 +215,7 @@ def test_tables_cached():
 )
 def test_bad_inputs(edge, ops, match):
     with pytest.raises(ValueError, match=match):
-        decode_monai(edge, ops)
+        decode_grid_codes(edge, ops)
 
 
 # ------------------------------------------------------------------------------------------- MONAI oracle

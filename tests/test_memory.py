@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nnunet_nas.arch.memory import GridMemoryModel, estimate_training_memory_bytes, network_feature_map_size
-from nnunet_nas.genotypes.schema import GridGenotype
+from nnunet_nas.genotypes.grid import GridGenotype
 
 try:
     from nnunet_nas.arch.grid_probs import edge_marginals

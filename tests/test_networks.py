@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from nnunet_nas.arch.params import GridArchParams
+from nnunet_nas.arch.weighting import GridEdgeOpWeighting
 from nnunet_nas.genotypes.monai_compat import load_monai_file
-from nnunet_nas.genotypes.schema import GridGenotype
+from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.networks.dints_net import DiNTSNet
 from nnunet_nas.nnunet.search_network import SearchNetwork
 from nnunet_nas.ops.catalog import op_names
@@ -39,19 +40,19 @@ def test_deep_supervision_outputs_match_nnunet_scales(dims):
                    deep_supervision=True)
     arch = GridArchParams(2, 3, len(op_names(net.space.op_set_name)))
     x = torch.randn(2, 1, *([32] * dims))
-    outs = net(x, arch.op_weights())
+    outs = net(x, GridEdgeOpWeighting()(arch))
     scales = (1 / np.cumprod(np.vstack(strides), axis=0))[:-1]  # what nnU-Net derives from the strides
     assert len(outs) == len(scales)
     for o, s in zip(outs, scales):
         assert list(o.shape[2:]) == [int(32 * f) for f in s] and o.shape[1] == 3
     net.decoder.deep_supervision = False
-    assert net(x, arch.op_weights()).shape == (2, 3) + (32,) * dims
+    assert net(x, GridEdgeOpWeighting()(arch)).shape == (2, 3) + (32,) * dims
 
 
 def test_every_weight_and_arch_parameter_gets_a_gradient_and_sets_are_disjoint():
     net = DiNTSNet(1, 2, None, num_blocks=2, num_depths=3, channel_mul=0.125, strides=[[1] * 3] + [[2] * 3] * 3,
                    deep_supervision=True)
-    model = SearchNetwork(net, GridArchParams(2, 3, 5))
+    model = SearchNetwork(net, GridArchParams(2, 3, 5), GridEdgeOpWeighting())
     outs = model(torch.randn(1, 1, 32, 32, 32))
     sum(o.square().mean() for o in outs).backward()
     weights, arch = set(map(id, model.weight_parameters())), set(map(id, model.arch_parameters()))
@@ -61,11 +62,11 @@ def test_every_weight_and_arch_parameter_gets_a_gradient_and_sets_are_disjoint()
 
 
 def _random_genotype(L, D, seed):
-    from nnunet_nas.discretize.grid_path import decode_monai
+    from nnunet_nas.discretize.grid_path import decode_grid_codes
     from nnunet_nas.genotypes.monai_compat import from_monai_codes
     rng = np.random.RandomState(seed)
     E = 3 * D - 2
-    return from_monai_codes(*decode_monai(rng.normal(0, 2, (L, E)), rng.normal(0, 2, (L, E, 5))))
+    return from_monai_codes(*decode_grid_codes(rng.normal(0, 2, (L, E)), rng.normal(0, 2, (L, E, 5))))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -107,7 +108,7 @@ def test_recomputed_norms_give_identical_gradients(batch, size, frozen_weights):
         net.space.recompute_norms = recompute
         for p in trained:
             p.grad = None
-        net(x, arch.op_weights()).square().mean().backward()
+        net(x, GridEdgeOpWeighting()(arch)).square().mean().backward()
         grads.append([p.grad.clone() for p in trained])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
@@ -139,3 +140,16 @@ def test_genotype_dict_round_trips_through_the_network_kwargs():
     g = load_monai_file(CVPR_JSON)
     net = DiNTSNet(1, 2, genotype=g.to_dict(), channel_mul=0.0625)
     assert isinstance(net.genotype, GridGenotype) and net.genotype == g
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_grid_runs_any_op_set_through_the_generic_mixed_op(dims):
+    """Ops that are not ReLU -> convs -> norm (pools, zero, separable convs) take the plain mixed-op path; every
+    weight and architecture parameter still gets a gradient."""
+    net = DiNTSNet(1, 2, None, num_blocks=2, num_depths=2, spatial_dims=dims, channel_mul=0.125,
+                   op_set=f"darts_{dims}d")
+    assert not net.space.conv_chain_ops
+    arch = GridArchParams(2, 2, len(op_names(f"darts_{dims}d")))
+    net(torch.randn(1, 1, *([16] * dims)), GridEdgeOpWeighting()(arch)).square().mean().backward()
+    missing = [n for n, p in list(net.named_parameters()) + list(arch.named_parameters()) if p.grad is None]
+    assert missing == []

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, run_cli
-from nnunet_nas.genotypes.schema import GridGenotype
+from conftest import DATASET_ID, DATASET_NAME, run_cli, run_search
+from nnunet_nas.genotypes.grid import GridGenotype
 
 SEARCH = "nnUNetTrainerDiNTSSearchTest"
 PLAIN = "nnUNetTrainerNASTest"
@@ -24,11 +24,7 @@ def _plans(env):
 
 
 def _search(env, extra=(), crash_after=None):
-    env = dict(env)
-    if crash_after is not None:
-        env["NAS_TEST_CRASH_AFTER_EPOCH"] = str(crash_after)
-    return run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", SEARCH, "-device", "cpu", *extra],
-                   env, check=crash_after is None)
+    return run_search(env, SEARCH, extra, crash_after)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,12 @@ import json
 import pytest
 
 from nnunet_nas.genotypes.monai_compat import load_monai_file
-from nnunet_nas.nnunet.export import dints_architecture_block, register_dints_configuration
+from nnunet_nas.nnunet.export import architecture_block, register_searched_configuration
+from nnunet_nas.registry import get_method
 from nnunet_nas.nnunet.plans_io import PlansError, free_configuration_name, register_configuration
 from conftest import SHARED
+
+DINTS = get_method("dints")
 
 
 @pytest.fixture
@@ -22,7 +25,7 @@ def plans_path(tmp_path):
 
 def test_register_adds_an_inheriting_configuration_with_adjusted_patch(plans_path):
     g = load_monai_file(f"{SHARED}/reference/dints_arch_code_cvpr.json")
-    name = register_dints_configuration(plans_path, "3d_fullres", g, 0.5, log=lambda *a: None)
+    name = register_searched_configuration(plans_path, "3d_fullres", DINTS, g, 0.5, log=lambda *a: None)
     plans = json.load(open(plans_path))
     c = plans["configurations"][name]
     assert name == "3d_fullres_dints" and c["inherits_from"] == "3d_fullres"
@@ -30,7 +33,7 @@ def test_register_adds_an_inheriting_configuration_with_adjusted_patch(plans_pat
     assert c["architecture"]["arch_kwargs"]["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 5  # deepest level 3: 5 outputs
     assert plans["configurations"]["3d_fullres"]["patch_size"] == [40, 56, 40]
     with pytest.raises(ValueError, match="2-D but the genotype is 3-D"):
-        register_dints_configuration(plans_path, "2d", g, 0.5, log=lambda *a: None)
+        register_searched_configuration(plans_path, "2d", DINTS, g, 0.5, log=lambda *a: None)
 
 
 def test_different_architecture_is_never_overwritten_silently(plans_path):
@@ -57,5 +60,5 @@ def test_bad_names_and_bases(plans_path):
 
 def test_architecture_block_is_json_serialisable():
     g = load_monai_file(f"{SHARED}/reference/dints_arch_code_cvpr.json")
-    block = dints_architecture_block(g, 1.0)
+    block = architecture_block(DINTS, g, 1.0)
     assert json.loads(json.dumps(block)) == block

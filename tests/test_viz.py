@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from nnunet_nas.genotypes.schema import GridGenotype  # noqa: E402
+from nnunet_nas.genotypes.grid import GridGenotype  # noqa: E402
 from nnunet_nas.viz import plot_arch_trajectories, plot_grid_genotype  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -4,10 +4,10 @@
 from dataclasses import replace
 
 from nnunet_nas.config import DiNTSSearchConfig
-from nnunet_nas.nnunet.dints_trainer import DiNTSSearchTrainer
+from nnunet_nas.nnunet.trainers import nnUNetTrainerDiNTSSearch
 
 
-class nnUNetTrainerDiNTSSearchHippo2D_L8D3(DiNTSSearchTrainer):
+class nnUNetTrainerDiNTSSearchHippo2D_L8D3(nnUNetTrainerDiNTSSearch):
     """CPU search for MSD Hippocampus 2d_bs32 (first, loaded-machine run; BENCHMARKS.md now uses the 40x25 variant).
 
     L=8 blocks, D=3 levels (patch 56x40 -> 64x48), search width channel_mul 0.125, retrained at twice the

@@ -42,7 +42,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from nnunet_nas.ops.catalog import default_op_set, edge_preprocess_cost, op_set
+from nnunet_nas.ops.catalog import edge_preprocess_cost, op_set
+from nnunet_nas.spaces.grid import default_grid_op_set
 from nnunet_nas.spaces.grid_topology import check_num_blocks, grid_topology
 
 
@@ -82,8 +83,13 @@ class GridMemoryModel:
             raise ValueError(f"GridMemoryModel: expected {num_depths} channel counts (one per level), got {channels}.")
         if spatial_dims not in (2, 3):
             raise ValueError(f"GridMemoryModel: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
-        self.op_set_name = op_set_name or default_op_set(spatial_dims)
+        self.op_set_name = op_set_name or default_grid_op_set(spatial_dims)
         specs = op_set(self.op_set_name)
+        nonlinear = [s.name for s in specs if not s.linear]
+        if nonlinear:
+            raise ValueError(f"GridMemoryModel keeps per-voxel cost tables, exact only for ops whose memory is a "
+                             f"multiple of their output size; {nonlinear} of {self.op_set_name} are not. Extend the "
+                             f"model with OpSpec.memory_elements at the real patch size for them.")
         self.num_blocks, self.num_depths, self.spatial_dims = num_blocks, num_depths, spatial_dims
         self.num_edges, self.num_ops = topo.num_edges, len(specs)
         self.channels = channels
@@ -215,13 +221,13 @@ def estimate_training_memory_bytes(net, patch_size, batch_size: int, amp: bool =
     """Rough training-memory estimate in bytes (for printing before training; not a guarantee).
 
     ``activations * (2 if amp else 4) + parameters * 4 * 4`` with ``activations =
-    batch_size * network_feature_map_size(net, patch_size)`` and four fp32 copies per parameter: the weights,
+    batch_size * net.compute_conv_feature_map_size(patch_size)`` (any network with DNA's estimator) and four fp32 copies per parameter: the weights,
     their gradients, the SGD momentum buffer and one more copy for optimizer/GradScaler temporaries. Not
     counted: the CUDA context, cuDNN workspaces, allocator fragmentation and the fp32 tensors autocast keeps
     (norm statistics, loss inputs), while the activation count itself is conservative (about 1.7x what autograd
     keeps for a fixed network, see :func:`network_feature_map_size`). Not validated against a GPU's peak
     memory: treat it as an order of magnitude for comparing architectures and patch sizes.
     """
-    activations = batch_size * network_feature_map_size(net, patch_size)
+    activations = batch_size * net.compute_conv_feature_map_size(patch_size)
     params = sum(p.numel() for p in net.parameters())
     return int(activations * (2 if amp else 4) + params * 4 * 4)

@@ -1,5 +1,11 @@
-"""Architecture parameters of the grid (DiNTS / DAST), kept apart from the network weights.
+"""Architecture parameters, kept apart from the network weights (``arch.parameters()`` and the supernet's are
+disjoint by construction).
 
+:class:`ArchParams` holds a method's named logits and the alive-op mask of operation pruning: ``op_logits`` is
+``[..., N]`` over the op set; ``alive_ops`` (same shape, bool) exists only once something was pruned, so an
+unpruned search's state dict holds the logits alone. Pruned ops get probability 0 in :meth:`op_probs`.
+
+:class:`GridArchParams` (DiNTS / DAST):
 ``edge_logits`` [L, E]: p_e = sigmoid (paper Eq. 2), initialised N(0, 0.01) [paper section 4.1].
 ``op_logits``  [L, E, N]: alpha = softmax over ops, initialised N(1, 0.01) [paper].
 """
@@ -7,21 +13,39 @@
 import torch
 from torch import nn
 
-from nnunet_nas.arch.grid_probs import edge_marginals
 from nnunet_nas.spaces.grid_topology import grid_topology
 
 
-class GridArchParams(nn.Module):
-    def __init__(self, num_blocks: int, num_depths: int, num_ops: int):
-        super().__init__()
-        num_edges = grid_topology(num_depths).num_edges
-        self.num_depths = num_depths
-        self.edge_logits = nn.Parameter(torch.randn(num_blocks, num_edges) * 0.01)
-        self.op_logits = nn.Parameter(1.0 + torch.randn(num_blocks, num_edges, num_ops) * 0.01)
+class ArchParams(nn.Module):
+    """Base: ``op_logits`` ``[..., N]`` (set by the subclass) and the optional alive-op mask."""
+    op_logits: nn.Parameter
 
-    def op_weights(self) -> torch.Tensor:
-        """``[L, E, N]`` supernet weights: P(edge on | block non-empty) * softmax(alpha) (MONAI's forward)."""
-        return edge_marginals(self.edge_logits)[..., None] * torch.softmax(self.op_logits, dim=-1)
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("alive_ops", None)  # in the state dict only once set
+
+    def op_probs(self) -> torch.Tensor:
+        """softmax of ``op_logits`` over the last axis, over alive ops only."""
+        if self.alive_ops is None:
+            return torch.softmax(self.op_logits, dim=-1)
+        return torch.softmax(self.op_logits.masked_fill(~self.alive_ops, float("-inf")), dim=-1)
+
+    def set_alive_ops(self, alive: torch.Tensor) -> None:
+        """Prune: ``alive`` (bool, ``op_logits``' shape) marks the ops that stay; ops once pruned stay pruned."""
+        alive = torch.as_tensor(alive, dtype=torch.bool, device=self.op_logits.device)
+        if alive.shape != self.op_logits.shape:
+            raise ValueError(f"alive-op mask has shape {list(alive.shape)}, expected {list(self.op_logits.shape)}.")
+        if self.alive_ops is not None:
+            alive = alive & self.alive_ops
+        if not alive.any(dim=-1).all():
+            raise ValueError("operation pruning would leave an edge without any operation; keep at least one.")
+        self.alive_ops = alive
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "alive_ops"
+        if key in state_dict and self.alive_ops is None:  # a pruned search's checkpoint
+            self.alive_ops = torch.ones_like(state_dict[key], dtype=torch.bool, device=self.op_logits.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def check_finite(self) -> None:
         for name, p in self.named_parameters():
@@ -30,3 +54,12 @@ class GridArchParams(nn.Module):
                     f"Architecture parameter {name} contains NaN/inf after an update; the search diverged. Lower the "
                     f"architecture learning rate (arch_lr) or keep AMP's arch GradScaler on, then resume from the "
                     f"last good checkpoint with --c.")
+
+
+class GridArchParams(ArchParams):
+    def __init__(self, num_blocks: int, num_depths: int, num_ops: int):
+        super().__init__()
+        num_edges = grid_topology(num_depths).num_edges
+        self.num_depths = num_depths
+        self.edge_logits = nn.Parameter(torch.randn(num_blocks, num_edges) * 0.01)
+        self.op_logits = nn.Parameter(1.0 + torch.randn(num_blocks, num_edges, num_ops) * 0.01)

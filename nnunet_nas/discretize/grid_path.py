@@ -50,7 +50,7 @@ import torch
 from nnunet_nas.arch.grid_probs import num_depths_from_edges
 from nnunet_nas.spaces.grid_topology import grid_topology
 
-__all__ = ["GridDecoding", "decode", "decode_arrays", "decode_monai", "monai_pattern_probs", "path_costs"]
+__all__ = ["GridDecoding", "decode", "decode_arrays", "decode_grid_codes", "monai_pattern_probs", "path_costs"]
 
 COST_EPS = 1e-5  # MONAI: -log(eta + 1e-5)
 COST_SHIFT = 0.001  # MONAI: + 0.001 per graph edge (keeps all Dijkstra weights positive)
@@ -298,7 +298,7 @@ def decode_arrays(edge_logits, op_logits) -> Tuple[np.ndarray, np.ndarray, np.nd
     return d.node_a, d.arch_code_a, d.arch_code_c, d.arch_code_a_max
 
 
-def decode_monai(edge_logits, op_logits) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode_grid_codes(edge_logits, op_logits) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(node_a, arch_code_a, arch_code_c)`` in MONAI layout; the format ``TopologyInstance``/``DiNTS`` take.
 
     node_a: int64 ``[L+1, D]``; arch_code_a: float64 ``[L, E]`` 0/1; arch_code_c: int64 ``[L, E]``.

@@ -1,1 +1,2 @@
-"""Genotypes: small, versioned, human-readable JSON hand-offs between search and retraining."""
+"""Genotypes: the JSON hand-off between a search and the fixed network (see schema.py)."""
+from nnunet_nas.genotypes import grid  # noqa: F401 - registers nnunet_nas.grid

@@ -11,7 +11,8 @@ from typing import Optional
 
 import numpy as np
 
-from nnunet_nas.genotypes.schema import GenotypeError, GridGenotype
+from nnunet_nas.genotypes.grid import GridGenotype
+from nnunet_nas.genotypes.schema import GenotypeError
 from nnunet_nas.ops.catalog import op_names
 
 

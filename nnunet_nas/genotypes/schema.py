@@ -1,101 +1,54 @@
-"""The grid genotype (DiNTS / DAST): versioned JSON with op names, never op indices.
+"""What every genotype shares, and the dispatch on the ``schema`` name of a genotype's JSON.
 
-JSON layout (``version`` 1)::
-
-    {"schema": "nnunet_nas.grid", "version": 1, "op_set": "dints_3d", "spatial_dims": 3,
-     "num_blocks": L, "num_depths": D,
-     "node_a": [[0/1] * D] * (L + 1),        # row 0: inputs of block 0; row b+1: outputs of block b
-     "edges":  [[0/1] * E] * L,              # E = 3D-2, MONAI path order (nnunet_nas.spaces.grid_topology)
-     "ops":    [[op name or null] * E] * L,  # null on inactive edges
-     "provenance": {...}}                    # method, dataset, fold, epoch, package version, config
-
-``node_a`` is redundant with ``edges`` and is checked against it; a genotype is feasible when every block is
-non-empty and the input levels of block b+1 equal the output levels of block b (paper section 3.3.3).
+A genotype is the whole hand-off between a search and the fixed network (DARTS): a small, versioned,
+human-readable JSON object with a ``schema`` name (``nnunet_nas.grid`` for DiNTS / DAST, a cell schema for
+DARTS-style methods), a ``version``, op names (never indices), ``spatial_dims`` and a ``provenance``. Each genotype
+class registers its schema name with :func:`register_schema`; :func:`genotype_from_dict` and
+:func:`load_genotype` read any of them.
 """
 
 import json
-import os
-from dataclasses import dataclass, field
-from typing import Optional
+from typing import Dict, Type
 
-import numpy as np
+from nnunet_nas.io import atomic_write_text
 
-from nnunet_nas.ops.catalog import OP_SETS, op_names
-from nnunet_nas.spaces.grid_topology import check_num_blocks, check_num_depths, grid_topology
-
-SCHEMA = "nnunet_nas.grid"
-VERSION = 1
+SCHEMAS: Dict[str, Type["Genotype"]] = {}
 
 
 class GenotypeError(ValueError):
     """A genotype file or dict that cannot be used; the message names the problem and the fix."""
 
 
-def _spatial_dims_of(op_set: str) -> int:
-    return 2 if op_set.endswith("_2d") else 3
+def register_schema(name: str):
+    """Class decorator: ``name`` is the ``schema`` value of the class's JSON."""
+    def deco(cls):
+        if name in SCHEMAS and SCHEMAS[name] is not cls:
+            raise ValueError(f"genotype schema {name!r} is registered twice ({SCHEMAS[name].__name__}, {cls.__name__}).")
+        SCHEMAS[name] = cls
+        cls.schema_name = name
+        return cls
+    return deco
 
 
-@dataclass
-class GridGenotype:
-    op_set: str
-    node_a: np.ndarray  # int64 [L+1, D]
-    arch_code_a: np.ndarray  # int64 [L, E]
-    ops: list  # [L][E] op name or None
-    provenance: dict = field(default_factory=dict)
+class Genotype:
+    """Base of the genotype classes: ``to_dict`` / ``from_dict`` / ``validate`` are theirs; saving, loading and
+    equality (of the JSON) are shared."""
+    schema_name: str = ""
+    spatial_dims: int
 
-    @property
-    def num_blocks(self) -> int:
-        return self.arch_code_a.shape[0]
-
-    @property
-    def num_depths(self) -> int:
-        return self.node_a.shape[1]
-
-    @property
-    def spatial_dims(self) -> int:
-        return _spatial_dims_of(self.op_set)
-
-    def op_indices(self) -> np.ndarray:
-        """``[L, E]`` op indices in the op set's order (0 on inactive edges)."""
-        names = op_names(self.op_set)
-        return np.array([[names.index(o) if o is not None else 0 for o in row] for row in self.ops], dtype=np.int64)
-
-    # ----------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA, "version": VERSION, "op_set": self.op_set, "spatial_dims": self.spatial_dims,
-            "num_blocks": self.num_blocks, "num_depths": self.num_depths,
-            "node_a": self.node_a.astype(int).tolist(), "edges": self.arch_code_a.astype(int).tolist(),
-            "ops": [list(r) for r in self.ops], "provenance": dict(self.provenance),
-        }
+        raise NotImplementedError
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "genotype") -> "GridGenotype":
-        if not isinstance(d, dict):
-            raise GenotypeError(f"{source}: expected a JSON object, got {type(d).__name__}.")
-        if d.get("schema") != SCHEMA:
-            raise GenotypeError(f"{source}: schema is {d.get('schema')!r}, expected {SCHEMA!r}. Is this a DiNTS "
-                                f"genotype written by nnunet_nas? MONAI arch codes are imported with "
-                                f"`nnunet-nas add-arch --monai FILE`.")
-        if d.get("version") != VERSION:
-            raise GenotypeError(f"{source}: genotype version {d.get('version')!r} is not supported by this nnunet_nas "
-                                f"(reads version {VERSION}); upgrade nnunet_nas or re-export the genotype.")
-        missing = [k for k in ("op_set", "num_blocks", "num_depths", "node_a", "edges", "ops") if k not in d]
-        if missing:
-            raise GenotypeError(f"{source}: missing keys {missing}; the file is truncated or not a genotype.")
-        if d["op_set"] not in OP_SETS:
-            raise GenotypeError(f"{source}: unknown op set {d['op_set']!r}; known: {sorted(OP_SETS)}.")
-        g = cls(d["op_set"], np.asarray(d["node_a"], dtype=np.int64), np.asarray(d["edges"], dtype=np.int64),
-                [list(r) for r in d["ops"]], dict(d.get("provenance", {})))
-        g.validate(source, expected_blocks=d["num_blocks"], expected_depths=d["num_depths"])
-        return g
+    def from_dict(cls, d: dict, source: str = "genotype") -> "Genotype":
+        return genotype_from_dict(d, source)
 
     def save(self, path: str) -> None:
         """Write JSON atomically (temporary file + rename)."""
         atomic_write_text(path, to_json_text(self.to_dict()))
 
     @classmethod
-    def load(cls, path: str) -> "GridGenotype":
+    def load(cls, path: str) -> "Genotype":
         try:
             with open(path) as f:
                 d = json.load(f)
@@ -103,53 +56,25 @@ class GridGenotype:
             raise GenotypeError(f"{path}: not valid JSON ({e}); the genotype file is malformed.") from None
         return cls.from_dict(d, source=path)
 
-    # ----------------------------------------------------------------- validation
-    def validate(self, source: str = "genotype", expected_blocks: Optional[int] = None,
-                 expected_depths: Optional[int] = None) -> None:
-        try:
-            check_num_depths(int(self.node_a.shape[1]) if self.node_a.ndim == 2 else -1)
-            check_num_blocks(int(self.arch_code_a.shape[0]) if self.arch_code_a.ndim == 2 else -1)
-        except ValueError as e:
-            raise GenotypeError(f"{source}: {e}") from None
-        topo = grid_topology(self.num_depths)
-        L, D, E = self.num_blocks, self.num_depths, topo.num_edges
-        if expected_depths is not None and expected_depths != D or expected_blocks is not None and expected_blocks != L:
-            raise GenotypeError(f"{source}: num_blocks/num_depths ({expected_blocks}, {expected_depths}) disagree with "
-                                f"the arrays ([L, E] = {list(self.arch_code_a.shape)}, node_a {list(self.node_a.shape)}).")
-        for name, arr, shape in (("node_a", self.node_a, (L + 1, D)), ("edges", self.arch_code_a, (L, E))):
-            if arr.shape != shape:
-                raise GenotypeError(f"{source}: {name} has shape {list(arr.shape)}, expected {list(shape)} for "
-                                    f"L={L} blocks and D={D} levels (E=3D-2={E} edges per block).")
-            if not np.isin(arr, (0, 1)).all():
-                raise GenotypeError(f"{source}: {name} must hold only 0 and 1.")
-        if len(self.ops) != L or any(len(r) != E for r in self.ops):
-            raise GenotypeError(f"{source}: ops must be an [L][E] = [{L}][{E}] list of op names.")
-        names = op_names(self.op_set)
-        for b in range(L):
-            for e in range(E):
-                o = self.ops[b][e]
-                if self.arch_code_a[b, e] and o not in names:
-                    raise GenotypeError(f"{source}: block {b} edge {e} is active but its op {o!r} is not in op set "
-                                        f"{self.op_set} {list(names)}.")
-                if not self.arch_code_a[b, e] and o is not None and o not in names:
-                    raise GenotypeError(f"{source}: block {b} edge {e}: unknown op {o!r}.")
-        bits = 1 << np.arange(D)
-        for b in range(L):
-            on = self.arch_code_a[b].astype(bool)
-            if not on.any():
-                raise GenotypeError(f"{source}: block {b} has no active edge; every block needs at least one.")
-            ins = np.isin(np.arange(D), topo.edge_in[on]).astype(np.int64)
-            outs = np.isin(np.arange(D), topo.edge_out[on]).astype(np.int64)
-            if (ins != self.node_a[b]).any() or (outs != self.node_a[b + 1]).any():
-                raise GenotypeError(
-                    f"{source}: infeasible topology at block {b}: its edges read levels {ins.tolist()} and write "
-                    f"{outs.tolist()}, but node_a says {self.node_a[b].tolist()} -> {self.node_a[b + 1].tolist()} "
-                    f"(a level must be written by block b-1 exactly when block b reads it). Decode with "
-                    f"nnunet_nas.discretize.grid_path, which guarantees feasibility.")
-        del bits
-
     def __eq__(self, other) -> bool:
-        return isinstance(other, GridGenotype) and self.to_dict() == other.to_dict()
+        return isinstance(other, Genotype) and self.to_dict() == other.to_dict()
+
+
+def genotype_from_dict(d: dict, source: str = "genotype") -> Genotype:
+    """Read any registered genotype, dispatched on ``d["schema"]``."""
+    import nnunet_nas.genotypes  # noqa: F401 - registers the schemas of the package
+    if not isinstance(d, dict):
+        raise GenotypeError(f"{source}: expected a JSON object, got {type(d).__name__}.")
+    cls = SCHEMAS.get(d.get("schema"))
+    if cls is None:
+        raise GenotypeError(f"{source}: schema {d.get('schema')!r} is not a genotype schema of nnunet_nas (known: "
+                            f"{sorted(SCHEMAS)}). MONAI arch codes are imported with `nnunet-nas add-arch --monai FILE`.")
+    return cls.from_dict(d, source)
+
+
+def load_genotype(path: str) -> Genotype:
+    """Read a genotype JSON file of any registered schema."""
+    return Genotype.load(path)
 
 
 def to_json_text(d: dict) -> str:
@@ -163,15 +88,3 @@ def to_json_text(d: dict) -> str:
         else:
             lines.append(f'  {json.dumps(k)}: {json.dumps(v)}{comma}')
     return "{\n" + "\n".join(lines) + "\n}\n"
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nnunet_nas.genotypes.schema import GridGenotype
-from nnunet_nas.ops.catalog import default_op_set
+from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.ops.conv import ActConvNorm, conv_nd, norm_nd
-from nnunet_nas.spaces.grid import GridSpace
+from nnunet_nas.patch import round_up_patch
+from nnunet_nas.spaces.grid import GridSpace, default_grid_op_set
 from nnunet_nas.spaces.grid_topology import check_num_depths
 
 
@@ -52,7 +52,7 @@ class DiNTSNet(nn.Module):
             num_blocks, num_depths = genotype.num_blocks, genotype.num_depths
             spatial_dims, op_set = genotype.spatial_dims, genotype.op_set
         check_num_depths(num_depths)
-        op_set = op_set or default_op_set(spatial_dims)
+        op_set = op_set or default_grid_op_set(spatial_dims)
         self.genotype = genotype
         self.num_blocks, self.num_depths, self.spatial_dims = num_blocks, num_depths, spatial_dims
         self.filters = [int(base_channels * 2 ** i * channel_mul) for i in range(num_depths + 1)]
@@ -88,6 +88,14 @@ class DiNTSNet(nn.Module):
         self.mode = "trilinear" if spatial_dims == 3 else "bilinear"
 
     @property
+    def memory_model(self):
+        """The grid's :class:`~nnunet_nas.arch.memory.GridMemoryModel` (built once)."""
+        if getattr(self, "_memory_model", None) is None:
+            from nnunet_nas.arch.memory import GridMemoryModel
+            self._memory_model = GridMemoryModel.from_network(self)
+        return self._memory_model
+
+    @property
     def divisor(self) -> int:
         """Every spatial extent of the input must be divisible by this (2^(D+1))."""
         return 2 ** (self.num_depths + 1)
@@ -95,7 +103,7 @@ class DiNTSNet(nn.Module):
     def check_input_shape(self, shape) -> None:
         bad = [s for s in shape if s % self.divisor]
         if bad:
-            ok = [int(np.ceil(s / self.divisor) * self.divisor) for s in shape]
+            ok = round_up_patch(shape, self.divisor)
             raise ValueError(
                 f"DiNTS with D={self.num_depths} levels needs every patch extent divisible by 2^(D+1)={self.divisor}, "
                 f"got patch {list(shape)}. Set the configuration's patch_size in the plans file to a multiple of "

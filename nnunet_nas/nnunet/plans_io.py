@@ -1,6 +1,6 @@
 """Register a searched architecture as an ordinary nnU-Net configuration in ``nnUNetPlans.json``.
 
-The new configuration inherits from the searched one (``3d_fullres`` -> ``3d_fullres_dints``), so it reuses the
+The new configuration inherits from the searched one (``3d_fullres`` -> ``3d_fullres_<method>``), so it reuses the
 preprocessed data, and carries a complete ``architecture`` block naming our network class. nnU-Net's own
 ``nnUNetv2_train``, ``nnUNetv2_predict -c`` and ``nnUNetv2_find_best_configuration`` then use it unchanged.
 
@@ -14,9 +14,7 @@ import os
 import shutil
 from typing import Optional
 
-from nnunet_nas.genotypes.schema import atomic_write_text
-
-DINTS_NETWORK_CLASS = "nnunet_nas.networks.dints_net.DiNTSNet"
+from nnunet_nas.io import atomic_write_text
 
 
 class PlansError(ValueError):

@@ -1,22 +1,27 @@
-"""The module nnU-Net sees during a search: a supernet plus its architecture parameters.
+"""The module nnU-Net sees during a search: a supernet, its architecture parameters and their weighting.
 
-Holding both in one module means nnU-Net's checkpoint (``network_weights``) carries alpha, so
+Holding supernet and alpha in one module means nnU-Net's checkpoint (``network_weights``) carries alpha, so
 ``nnUNetv2_predict -tr <SearchTrainer>`` restores the supernet exactly, and DDP broadcasts alpha from rank 0
 at wrap time and averages its gradient: it stays identical on every rank. ``weight_parameters()`` and
-``arch_parameters()`` are disjoint by construction; the weight optimiser only ever sees the former.
+``arch_parameters()`` are disjoint by construction; the weight optimiser only ever sees the former. A supernet
+may hold a frozen part (a trained backbone with ``requires_grad`` off, as IAC's): it reaches no optimiser.
 """
 
 from typing import Iterator
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunet_nas.arch.weighting import Weighting
 
 
 class SearchNetwork(nn.Module):
-    def __init__(self, supernet: nn.Module, arch: nn.Module):
+    def __init__(self, supernet: nn.Module, arch: nn.Module, weighting: Weighting):
         super().__init__()
         self.supernet = supernet
         self.arch = arch
+        self.weighting = weighting  # not a module: it holds no parameter
         self.arch_frozen = False  # True during the weight step: alpha is read without gradient
 
     @property
@@ -24,13 +29,20 @@ class SearchNetwork(nn.Module):
         return self.supernet.decoder
 
     def weight_parameters(self) -> Iterator[nn.Parameter]:
-        return self.supernet.parameters()
+        return (p for p in self.supernet.parameters() if p.requires_grad)
 
     def arch_parameters(self) -> Iterator[nn.Parameter]:
         return self.arch.parameters()
 
     def forward(self, x: torch.Tensor):
-        weights = self.arch.op_weights()
+        weights = self.weighting(self.arch)
         if self.arch_frozen:
             weights = weights.detach()
         return self.supernet(x, weights)
+
+
+def unwrap_network(net: nn.Module) -> nn.Module:
+    """The module inside nnU-Net's DDP and ``torch.compile`` wrappers."""
+    if isinstance(net, DDP):
+        net = net.module
+    return getattr(net, "_orig_mod", net)

@@ -1,54 +1,67 @@
-"""NASSearchTrainer: the one place where architecture search meets nnUNetTrainer.
+"""NASSearchTrainer: the one place where architecture search meets nnUNetTrainer, for every registered method.
 
-Shared by every method. It adds to nnU-Net's loop, never copies it:
-* the fold's training cases are split into a weight half and an architecture half, with two nnU-Net data
-  streams under the same augmentation (``get_tr_and_val_datasets`` / ``get_dataloaders``);
-* first-order bi-level optimisation (DARTS): per iteration an architecture step (Adam, own GradScaler, own
-  gradient clipping) on an architecture batch, then nnU-Net's own weight step (SGD + poly LR, unchanged)
-  with alpha read without gradient; architecture steps start after ``warmup_fraction`` of the epochs;
+A search trainer names its method (``nas_method = "dints"``) and may replace its config (``search_config``); all
+method-specific pieces come from the registry record (:mod:`nnunet_nas.registry`). It adds to nnU-Net's loop,
+never copies it:
+
+* the fold's training cases are split into a weight part and an architecture part (``data_split``, e.g. 1:1 or
+  4:1), with two nnU-Net data streams under the same augmentation (``get_tr_and_val_datasets`` /
+  ``get_dataloaders``); the fold's validation cases never reach the architecture;
+* first-order bi-level optimisation (DARTS): per iteration an architecture step (Adam, own GradScaler, optional
+  gradient clipping) on an architecture batch, then nnU-Net's own weight step with alpha read without gradient;
+  architecture steps start after the warm-up; the weight optimiser is nnU-Net's SGD or Adam (config);
 * ``L_arch = L_seg + t / t_all * sum(regularisers)`` (DiNTS Eq. 11), t counted in architecture steps;
-* checkpoints carry the architecture optimiser, scaler, ramp, RNG states and the per-epoch history, and are
-  written atomically; ``--c`` resumes exactly (with ``nnUNet_n_proc_DA=0``, see README);
-* per-epoch logging of the architecture through nnU-Net's logger, pictures next to ``progress.png``, and
-  export of the result as an nnU-Net configuration at the end.
-
-A method subclass provides ``build_network_architecture`` (a :class:`SearchNetwork`), ``arch_regularizers``,
-``describe_architecture`` (per-epoch scalars and history), ``export_result`` and its config dataclass.
+* strategies (:mod:`nnunet_nas.strategies`) hook in before each step, after each architecture step and at each
+  epoch end: temperature annealing, operation pruning (masks, op modules, optimisers, DDP), early stopping
+  (checkpoint, export, clean end of nnU-Net's run);
+* checkpoints carry the architecture optimiser, scaler, ramp, weighting and strategy states, RNG states and the
+  per-epoch history, and are written atomically; ``--c`` resumes exactly (with ``nnUNet_n_proc_DA=0``, see README);
+* per-epoch logging of the architecture through nnU-Net's logger, pictures next to ``progress.png``, and export
+  of the result as an nnU-Net configuration at the end.
 """
 
 import os
-import random
-from typing import Dict
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
-from nnunet_nas.nnunet.data import split_weight_arch
+from nnunet_nas.io import atomic_path
+from nnunet_nas.nnunet.data import make_arch_dataloader, split_weight_arch
+from nnunet_nas.nnunet.rng import get_rng_state, seed_everything, set_rng_state
+from nnunet_nas.nnunet.search_network import SearchNetwork, unwrap_network
+from nnunet_nas.patch import round_up_patch
+from nnunet_nas.registry import SearchMethod, get_method
+from nnunet_nas.strategies.base import SearchProgress, SearchStrategy
+from nnunet_nas.strategies.pruning import prune_search_network, rebuild_optimizer
 
 SEARCH_STATE_KEY = "nnunet_nas_search_state"
+ADAM_DEFAULT_LR = 1e-3
+
+
+class SearchStopped(Exception):
+    """Raised at an epoch end when a strategy stops the search early; caught by :meth:`run_training`."""
 
 
 class NASSearchTrainer(nnUNetTrainer):
-    search_config = None  # a frozen dataclass; set by the method subclass
+    nas_method: Optional[str] = None  # registry key, set by the method's trainer
+    search_config = None  # the method's config dataclass; None: its defaults
     num_epochs_default = 80
     iterations_per_epoch = None  # None: nnU-Net's (250 / 50)
     val_iterations_per_epoch = None
     save_every_default = None
     search_seed = 12345  # [ours] searches are seeded (seed + fold): the same command finds the same architecture
-    history_keys: tuple = ()  # per-epoch architecture scalars logged through nnU-Net's logger
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.method, self.cfg = self.method_and_config()
         self.num_epochs = self.num_epochs_default
         self.num_iterations_per_epoch = self.iterations_per_epoch or self.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = self.val_iterations_per_epoch or self.num_val_iterations_per_epoch
@@ -58,78 +71,108 @@ class NASSearchTrainer(nnUNetTrainer):
         self.arch_steps_done = 0
         self.arch_history: Dict[str, list] = {}
         self.dataloader_arch = None
+        self.stopped_early = False
+        self._stop_reasons: List[str] = []
         self._pending_rng_state = None
+        self.strategies: List[SearchStrategy] = self.build_strategies()
         for key in self.history_keys:
             self.logger.local_logger.my_fantastic_logging[key] = []
         self._adapt_patch_size()
         # per rank: under DDP each rank must draw different batches (DDP broadcasts rank 0's weights anyway)
-        seed = self.search_seed + (fold if isinstance(fold, int) else 0) + 1000 * self.local_rank
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)  # also seeds CUDA
+        seed_everything(self.search_seed + self._fold_seed() + 1000 * self.local_rank)
 
-    # ------------------------------------------------------------------ hooks for methods
+    # ------------------------------------------------------------------ the method
     @classmethod
-    def required_patch_divisor(cls, spatial_dims: int) -> int:
-        return 1
+    def method_and_config(cls):
+        if cls.nas_method is None:
+            raise TypeError(f"{cls.__name__} names no NAS method: set nas_method to one of the registry's names.")
+        method: SearchMethod = get_method(cls.nas_method)
+        cfg = cls.search_config if cls.search_config is not None else method.config_class()
+        if not isinstance(cfg, method.config_class):
+            raise TypeError(f"{cls.__name__}: search_config is a {type(cfg).__name__}, method {method.name!r} needs "
+                            f"a {method.config_class.__name__}.")
+        return method, cfg
 
-    def arch_regularizers(self, net) -> Dict[str, torch.Tensor]:
-        """Unramped regulariser terms of L_arch (name -> scalar tensor)."""
-        return {}
+    def build_strategies(self) -> List[SearchStrategy]:
+        """The method's strategies for this config (a variant may add its own)."""
+        return list(self.method.make_strategies(self.cfg))
 
-    def describe_architecture(self, net) -> Dict[str, object]:
-        """Per-epoch record of the architecture (scalars for ``history_keys`` plus arrays for the history)."""
-        return {}
+    @property
+    def history_keys(self):
+        return tuple(self.method.history_keys) + tuple(k for s in self.strategies for k in s.history())
 
-    def export_result(self) -> None:
-        """Write the genotype and register the configuration (rank 0)."""
-
-    def plot_history(self) -> None:
-        """Draw architecture trajectories next to progress.png (rank 0)."""
+    def _fold_seed(self) -> int:
+        return self.fold if isinstance(self.fold, int) else 0
 
     # ------------------------------------------------------------------ set-up
     def _adapt_patch_size(self) -> None:
         """Round the patch up to what the search space needs, in the trainer's configuration and in the plans
         copy that training writes next to the checkpoint (so prediction with this trainer uses it too)."""
         patch = list(self.configuration_manager.patch_size)
-        div = self.required_patch_divisor(len(patch))
-        new = [int(np.ceil(p / div) * div) for p in patch]
+        div = self.method.search_patch_divisor(self.cfg)
+        new = round_up_patch(patch, div)
         if new != patch:
             self.print_to_log_file(f"{type(self).__name__}: patch size {patch} -> {new} (divisible by {div}, as the "
                                    f"search space requires; smaller images are padded by nnU-Net)")
             self.configuration_manager.configuration["patch_size"] = new
             self.plans_manager.plans["configurations"][self.configuration_name]["patch_size"] = new
 
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                   enable_deep_supervision: bool = True):
+        method, cfg = cls.method_and_config()
+        dims = len(configuration_manager.patch_size)
+        op_set = method.op_set_for(cfg, dims)
+        supernet = method.build_supernet(cfg, op_set, num_input_channels, num_output_channels, dims,
+                                         enable_deep_supervision)
+        return SearchNetwork(supernet, method.build_arch_params(cfg, supernet, op_set), method.make_weighting(cfg))
+
+    def _get_deep_supervision_scales(self):
+        if not self.enable_deep_supervision or self.network is None:
+            return super()._get_deep_supervision_scales()
+        strides = self._unwrap().supernet.strides
+        return [list(s) for s in 1 / np.cumprod(np.vstack(strides), axis=0)][:-1]
+
     def _do_i_compile(self):
         return False  # sampled/pruned paths would recompile; the exported network may use compile
 
-    def _unwrap(self):
-        net = self.network
-        if isinstance(net, DDP):
-            net = net.module
-        return getattr(net, "_orig_mod", net)
+    def _unwrap(self) -> SearchNetwork:
+        return unwrap_network(self.network)
+
+    def prepare_search_network(self, net: SearchNetwork) -> None:
+        """Called once the network exists, before any optimiser is built: load and freeze a trained part here
+        (``requires_grad_(False)``); frozen weights reach no optimiser."""
 
     def initialize(self):
         super().initialize()
         if self.is_ddp and isinstance(self.network, DDP) and not self.network.find_unused_parameters:
-            # the weight step reads alpha without gradient: DDP must tolerate parameters without gradient
-            self.network = DDP(self.network.module, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
-                               find_unused_parameters=True)
-        cfg = self.search_config
-        self.arch_optimizer = torch.optim.Adam(self._unwrap().arch_parameters(), lr=cfg.arch_lr,
-                                               betas=tuple(cfg.arch_betas), weight_decay=cfg.arch_weight_decay)
+            self._wrap_ddp(self.network.module)  # the weight step reads alpha without gradient
+        net = self._unwrap()
+        net.weighting.seed(self.search_seed + self._fold_seed())  # the same on every rank: same sampled ops
+        cfg = self.cfg
+        self.arch_optimizer = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
+                                               weight_decay=cfg.arch_weight_decay)
+
+    def _wrap_ddp(self, module) -> None:
+        self.network = DDP(module, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+                           find_unused_parameters=True)
 
     def configure_optimizers(self):
-        # nnU-Net's optimiser and schedule, over the weights only: alpha is excluded by construction
-        net = self.network.module if isinstance(self.network, DDP) else self.network
-        optimizer = torch.optim.SGD(net.weight_parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                    momentum=0.99, nesterov=True)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        net = unwrap_network(self.network)
+        self.prepare_search_network(net)
+        params = list(net.weight_parameters())  # alpha and frozen weights are excluded by construction
+        if self.cfg.weight_optimizer == "adam":
+            lr = self.cfg.weight_lr or ADAM_DEFAULT_LR
+            optimizer = torch.optim.Adam(params, lr, betas=tuple(self.cfg.weight_betas), weight_decay=self.weight_decay)
+        else:  # nnU-Net's optimiser
+            lr = self.cfg.weight_lr or self.initial_lr
+            optimizer = torch.optim.SGD(params, lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+        return optimizer, PolyLRScheduler(optimizer, lr, self.num_epochs)
 
     # ------------------------------------------------------------------ data
     def get_tr_and_val_datasets(self):
         tr_keys, val_keys = self.do_split()
-        weight_keys, arch_keys = split_weight_arch(tr_keys)
+        weight_keys, arch_keys = split_weight_arch(tr_keys, self.cfg.data_split)
         self.print_to_log_file(f"architecture search: weight split {len(weight_keys)} / arch split {len(arch_keys)} "
                                f"cases; {len(val_keys)} validation cases are never used for the architecture")
         make = lambda keys: self.dataset_class(self.preprocessed_dataset_folder, keys,  # noqa: E731
@@ -138,31 +181,32 @@ class NASSearchTrainer(nnUNetTrainer):
         return make(weight_keys), make(val_keys)
 
     def get_dataloaders(self):
-        dl_train, dl_val = super().get_dataloaders()
-        rotation, dummy_2d, initial_patch, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        transforms = self.get_training_transforms(
-            self.configuration_manager.patch_size, rotation, self._get_deep_supervision_scales(), mirror_axes, dummy_2d,
-            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
-            foreground_labels=self.label_manager.foreground_labels,
-            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
-            ignore_label=self.label_manager.ignore_label)
-        dl = nnUNetDataLoader(self._dataset_arch, self.batch_size, initial_patch, self.configuration_manager.patch_size,
-                              self.label_manager, oversample_foreground_percent=self.oversample_foreground_percent,
-                              sampling_probabilities=None, pad_sides=None, transforms=transforms,
-                              probabilistic_oversampling=self.probabilistic_oversampling)
-        n = get_allowed_n_proc_DA()
-        self.dataloader_arch = SingleThreadedAugmenter(dl, None) if n == 0 else NonDetMultiThreadedAugmenter(
-            dl, None, n, max(6, n // 2), None, pin_memory=self.device.type == "cuda", wait_time=0.002)
-        return dl_train, dl_val
+        loaders = super().get_dataloaders()
+        self.dataloader_arch = make_arch_dataloader(self, self._dataset_arch)
+        return loaders
 
     def on_train_start(self):
         super().on_train_start()
         if self._pending_rng_state is not None:  # resume: continue the random streams where the checkpoint left them
             set_rng_state(self._pending_rng_state)
             self._pending_rng_state = None
-        self.print_to_log_file(f"search: {self.warmup_epochs} warm-up epochs without architecture steps, then "
-                               f"{self.num_epochs - self.warmup_epochs} epochs of bi-level optimisation; "
-                               f"config {self.search_config.to_dict()}")
+        self.print_to_log_file(f"{self.method.name} search: {self.warmup_epochs} warm-up epochs without architecture "
+                               f"steps, then {self.num_epochs - self.warmup_epochs} epochs of bi-level optimisation; "
+                               f"config {self.cfg.to_dict()}")
+        net = self._unwrap()
+        for line in (self.method.search_notes(net, self.cfg) if self.method.search_notes else []):
+            self.print_to_log_file(line)
+        for s in self.strategies:
+            s.on_search_start(net, self.progress())
+        if self.stopped_early:
+            raise SearchStopped("the search in this checkpoint had already stopped; nothing left to do")
+
+    def run_training(self):
+        try:
+            super().run_training()
+        except SearchStopped as e:
+            self.print_to_log_file(f"search stopped early at epoch {self.current_epoch - 1}: {e}")
+            self.on_train_end()  # final checkpoint, export, data loaders shut down
 
     def on_train_end(self):
         super().on_train_end()
@@ -176,7 +220,7 @@ class NASSearchTrainer(nnUNetTrainer):
     # ------------------------------------------------------------------ optimisation
     @property
     def warmup_epochs(self) -> int:
-        return int(round(self.search_config.warmup_fraction * self.num_epochs))
+        return self.cfg.num_warmup_epochs(self.num_epochs)
 
     @property
     def arch_steps_total(self) -> int:
@@ -186,11 +230,19 @@ class NASSearchTrainer(nnUNetTrainer):
         """t / t_all of Eq. 11, t = architecture steps already taken."""
         return min(1.0, self.arch_steps_done / self.arch_steps_total)
 
+    def progress(self) -> SearchProgress:
+        return SearchProgress(self.current_epoch, self.num_epochs, self.warmup_epochs, self.arch_steps_done,
+                              self.arch_steps_total)
+
     def train_step(self, batch: dict) -> dict:
+        net = self._unwrap()
+        for s in self.strategies:
+            s.before_step(net, self.progress())
         out = {}
         if self.current_epoch >= self.warmup_epochs:
             out.update(self.arch_step(next(self.dataloader_arch)))
-        net = self._unwrap()
+            for s in self.strategies:
+                s.after_arch_step(net, self.progress())
         net.arch_frozen = True
         try:
             out.update(super().train_step(batch))
@@ -206,24 +258,25 @@ class NASSearchTrainer(nnUNetTrainer):
             else target.to(self.device, non_blocking=True)
         self.arch_optimizer.zero_grad(set_to_none=True)
         ramp = self.ramp()
-        amp = torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else _null()
+        amp = torch.autocast(self.device.type, enabled=self.device.type == "cuda")
         params = list(net.arch_parameters())
         # The architecture step needs no weight gradients: skipping them saves a third of the backward pass.
         # Under DDP every parameter's requires_grad must stay fixed after wrapping, so there they are computed.
-        with _frozen(net.weight_parameters(), enabled=not isinstance(self.network, DDP)):
+        with requires_grad_off(net.weight_parameters(), enabled=not isinstance(self.network, DDP)):
             with amp:
                 seg = self.loss(self.network(data), target)
-            regs = {k: v.float() for k, v in self.arch_regularizers(net).items()}  # fp32, outside autocast
+            regs = {k: v.float() for k, v in self.method.regularizers(net, self.cfg).items()}  # fp32, no autocast
             loss = seg + ramp * sum(regs.values()) if regs else seg
-            if self.arch_grad_scaler is not None:
-                self.arch_grad_scaler.scale(loss).backward()
-                self.arch_grad_scaler.unscale_(self.arch_optimizer)
-                torch.nn.utils.clip_grad_norm_(params, self.search_config.arch_grad_clip)
-                self.arch_grad_scaler.step(self.arch_optimizer)
-                self.arch_grad_scaler.update()
+            scaler = self.arch_grad_scaler
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            if scaler is not None:
+                scaler.unscale_(self.arch_optimizer)
+            if self.cfg.arch_grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.arch_grad_clip)
+            if scaler is not None:
+                scaler.step(self.arch_optimizer)
+                scaler.update()
             else:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, self.search_config.arch_grad_clip)
                 self.arch_optimizer.step()
         for p in params:
             p.grad = None  # keep alpha out of the weight step's gradient clipping
@@ -233,10 +286,14 @@ class NASSearchTrainer(nnUNetTrainer):
         logs.update({f"reg_{k}": v.detach().cpu().numpy() for k, v in regs.items()})
         return logs
 
-    # ------------------------------------------------------------------ epoch end: record the architecture
+    # ------------------------------------------------------------------ epoch end: strategies, record
     def on_epoch_end(self):
+        net = self._unwrap()
+        self._apply_strategy_decisions(net)
         if self.local_rank == 0:  # alpha is identical on every rank (DDP): rank 0 decodes, logs and draws
-            record = self.describe_architecture(self._unwrap())
+            record = self.method.describe(net, self.cfg)
+            for s in self.strategies:
+                record.update(s.history())
             for key in self.history_keys:
                 self.logger.log(key, float(record[key]), self.current_epoch)
             for key, value in record.items():
@@ -247,40 +304,112 @@ class NASSearchTrainer(nnUNetTrainer):
         super().on_epoch_end()
         if self.local_rank == 0:
             self.plot_history()
+        if self.stopped_early:
+            raise SearchStopped(f"stopped by {', '.join(self._stop_reasons)}")
+
+    def _apply_strategy_decisions(self, net: SearchNetwork) -> None:
+        progress = self.progress()
+        masks = [m for m in (s.on_epoch_end(net, progress) for s in self.strategies) if m is not None]
+        alive = None
+        for m in masks:
+            alive = m.bool().cpu() if alive is None else alive & m.bool().cpu()
+        alive = self._rank0(alive)
+        if alive is not None:
+            self.apply_op_pruning(alive)
+        reasons = [s.name for s in self.strategies if s.should_stop(net, self.progress())]
+        self._stop_reasons = self._rank0(reasons)
+        self.stopped_early = bool(self._stop_reasons)
+
+    def _rank0(self, value):
+        """Rank 0's value on every rank (decisions must agree under DDP)."""
+        if not self.is_ddp:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def apply_op_pruning(self, alive: torch.Tensor) -> None:
+        """Prune ops everywhere: alive mask, op modules, both optimisers (state of surviving parameters kept) and,
+        when modules were removed, the DDP wrapper (its parameter list changed)."""
+        net = self._unwrap()
+        before = int(net.arch.alive_ops.sum()) if net.arch.alive_ops is not None else net.arch.op_logits.numel()
+        removed = prune_search_network(net, alive)
+        self.optimizer = rebuild_optimizer(self.optimizer, net.weight_parameters())
+        # same schedule over the new optimiser; on_train_epoch_start sets the epoch's learning rate
+        self.lr_scheduler = PolyLRScheduler(self.optimizer, self.lr_scheduler.initial_lr, self.num_epochs)
+        self.arch_optimizer = rebuild_optimizer(self.arch_optimizer, net.arch_parameters())
+        if removed and isinstance(self.network, DDP):
+            self._wrap_ddp(net)
+        self.print_to_log_file(f"operation pruning: {before - int(net.arch.alive_ops.sum())} candidate ops pruned, "
+                               f"{removed} op modules removed, {int(net.arch.alive_ops.sum())} alive")
+
+    def plot_history(self) -> None:
+        if self.method.plot_history is None:
+            return
+        try:
+            self.method.plot_history(self.arch_history, os.path.join(self.output_folder,
+                                                                     self.method.output_file("trajectories")),
+                                     self._unwrap(), self.cfg)
+        except Exception as e:  # noqa: BLE001 - a picture must never stop a search
+            self.print_to_log_file(f"could not draw architecture trajectories: {e}")
+
+    def export_result(self) -> None:
+        from nnunet_nas.nnunet.export import export_from_checkpoint
+        path = os.path.join(self.output_folder, "checkpoint_final.pth")
+        if self.disable_checkpointing or not os.path.isfile(path):
+            self.print_to_log_file("no final checkpoint written: nothing to export")
+            return
+        name = export_from_checkpoint(path, log=self.print_to_log_file)
+        self.print_to_log_file(f"Train the found architecture with: nnUNetv2_train {self.plans_manager.dataset_name} "
+                               f"{name} {self.fold}")
 
     # ------------------------------------------------------------------ checkpoints
     def _search_state(self) -> dict:
+        net = self._unwrap()
         return {
+            "method": self.method.name,
+            "op_set": self.method.op_set_for(self.cfg, len(self.configuration_manager.patch_size)),
             "arch_optimizer": self.arch_optimizer.state_dict(),
             "arch_grad_scaler": self.arch_grad_scaler.state_dict() if self.arch_grad_scaler is not None else None,
             "arch_steps_done": self.arch_steps_done,
             "arch_history": self.arch_history,
-            "search_config": self.search_config.to_dict(),
+            "search_config": self.cfg.to_dict(),
+            "weighting": net.weighting.state_dict(),
+            "strategies": [s.state_dict() for s in self.strategies],
+            "stopped_early": self.stopped_early,
             "rng": get_rng_state(),
         }
 
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0 or self.disable_checkpointing:
             return super().save_checkpoint(filename)
-        tmp = f"{filename}.tmp{os.getpid()}"
-        super().save_checkpoint(tmp)
-        checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
-        checkpoint[SEARCH_STATE_KEY] = self._search_state()
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)  # atomic: an interrupted save never corrupts the previous checkpoint
+        with atomic_path(filename) as tmp:  # an interrupted save never corrupts the previous checkpoint
+            super().save_checkpoint(tmp)
+            checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
+            checkpoint[SEARCH_STATE_KEY] = self._search_state()
+            torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
         checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
         state = checkpoint.get(SEARCH_STATE_KEY)
         if state is None:
             raise RuntimeError(f"{filename_or_checkpoint} holds no architecture-search state: it was not written by "
                                f"{type(self).__name__}. Resume a search only from its own checkpoints.")
+        if not self.was_initialized:
+            self.initialize()
+        alive = next((v for k, v in checkpoint["network_weights"].items() if k.endswith("arch.alive_ops")), None)
+        if alive is not None:  # a pruned search: prune the fresh network the same way before loading into it
+            self.apply_op_pruning(alive)
+        super().load_checkpoint(filename_or_checkpoint)  # nnU-Net 2.8.1 reads only file names correctly
         self.arch_optimizer.load_state_dict(state["arch_optimizer"])
         if self.arch_grad_scaler is not None and state["arch_grad_scaler"] is not None:
             self.arch_grad_scaler.load_state_dict(state["arch_grad_scaler"])
         self.arch_steps_done = state["arch_steps_done"]
         self.arch_history = state["arch_history"]
+        self._unwrap().weighting.load_state_dict(state.get("weighting", {}))
+        for s, s_state in zip(self.strategies, state.get("strategies", [])):
+            s.load_state_dict(s_state)
+        self.stopped_early = state.get("stopped_early", False)
         self._pending_rng_state = state["rng"]
 
     def perform_actual_validation(self, save_probabilities: bool = False):
@@ -290,7 +419,7 @@ class NASSearchTrainer(nnUNetTrainer):
                                "configuration with nnUNetv2_train to validate the found architecture")
 
 
-class _frozen:
+class requires_grad_off:
     """Context in which ``params`` do not require gradients (the graph built inside keeps that property)."""
 
     def __init__(self, params, enabled: bool = True):
@@ -305,24 +434,3 @@ class _frozen:
         for p in self.params:
             p.requires_grad_(True)
         return False
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def get_rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -10,22 +10,23 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_nas.config import DiNTSSearchConfig
-from nnunet_nas.nnunet.dints_trainer import DiNTSSearchTrainer
+from nnunet_nas.nnunet.search_trainer import NASSearchTrainer
 
 
-class nnUNetTrainerDiNTSSearch(DiNTSSearchTrainer):
+class nnUNetTrainerDiNTSSearch(NASSearchTrainer):
     """DiNTS with the paper's search space (L=12, D=4, sigma=0.8) and MONAI's search width (channel_mul 0.5)."""
+    nas_method = "dints"
 
 
-class nnUNetTrainerDiNTSSearch_sigma05(DiNTSSearchTrainer):
+class nnUNetTrainerDiNTSSearch_sigma05(nnUNetTrainerDiNTSSearch):
     search_config = replace(DiNTSSearchConfig(), memory_budget=0.5)
 
 
-class nnUNetTrainerDiNTSSearch_sigma02(DiNTSSearchTrainer):
+class nnUNetTrainerDiNTSSearch_sigma02(nnUNetTrainerDiNTSSearch):
     search_config = replace(DiNTSSearchConfig(), memory_budget=0.2)
 
 
-class nnUNetTrainerDiNTSSearchDemo(DiNTSSearchTrainer):
+class nnUNetTrainerDiNTSSearchDemo(nnUNetTrainerDiNTSSearch):
     """A few-minute CPU search on a small grid (L=4, D=3, narrow): for the demo and for trying things out."""
     search_config = replace(DiNTSSearchConfig(), num_blocks=4, num_depths=3, channel_mul=0.125,
                             export_channel_mul=0.25, arch_lr=0.03)

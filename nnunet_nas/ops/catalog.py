@@ -1,63 +1,130 @@
 """Op sets by name: the only table of candidate operations.
 
-Each op has a stable name (used in genotypes, never indices), a factory ``(channels, spatial_dims) -> nn.Module``
-mapping ``channels -> channels`` at constant resolution, and a memory cost: the number of stored activation
-tensors of the op's output size that training keeps for the backward pass (the "tensor size" estimate of the
-DiNTS paper, section 3.5; same table as MONAI's ``ram_cost`` so figures stay comparable).
+Each op has a stable name (used in genotypes, never indices), a builder
+``build(in_channels, out_channels, spatial_dims, stride=1, style=OpStyle()) -> nn.Module`` and a memory cost.
+The cost is a function of the op's output shape, ``memory_elements(out_shape)`` with ``out_shape = (C, *spatial)``:
+the activation elements training stores for its backward pass (the "tensor size" estimate of the DiNTS paper,
+section 3.5). For the convolutional ops it is ``memory_cost`` tensors of the output size (the same table as
+MONAI's ``ram_cost``, so figures stay comparable); an op whose cost is not a multiple of its output size (an
+attention op: quadratic in the tokens) passes its own ``memory_fn`` and is not ``linear``.
 
-Edge (topology-level) operations are in :func:`edge_preprocess` with their own costs.
+Every op set knows its ``spatial_dims``. Edge (topology-level) resolution changes of the DiNTS grid are in
+:func:`edge_preprocess` with their own costs.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 from torch import nn
 
-from nnunet_nas.ops.conv import ActConvNorm, FactorizedConv, FactorizedIncrease, FactorizedReduce
+from nnunet_nas.ops.conv import (DINTS_STYLE, ActConvNorm, FactorizedConv, FactorizedIncrease, FactorizedReduce,
+                                 OpStyle, SepConv)
+from nnunet_nas.ops.pooling import Pool, Zero, skip_op
 
 
 @dataclass(frozen=True)
 class OpSpec:
     name: str
-    factory: Callable[[int, int], nn.Module]
-    memory_cost: float  # stored tensors of the op's output size (ReLU input, conv output, norm output...)
+    build: Callable[..., nn.Module]  # (in_channels, out_channels, spatial_dims, stride=1, style=...) -> module
+    memory_cost: float  # stored tensors of the op's output size (for linear ops)
+    memory_fn: Optional[Callable[[Sequence[int]], float]] = None  # out_shape (C, *spatial) -> elements
+
+    @property
+    def linear(self) -> bool:
+        """True when the memory is ``memory_cost`` x the output size (per-voxel cost tables are exact)."""
+        return self.memory_fn is None
+
+    def memory_elements(self, out_shape: Sequence[int]) -> float:
+        """Stored activation elements of one sample of this op with output shape ``(C, *spatial)``."""
+        if self.memory_fn is not None:
+            return float(self.memory_fn(out_shape))
+        return self.memory_cost * float(np.prod([int(s) for s in out_shape], dtype=np.float64))
 
 
-def _skip(c, dims):
-    return nn.Identity()
+@dataclass(frozen=True)
+class OpSet:
+    name: str
+    spatial_dims: int
+    ops: Tuple[OpSpec, ...]
 
 
-# [paper] section 3.2: skip, 3x3x3, P3D 3x3x1, 3x1x3, 1x3x3. Order = MONAI's op index 0..4.
-DINTS_3D = (
+def _skip(ci, co, d, stride=1, style=DINTS_STYLE):
+    return skip_op(ci, co, d, stride, style)
+
+
+def _conv(kernel, dilation=1):
+    return lambda ci, co, d, stride=1, style=DINTS_STYLE: ActConvNorm(ci, co, kernel, d, dilation, stride, style)
+
+
+def _p3d(kernel, kernel2):
+    return lambda ci, co, d, stride=1, style=DINTS_STYLE: FactorizedConv(ci, co, kernel, kernel2, d, stride, style)
+
+
+def _sep(kernel, dilation=1, repeats=1):
+    """DARTS's ``dil_conv`` (one separable block, dilated) and ``sep_conv`` (two blocks, stride on the first)."""
+    def build(ci, co, d, stride=1, style=DINTS_STYLE):
+        if repeats == 1:
+            return SepConv(ci, co, kernel, d, dilation, stride, style)
+        return nn.Sequential(SepConv(ci, ci, kernel, d, dilation, stride, style), SepConv(ci, co, kernel, d, 1, 1, style))
+    return build
+
+
+def _pool(kind):
+    return lambda ci, co, d, stride=1, style=DINTS_STYLE: Pool(kind, ci, co, 3, d, stride, style)
+
+
+def _zero(ci, co, d, stride=1, style=DINTS_STYLE):
+    return Zero(ci, co, d, stride)
+
+
+# [paper] DiNTS section 3.2: skip, 3x3x3, P3D 3x3x1, 3x1x3, 1x3x3. Order = MONAI's op index 0..4.
+DINTS_3D = OpSet("dints_3d", 3, (
     OpSpec("skip", _skip, 0.0),
-    OpSpec("conv_3x3x3", lambda c, d: ActConvNorm(c, c, 3, d), 3.0),
-    OpSpec("p3d_3x3x1", lambda c, d: FactorizedConv(c, c, (3, 3, 1), (1, 1, 3), d), 4.0),
-    OpSpec("p3d_3x1x3", lambda c, d: FactorizedConv(c, c, (3, 1, 3), (1, 3, 1), d), 4.0),
-    OpSpec("p3d_1x3x3", lambda c, d: FactorizedConv(c, c, (1, 3, 3), (3, 1, 1), d), 4.0),
-)
+    OpSpec("conv_3x3x3", _conv(3), 3.0),
+    OpSpec("p3d_3x3x1", _p3d((3, 3, 1), (1, 1, 3)), 4.0),
+    OpSpec("p3d_3x1x3", _p3d((3, 1, 3), (1, 3, 1)), 4.0),
+    OpSpec("p3d_1x3x3", _p3d((1, 3, 3), (3, 1, 1)), 4.0),
+))
 
 # [ours] 2-D analogue for nnU-Net's 2d configuration: the same five roles with 2-D kernels; the factorised
 # ops become 3x1 -> 1x3 and 1x3 -> 3x1, and a dilated 3x3 replaces the third axis' variant.
-DINTS_2D = (
+DINTS_2D = OpSet("dints_2d", 2, (
     OpSpec("skip", _skip, 0.0),
-    OpSpec("conv_3x3", lambda c, d: ActConvNorm(c, c, 3, d), 3.0),
-    OpSpec("p2d_3x1", lambda c, d: FactorizedConv(c, c, (3, 1), (1, 3), d), 4.0),
-    OpSpec("p2d_1x3", lambda c, d: FactorizedConv(c, c, (1, 3), (3, 1), d), 4.0),
-    OpSpec("dil_conv_3x3", lambda c, d: ActConvNorm(c, c, 3, d, dilation=2), 3.0),
-)
-
-OP_SETS: Dict[str, Tuple[OpSpec, ...]] = {"dints_3d": DINTS_3D, "dints_2d": DINTS_2D}
+    OpSpec("conv_3x3", _conv(3), 3.0),
+    OpSpec("p2d_3x1", _p3d((3, 1), (1, 3)), 4.0),
+    OpSpec("p2d_1x3", _p3d((1, 3), (3, 1)), 4.0),
+    OpSpec("dil_conv_3x3", _conv(3, dilation=2), 3.0),
+))
 
 
-def op_set(name: str) -> Tuple[OpSpec, ...]:
+def _darts(name: str, dims: int) -> OpSet:
+    """The eight DARTS / PC-DARTS primitives (zero, pools, skip, separable and dilated separable convs) in 2-D or
+    3-D. Costs: stored tensors per output size (nonlinearity output, conv outputs, norm output)."""
+    return OpSet(name, dims, (
+        OpSpec("zero", _zero, 0.0),
+        OpSpec("max_pool_3", _pool("max"), 2.0),
+        OpSpec("avg_pool_3", _pool("avg"), 2.0),
+        OpSpec("skip", _skip, 0.0),
+        OpSpec("sep_conv_3", _sep(3, repeats=2), 8.0),
+        OpSpec("sep_conv_5", _sep(5, repeats=2), 8.0),
+        OpSpec("dil_conv_3", _sep(3, dilation=2), 4.0),
+        OpSpec("dil_conv_5", _sep(5, dilation=2), 4.0),
+    ))
+
+
+OP_SETS: Dict[str, OpSet] = {s.name: s for s in (DINTS_3D, DINTS_2D, _darts("darts_2d", 2), _darts("darts_3d", 3))}
+
+
+def get_op_set(name: str) -> OpSet:
     try:
         return OP_SETS[name]
     except KeyError:
         raise ValueError(f"Unknown op set {name!r}; known op sets: {sorted(OP_SETS)}.") from None
 
 
-def default_op_set(spatial_dims: int) -> str:
-    return {2: "dints_2d", 3: "dints_3d"}[spatial_dims]
+def op_set(name: str) -> Tuple[OpSpec, ...]:
+    return get_op_set(name).ops
 
 
 def op_names(name: str) -> Tuple[str, ...]:
@@ -75,17 +142,17 @@ def edge_preprocess_cost(in_channels: int, out_channels: int, direction: int, sp
     return 0.0 if in_channels == out_channels else 1.0 + 2.0 * ratio
 
 
-def edge_preprocess(in_channels: int, out_channels: int, direction: int, spatial_dims: int) -> Tuple[nn.Module, float]:
-    """Resolution/channel change in front of a cell and its memory cost (in output-size tensors).
+def edge_preprocess(in_channels: int, out_channels: int, direction: int, spatial_dims: int,
+                    style: OpStyle = DINTS_STYLE) -> nn.Module:
+    """Resolution/channel change in front of a grid cell (its cost: :func:`edge_preprocess_cost`).
 
     ``direction`` is ``edge_in - edge_out`` in levels: -1 means the source is finer (2x down-sampling),
     +1 coarser (2x up-sampling), 0 same resolution (identity, or a 1x1 conv when the channels differ).
     """
-    cost = edge_preprocess_cost(in_channels, out_channels, direction, spatial_dims)
     if direction == -1:
-        return FactorizedReduce(in_channels, out_channels, spatial_dims), cost
+        return FactorizedReduce(in_channels, out_channels, spatial_dims, style)
     if direction == 1:
-        return FactorizedIncrease(in_channels, out_channels, spatial_dims), cost
+        return FactorizedIncrease(in_channels, out_channels, spatial_dims, style)
     if in_channels == out_channels:
-        return nn.Identity(), cost
-    return ActConvNorm(in_channels, out_channels, 1, spatial_dims), cost
+        return nn.Identity()
+    return ActConvNorm(in_channels, out_channels, 1, spatial_dims, style=style)

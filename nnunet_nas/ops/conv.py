@@ -1,22 +1,49 @@
-"""Convolutional building blocks of the DiNTS cell and edge operations (He et al., CVPR 2021, section 3.2).
+"""Convolutional building blocks of the candidate operations (DiNTS, DARTS-style cells).
 
-Every block follows the paper's order: ReLU before, InstanceNorm (affine) after, convolutions without bias.
-Blocks take ``spatial_dims`` (2 or 3); module layouts match MONAI's ``dints_block`` so parameter counts agree.
+Every block follows the DiNTS / DARTS order: nonlinearity before, norm after, convolutions without bias. Blocks
+take ``spatial_dims`` (2 or 3), a ``stride`` and an :class:`OpStyle` (nonlinearity, norm, affine switch: DiNTS
+uses ReLU + affine InstanceNorm, SCNAS LeakyReLU, PC-DARTS non-affine norms during the search). Module layouts
+of the DiNTS blocks match MONAI's ``dints_block`` so parameter counts agree.
 """
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+NORMS = {"instance": {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}, "batch": {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}}
+
 
 def conv_nd(spatial_dims: int):
     return {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
 
 
-def norm_nd(spatial_dims: int, channels: int) -> nn.Module:
-    return {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[spatial_dims](channels, affine=True)
+@dataclass(frozen=True)
+class OpStyle:
+    """How an operation normalises and activates (DNA's ``norm_op`` / ``nonlin`` in one record)."""
+    nonlin: type = nn.ReLU
+    nonlin_kwargs: dict = field(default_factory=dict)
+    norm: str = "instance"  # a key of NORMS
+    affine: bool = True
+
+    def make_nonlin(self) -> nn.Module:
+        return self.nonlin(**self.nonlin_kwargs)
+
+    def make_norm(self, spatial_dims: int, channels: int) -> nn.Module:
+        try:
+            return NORMS[self.norm][spatial_dims](channels, affine=self.affine)
+        except KeyError:
+            raise ValueError(f"OpStyle: norm {self.norm!r} in {spatial_dims}-D is not one of {sorted(NORMS)} "
+                             f"in 2-D / 3-D.") from None
+
+
+DINTS_STYLE = OpStyle()
+
+
+def norm_nd(spatial_dims: int, channels: int, style: OpStyle = DINTS_STYLE) -> nn.Module:
+    return style.make_norm(spatial_dims, channels)
 
 
 def _pad_for(kernel: Sequence[int], dilation: int = 1) -> tuple:
@@ -24,15 +51,18 @@ def _pad_for(kernel: Sequence[int], dilation: int = 1) -> tuple:
 
 
 class ActConvNorm(nn.Sequential):
-    """ReLU -> conv (no bias) -> InstanceNorm. ``kernel`` is an int or a per-axis tuple."""
+    """Nonlinearity -> conv (no bias) -> norm. ``kernel`` is an int or a per-axis tuple; ``groups=in_channels``
+    makes the conv depthwise."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel=3, spatial_dims: int = 3, dilation: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, kernel=3, spatial_dims: int = 3, dilation: int = 1,
+                 stride: int = 1, style: OpStyle = DINTS_STYLE, groups: int = 1):
         kernel = (kernel,) * spatial_dims if isinstance(kernel, int) else tuple(kernel)
         super().__init__()
-        self.act = nn.ReLU()
-        self.conv = conv_nd(spatial_dims)(in_channels, out_channels, kernel, padding=_pad_for(kernel, dilation),
-                                          dilation=dilation, bias=False)
-        self.norm = norm_nd(spatial_dims, out_channels)
+        self.act = style.make_nonlin()
+        self.conv = conv_nd(spatial_dims)(in_channels, out_channels, kernel, stride=stride,
+                                          padding=_pad_for(kernel, dilation), dilation=dilation, groups=groups,
+                                          bias=False)
+        self.norm = norm_nd(spatial_dims, out_channels, style)
 
 
 class FactorizedConv(nn.Sequential):
@@ -42,27 +72,43 @@ class FactorizedConv(nn.Sequential):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: Sequence[int], kernel2: Sequence[int],
-                 spatial_dims: int = 3):
+                 spatial_dims: int = 3, stride: int = 1, style: OpStyle = DINTS_STYLE):
         super().__init__()
         conv = conv_nd(spatial_dims)
-        self.act = nn.ReLU()
-        self.conv = conv(in_channels, in_channels, tuple(kernel), padding=_pad_for(kernel), bias=False)
+        self.act = style.make_nonlin()
+        self.conv = conv(in_channels, in_channels, tuple(kernel), stride=stride, padding=_pad_for(kernel), bias=False)
         self.conv2 = conv(in_channels, out_channels, tuple(kernel2), padding=_pad_for(kernel2), bias=False)
-        self.norm = norm_nd(spatial_dims, out_channels)
+        self.norm = norm_nd(spatial_dims, out_channels, style)
+
+
+class SepConv(nn.Sequential):
+    """Depthwise-separable conv (DARTS ``DilConv``): nonlinearity -> depthwise conv (``dilation``, ``stride``)
+    -> 1x1 conv -> norm. SCNAS's dilated separable ops and DARTS's ``dil_conv`` are this block."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel=3, spatial_dims: int = 3, dilation: int = 1,
+                 stride: int = 1, style: OpStyle = DINTS_STYLE):
+        kernel = (kernel,) * spatial_dims if isinstance(kernel, int) else tuple(kernel)
+        super().__init__()
+        conv = conv_nd(spatial_dims)
+        self.act = style.make_nonlin()
+        self.conv = conv(in_channels, in_channels, kernel, stride=stride, padding=_pad_for(kernel, dilation),
+                         dilation=dilation, groups=in_channels, bias=False)
+        self.conv2 = conv(in_channels, out_channels, 1, bias=False)
+        self.norm = norm_nd(spatial_dims, out_channels, style)
 
 
 class FactorizedReduce(nn.Module):
     """2x down-sampling edge (DARTS 'factorized reduce'): ReLU, two stride-2 1x1 convs on ``x`` and on ``x``
     shifted by one voxel, concatenated, then InstanceNorm. Input extents must be even."""
 
-    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3):
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3, style: OpStyle = DINTS_STYLE):
         super().__init__()
         conv = conv_nd(spatial_dims)
         self.spatial_dims = spatial_dims
-        self.act = nn.ReLU()
+        self.act = style.make_nonlin()
         self.conv = conv(in_channels, out_channels // 2, 1, stride=2, bias=False)
         self.conv2 = conv(in_channels, out_channels - out_channels // 2, 1, stride=2, bias=False)
-        self.norm = norm_nd(spatial_dims, out_channels)
+        self.norm = norm_nd(spatial_dims, out_channels, style)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(x)
@@ -73,12 +119,12 @@ class FactorizedReduce(nn.Module):
 class FactorizedIncrease(nn.Module):
     """2x up-sampling edge: (tri/bi)linear x2 (align_corners=True) -> ReLU -> 1x1 conv -> InstanceNorm."""
 
-    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3):
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3, style: OpStyle = DINTS_STYLE):
         super().__init__()
         self.mode = "trilinear" if spatial_dims == 3 else "bilinear"
-        self.act = nn.ReLU()
+        self.act = style.make_nonlin()
         self.conv = conv_nd(spatial_dims)(in_channels, out_channels, 1, bias=False)
-        self.norm = norm_nd(spatial_dims, out_channels)
+        self.norm = norm_nd(spatial_dims, out_channels, style)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=True)

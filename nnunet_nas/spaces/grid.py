@@ -35,13 +35,25 @@ from torch.utils.checkpoint import checkpoint
 from nnunet_nas.ops.catalog import edge_preprocess, op_set
 from nnunet_nas.ops.conv import ActConvNorm, FactorizedIncrease, FactorizedReduce
 from nnunet_nas.spaces.grid_topology import check_num_blocks, grid_topology
+from nnunet_nas.spaces.mixed_op import weighted_op_sum
+
+
+GRID_OP_SETS = {2: "dints_2d", 3: "dints_3d"}
+
+
+def default_grid_op_set(spatial_dims: int) -> str:
+    """The DiNTS op set of the grid in 2-D / 3-D."""
+    try:
+        return GRID_OP_SETS[spatial_dims]
+    except KeyError:
+        raise ValueError(f"the grid space is 2-D or 3-D, got spatial_dims={spatial_dims!r}.") from None
 
 
 class GridCell(nn.Module):
     def __init__(self, in_channels, out_channels, direction, spatial_dims, specs):
         super().__init__()
-        self.pre, _ = edge_preprocess(in_channels, out_channels, direction, spatial_dims)
-        self.ops = nn.ModuleDict({s.name: s.factory(out_channels, spatial_dims) for s in specs})
+        self.pre = edge_preprocess(in_channels, out_channels, direction, spatial_dims)
+        self.ops = nn.ModuleDict({s.name: s.build(out_channels, out_channels, spatial_dims) for s in specs})
 
 
 def _weighted_norm_sum(weights: torch.Tensor, skip_index: int, x: torch.Tensor, norms, *pre_norm):
@@ -407,6 +419,12 @@ class _LeanEdge(torch.autograd.Function):
         return (None, None, grad_x if need_x else None, grad_w, *param_grads)
 
 
+def _is_conv_chain(op: nn.Module) -> bool:
+    children = list(op.children())
+    return (len(children) >= 3 and isinstance(children[0], nn.ReLU) and isinstance(children[-1], _NORM_TYPES)
+            and all(isinstance(c, _CONV_TYPES) and c.stride == (1,) * len(c.stride) for c in children[1:-1]))
+
+
 class GridSpace(nn.Module):
     """L x D grid of cells.
 
@@ -455,6 +473,11 @@ class GridSpace(nn.Module):
                 specs = self.specs if self.is_search else (self.specs[op_index[b, e]],)
                 self.cells[f"b{b}_e{e}"] = GridCell(self.channels[topo.edge_in[e]], self.channels[topo.edge_out[e]],
                                                     int(topo.edge_dir[e]), spatial_dims, specs)
+        first = next(iter(self.cells.values()), None)
+        # the fast search paths below share one ReLU per node and recompute norms: they need every op to be
+        # ReLU -> convs -> affine InstanceNorm, or the (single) skip
+        self.conv_chain_ops = first is not None and self.skip_index >= 0 and all(
+            _is_conv_chain(op) or isinstance(op, nn.Identity) for op in first.ops.values())
 
     # ------------------------------------------------------------------ forward
     def forward(self, nodes: List[Optional[torch.Tensor]], weights: Optional[torch.Tensor] = None):
@@ -491,6 +514,8 @@ class GridSpace(nn.Module):
         return nodes
 
     def _mixed(self, cell: GridCell, x, src, acts, lean_acts, w):
+        if not self.conv_chain_ops:  # ops of any form: the plain mixed op
+            return weighted_op_sum(enumerate(cell.ops.values()), cell.pre(x), w)
         if self.recompute_norms and torch.is_grad_enabled() and x.device.type == "cpu":
             plan = _EdgePlan.build(cell, self.skip_index, self.spatial_dims)
             if plan is not None:

@@ -1,0 +1,2 @@
+"""The registered NAS methods: importing this package registers each (see nnunet_nas.registry)."""
+from nnunet_nas.methods import dints  # noqa: F401

@@ -1,0 +1,150 @@
+"""DiNTS (He et al., CVPR 2021): multi-path topology and cell search on an L x D grid under a memory budget.
+
+The record composes: the grid space (:class:`~nnunet_nas.networks.dints_net.DiNTSNet` with ``genotype=None``),
+:class:`~nnunet_nas.arch.params.GridArchParams`, the edge-marginal x softmax weighting, the regularisers of
+Eq. 5, 7 and 10 (``L_arch = L_seg + t/t_all * (L_alpha + L_eta + lambda L_tp + L_m)``, Eq. 11), the
+topology-guaranteed decoder (Eq. 3-4) and :class:`~nnunet_nas.genotypes.grid.GridGenotype`.
+"""
+
+import numpy as np
+import torch
+
+from nnunet_nas.arch import grid_probs
+from nnunet_nas.arch.params import GridArchParams
+from nnunet_nas.arch.weighting import GridEdgeOpWeighting
+from nnunet_nas.config import DiNTSSearchConfig
+from nnunet_nas.discretize.grid_path import decode_grid_codes
+from nnunet_nas.genotypes.grid import GridGenotype
+from nnunet_nas.genotypes.monai_compat import from_monai_codes
+from nnunet_nas.networks.dints_net import DiNTSNet
+from nnunet_nas.ops.catalog import op_names
+from nnunet_nas.registry import SearchMethod, register_method
+from nnunet_nas.spaces.grid import GRID_OP_SETS
+
+HISTORY_KEYS = ("arch_entropy_alpha", "arch_entropy_eta", "arch_topology_loss", "arch_memory_ratio",
+                "arch_discretization_gap")
+
+
+def search_strides(num_depths: int, spatial_dims: int):
+    """Deep-supervision strides of the supernet: full resolution, then one 2x per level."""
+    return [[1] * spatial_dims] + [[2] * spatial_dims] * num_depths
+
+
+def build_supernet(cfg: DiNTSSearchConfig, op_set: str, input_channels: int, num_classes: int, spatial_dims: int,
+                   deep_supervision: bool):
+    return DiNTSNet(input_channels, num_classes, None, cfg.num_blocks, cfg.num_depths, spatial_dims, cfg.channel_mul,
+                    op_set=op_set, strides=search_strides(cfg.num_depths, spatial_dims),
+                    deep_supervision=deep_supervision, recompute_norms=cfg.recompute_norms)
+
+
+def build_arch_params(cfg: DiNTSSearchConfig, supernet, op_set: str) -> GridArchParams:
+    return GridArchParams(cfg.num_blocks, cfg.num_depths, len(op_names(op_set)))
+
+
+def regularizers(net, cfg: DiNTSSearchConfig):
+    """Unramped terms of Eq. 11: op entropy (Eq. 7), pattern entropy, topology loss (Eq. 5), memory (Eq. 10)."""
+    arch = net.arch
+    eta = grid_probs.pattern_probs(arch.edge_logits)
+    memory = net.supernet.memory_model.memory_loss(grid_probs.edge_marginals(arch.edge_logits), arch.op_probs(),
+                                                   cfg.memory_budget)
+    return {"entropy_alpha": grid_probs.entropy_loss_ops(arch.op_logits),
+            "entropy_eta": grid_probs.entropy_loss_patterns(eta),
+            "topology": cfg.topology_weight * grid_probs.topology_loss(eta, net.supernet.num_depths),
+            "memory": memory}
+
+
+def discretize(arch_state, op_set: str, provenance=None) -> GridGenotype:
+    """Topology-guaranteed discretisation (Eq. 3-4) of ``arch.edge_logits`` / ``arch.op_logits``."""
+    node_a, code_a, code_c = decode_grid_codes(arch_state["edge_logits"],
+                                               _alive_logits(arch_state["op_logits"], arch_state.get("alive_ops")))
+    return from_monai_codes(node_a, code_a, code_c, op_set=op_set, provenance=provenance, source="decoded search")
+
+
+def _alive_logits(op_logits: torch.Tensor, alive) -> torch.Tensor:
+    """Pruned ops below every alive one (finite: the decoder refuses non-finite logits)."""
+    op_logits = op_logits.detach().float().cpu()
+    if alive is None:
+        return op_logits
+    return torch.where(alive.bool().cpu(), op_logits, op_logits.min() - 1.0)
+
+
+@torch.no_grad()
+def describe(net, cfg: DiNTSSearchConfig):
+    arch = net.arch
+    edge_logits = arch.edge_logits.detach().float().cpu()
+    op_probs = arch.op_probs().detach().float().cpu()
+    eta = grid_probs.pattern_probs(edge_logits)
+    _, code_a, _ = decode_grid_codes(edge_logits, _alive_logits(arch.op_logits, arch.alive_ops))
+    ratio = float(net.supernet.memory_model.ratio(grid_probs.edge_marginals(edge_logits), op_probs))
+    return {
+        "arch_entropy_alpha": float(grid_probs.entropy_loss_ops(arch.op_logits.detach().float().cpu())),
+        "arch_entropy_eta": float(grid_probs.entropy_loss_patterns(eta)),
+        "arch_topology_loss": float(grid_probs.topology_loss(eta, net.supernet.num_depths)),
+        "arch_memory_ratio": ratio,
+        "arch_discretization_gap": float(grid_probs.discretisation_gap(edge_logits, code_a)),
+        "edge_probs": torch.sigmoid(edge_logits).numpy().round(5).tolist(),
+        "op_probs": op_probs.numpy().round(5).tolist(),
+    }
+
+
+def fixed_network_kwargs(genotype: GridGenotype, channel_mul: float, base_channels: int = 32) -> dict:
+    """``arch_kwargs`` of an exported grid architecture: deep supervision at every decoder resolution
+    1/2^0 .. 1/2^(k+1) (k = deepest active level of the last block)."""
+    dims = genotype.spatial_dims
+    deepest = int(np.flatnonzero(genotype.node_a[-1]).max())
+    strides = [[1] * dims] + [[2] * dims] * (deepest + 2)
+    return {"genotype": genotype.to_dict(), "channel_mul": float(channel_mul), "base_channels": int(base_channels),
+            "strides": strides}
+
+
+def search_notes(net, cfg: DiNTSSearchConfig):
+    attainable = net.supernet.memory_model.max_ratio()
+    if cfg.memory_budget <= attainable:
+        return []
+    return [f"note: memory budget sigma={cfg.memory_budget} is above the largest ratio M_e/M_a this space can reach "
+            f"({attainable:.3f}) with the paper's constant reference M_a (all alpha and eta at one, Eq. 9): the memory "
+            f"term pushes towards the densest, most expensive architecture. Budgets in (0, {attainable:.3f}) "
+            f"constrain memory (see README)."]
+
+
+def plot_genotype(genotype: GridGenotype, path: str) -> str:
+    from nnunet_nas.viz import plot_grid_genotype
+    return plot_grid_genotype(genotype, path, title=f"DiNTS architecture ({int(genotype.arch_code_a.sum())} "
+                                                    f"active edges)")
+
+
+def plot_history(history: dict, path: str, net, cfg: DiNTSSearchConfig) -> str:
+    from nnunet_nas.viz import plot_arch_trajectories
+    h = dict(history)
+    h["op_names"] = list(op_names(net.supernet.space.op_set_name))
+    h["sigma"] = cfg.memory_budget
+    h["max_ratio"] = net.supernet.memory_model.max_ratio()
+    for ours, theirs in (("arch_discretization_gap", "gap"), ("arch_memory_ratio", "memory_ratio"),
+                         ("arch_topology_loss", "topology_loss"), ("arch_entropy_alpha", "entropy_alpha"),
+                         ("arch_entropy_eta", "entropy_eta")):
+        h[theirs] = h.get(ours, [])
+    return plot_arch_trajectories(h, path)
+
+
+DINTS = register_method(SearchMethod(
+    name="dints",
+    paper="He et al., DiNTS: Differentiable Neural Network Topology Search for 3D Medical Image Segmentation, "
+          "CVPR 2021",
+    config_class=DiNTSSearchConfig,
+    genotype_class=GridGenotype,
+    network_class=DiNTSNet,
+    default_op_sets=GRID_OP_SETS,
+    build_supernet=build_supernet,
+    build_arch_params=build_arch_params,
+    make_weighting=lambda cfg: GridEdgeOpWeighting(),
+    regularizers=regularizers,
+    discretize=discretize,
+    describe=describe,
+    fixed_network_kwargs=fixed_network_kwargs,
+    search_patch_divisor=lambda cfg: 2 ** (cfg.num_depths + 1),
+    genotype_patch_divisor=lambda genotype: 2 ** (genotype.num_depths + 1),
+    history_keys=HISTORY_KEYS,
+    plot_genotype=plot_genotype,
+    plot_history=plot_history,
+    search_notes=search_notes,
+))

@@ -1,0 +1,96 @@
+"""The method registry: one :class:`SearchMethod` record per NAS method, looked up by name.
+
+The search trainer, the export, the CLI, the pictures and the contract tests find everything method-specific
+here; shared code never branches on a method's name. A method module (``nnunet_nas/methods/<name>.py``) builds
+its record from its own pieces (space, architecture parameters, weighting, regularisers, discretiser, genotype,
+fixed network, config) and calls :func:`register_method`.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+
+OUTPUT_FILES = {"genotype": "genotype.json", "architecture": "architecture.png",
+                "trajectories": "arch_trajectories.png"}
+
+
+@dataclass(frozen=True)
+class SearchMethod:
+    """Everything the machinery needs to know about one method.
+
+    Callables (``cfg`` is the method's config dataclass, ``net`` the :class:`~nnunet_nas.nnunet.search_network.
+    SearchNetwork`):
+
+    * ``build_supernet(cfg, op_set, input_channels, num_classes, spatial_dims, deep_supervision)`` -> the search
+      space module, ``forward(x, weights)``; it exposes ``strides`` (nnU-Net's deep-supervision convention);
+    * ``build_arch_params(cfg, supernet, op_set)`` -> :class:`~nnunet_nas.arch.params.ArchParams`;
+    * ``make_weighting(cfg)`` -> :class:`~nnunet_nas.arch.weighting.Weighting`;
+    * ``regularizers(net, cfg)`` -> ``{name: scalar tensor}``, unramped terms of the architecture loss;
+    * ``discretize(arch_state, op_set, provenance)`` -> genotype, from the ``arch.*`` tensors of a state dict;
+    * ``describe(net, cfg)`` -> per-epoch record: a float for each of ``history_keys`` plus arrays for pictures;
+    * ``fixed_network_kwargs(genotype, channel_mul)`` -> the ``arch_kwargs`` of the plans' architecture block;
+    * ``search_patch_divisor(cfg)`` / ``genotype_patch_divisor(genotype)``: patch extents must be multiples;
+    * ``make_strategies(cfg)`` -> list of :class:`~nnunet_nas.strategies.base.SearchStrategy`;
+    * ``plot_genotype(genotype, path)``, ``plot_history(history, path, net, cfg)``: pictures (optional);
+    * ``search_notes(net, cfg)`` -> lines logged when the search starts (optional).
+    """
+    name: str  # registry key, file stem and configuration suffix: "dints" -> dints_genotype.json, 3d_fullres_dints
+    paper: str
+    config_class: type
+    genotype_class: type
+    network_class: type  # the fixed network nnU-Net's stock trainer builds from the plans
+    default_op_sets: Mapping[int, str]  # spatial_dims -> op set name
+    build_supernet: Callable
+    build_arch_params: Callable
+    make_weighting: Callable
+    regularizers: Callable
+    discretize: Callable
+    describe: Callable
+    fixed_network_kwargs: Callable
+    search_patch_divisor: Callable
+    genotype_patch_divisor: Callable
+    history_keys: Tuple[str, ...] = ()
+    make_strategies: Callable = field(default=lambda cfg: [])
+    plot_genotype: Optional[Callable] = None
+    plot_history: Optional[Callable] = None
+    search_notes: Optional[Callable] = None
+
+    @property
+    def network_class_name(self) -> str:
+        return f"{self.network_class.__module__}.{self.network_class.__qualname__}"
+
+    def output_file(self, kind: str) -> str:
+        """File name of a search output beside nnU-Net's ``progress.png``: ``kind`` is one of ``OUTPUT_FILES``."""
+        return f"{self.name}_{OUTPUT_FILES[kind]}"
+
+    def op_set_for(self, cfg, spatial_dims: int) -> str:
+        """The op set a search with ``cfg`` uses in ``spatial_dims`` (``cfg.op_set`` or the method's default)."""
+        if cfg.op_set is not None:
+            return cfg.op_set
+        if spatial_dims not in self.default_op_sets:
+            raise ValueError(f"method {self.name!r} has no op set for {spatial_dims}-D configurations (it has "
+                             f"{sorted(self.default_op_sets)}-D).")
+        return self.default_op_sets[spatial_dims]
+
+
+METHODS: Dict[str, SearchMethod] = {}
+
+
+def register_method(method: SearchMethod) -> SearchMethod:
+    if method.name in METHODS and METHODS[method.name] is not method:
+        raise ValueError(f"NAS method {method.name!r} is registered twice.")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> SearchMethod:
+    import nnunet_nas.methods  # noqa: F401 - registers the package's methods
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown NAS method {name!r}; registered methods: {sorted(METHODS)}.") from None
+
+
+def method_names() -> List[str]:
+    import nnunet_nas.methods  # noqa: F401
+    return sorted(METHODS)

@@ -1,0 +1,122 @@
+"""Contract tests over every registered method (timm's pattern): a method that registers itself gets these for free.
+
+Per method and per 2-D / 3-D: the supernet runs forward and backward with the deep-supervision outputs nnU-Net
+expects, every weight and every architecture parameter gets a finite gradient, the two parameter sets are
+disjoint; discretised logits give a genotype that survives JSON and reads back its spatial_dims; export registers a
+configuration that nnU-Net's stock trainer builds; and a search trainer for the method is found by nnU-Net's own
+trainer lookup.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_nas.config import SearchConfig
+from nnunet_nas.genotypes.schema import genotype_from_dict
+from nnunet_nas.nnunet.export import register_searched_configuration
+from nnunet_nas.nnunet.search_network import SearchNetwork
+from nnunet_nas.registry import get_method, method_names
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny_configs import TINY_CONFIGS  # noqa: E402
+
+CASES = [(name, dims) for name in method_names() for dims in (2, 3)]
+IDS = [f"{n}-{d}d" for n, d in CASES]
+
+
+def _search_network(name, dims, in_ch=1, classes=3):
+    method, cfg = get_method(name), TINY_CONFIGS[name]
+    op_set = method.op_set_for(cfg, dims)
+    supernet = method.build_supernet(cfg, op_set, in_ch, classes, dims, True)
+    net = SearchNetwork(supernet, method.build_arch_params(cfg, supernet, op_set), method.make_weighting(cfg))
+    return method, cfg, op_set, net
+
+
+def _patch(method, cfg, dims):
+    return [2 * method.search_patch_divisor(cfg)] * dims
+
+
+def test_every_method_has_a_tiny_config_and_a_config_extending_the_base():
+    assert sorted(TINY_CONFIGS) == method_names()
+    for name in method_names():
+        method = get_method(name)
+        assert issubclass(method.config_class, SearchConfig)
+        assert json.loads(json.dumps(method.config_class().to_dict())) == method.config_class().to_dict()
+
+
+@pytest.mark.parametrize("name,dims", CASES, ids=IDS)
+def test_supernet_forward_backward_reaches_every_parameter(name, dims):
+    torch.manual_seed(0)
+    method, cfg, _, net = _search_network(name, dims)
+    patch = _patch(method, cfg, dims)
+    outs = net(torch.randn(2, 1, *patch))
+    scales = (1 / np.cumprod(np.vstack(net.supernet.strides), axis=0))[:-1]  # what nnU-Net derives
+    assert len(outs) == len(scales)
+    for o, s in zip(outs, scales):
+        assert list(o.shape) == [2, 3] + [int(p * f) for p, f in zip(patch, s)]
+        assert torch.isfinite(o).all()
+    sum(o.square().mean() for o in outs).backward()
+    weights, arch = set(map(id, net.weight_parameters())), set(map(id, net.arch_parameters()))
+    assert weights.isdisjoint(arch) and len(weights) + len(arch) == len(list(net.parameters()))
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name,dims", CASES, ids=IDS)
+def test_discretised_genotype_round_trips_through_json(name, dims, tmp_path):
+    torch.manual_seed(1)
+    method, cfg, op_set, net = _search_network(name, dims)
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.normal_(0, 2)
+    state = {k: v for k, v in net.arch.state_dict().items()}
+    g = method.discretize(state, op_set, {"method": name})
+    assert isinstance(g, method.genotype_class) and g.spatial_dims == dims
+    back = genotype_from_dict(json.loads(json.dumps(g.to_dict())))
+    assert back == g and back.spatial_dims == dims
+    g.save(str(tmp_path / "g.json"))
+    assert type(g).load(str(tmp_path / "g.json")) == g
+    assert method.discretize(state, op_set, {"method": name}) == g  # deterministic
+
+
+@pytest.mark.parametrize("name,dims", CASES, ids=IDS)
+def test_export_registers_a_configuration_the_stock_trainer_builds(name, dims, tmp_path):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    torch.manual_seed(2)
+    method, cfg, op_set, net = _search_network(name, dims)
+    g = method.discretize(net.arch.state_dict(), op_set, {"method": name})
+    base = "3d_fullres" if dims == 3 else "2d"
+    plans = {"dataset_name": "Dataset999_Contract", "plans_name": "nnUNetPlans", "configurations": {
+        base: {"patch_size": [20] * dims, "batch_size": 2, "data_identifier": "x",
+               "architecture": {"network_class_name": "x", "arch_kwargs": {}, "_kw_requires_import": []}}}}
+    path = tmp_path / "nnUNetPlans.json"
+    path.write_text(json.dumps(plans))
+    used = register_searched_configuration(str(path), base, method, g, 0.125, log=lambda *a: None)
+    assert used == f"{base}_{name}"
+    cm = PlansManager(str(path)).get_configuration(used)
+    assert all(p % method.genotype_patch_divisor(g) == 0 for p in cm.patch_size)
+    fixed = nnUNetTrainer.build_network_architecture(PlansManager(str(path)), cm, 1, 3, True)
+    assert isinstance(fixed, method.network_class)
+    strides = cm.network_arch_init_kwargs["strides"]
+    outs = fixed(torch.randn(1, 1, *cm.patch_size))
+    assert len(outs) == len(strides) - 1 and all(torch.isfinite(o).all() for o in outs)
+    assert list(outs[0].shape) == [1, 3] + list(cm.patch_size)
+    assert hasattr(fixed, "compute_conv_feature_map_size") and fixed.compute_conv_feature_map_size(cm.patch_size) > 0
+
+
+def test_every_method_has_a_search_trainer_found_by_nnunets_lookup():
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    from nnunet_nas.nnunet import trainers
+    from nnunet_nas.nnunet.environment import trainer_dir
+    for name in method_names():
+        found = [t for t in trainers.__all__ if getattr(getattr(trainers, t), "nas_method", None) == name]
+        assert found, f"no search trainer for method {name!r} in nnunet_nas.nnunet.trainers"
+        # the call nnU-Net makes for each nnUNet_extTrainer folder (nnunetv2.utilities.find_objects)
+        cls = recursive_find_python_class(trainer_dir(), found[0], None, base_folder=trainer_dir(),
+                                          cleanup_imports_from_base_folder=True)
+        assert cls is not None and cls.nas_method == name

@@ -1,0 +1,10 @@
+"""One tiny search config per registered method (the test-fixture entry a new method adds): small enough that
+its supernet runs forward and backward on a 2-D and a 3-D patch in about a second."""
+
+from dataclasses import replace
+
+from nnunet_nas.config import DiNTSSearchConfig
+
+TINY_CONFIGS = {
+    "dints": replace(DiNTSSearchConfig(), num_blocks=2, num_depths=2, channel_mul=0.125, export_channel_mul=0.125),
+}
