@@ -58,3 +58,34 @@ def test_arch_parameters_identical_on_all_ranks(tmp_path):
     assert torch.equal(gathered[0], gathered[1])
     initial = GridArchParams(2, 2, 5)
     assert gathered[0].numel() == sum(p.numel() for p in initial.parameters())
+
+
+def _fixed_network_worker(rank, world, port):
+    """Two iterations of an exported network under DDP wrapped as nnU-Net wraps it (no find_unused_parameters):
+    the second iteration fails if any parameter went unused in the first."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunet_nas.genotypes.monai_compat import load_monai_file
+    from nnunet_nas.nnunet.export import architecture_block
+    from nnunet_nas.registry import get_method
+    from conftest import SHARED
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    genotype = load_monai_file(f"{SHARED}/reference/dints_arch_code_cvpr.json")  # input level 3 unread
+    arch = architecture_block(get_method("dints"), genotype, 0.0625)
+    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 2,
+                                 allow_init=True, deep_supervision=True)
+    ddp = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        sum(o.square().mean() for o in ddp(torch.randn(1, 1, 32, 32, 32))).backward()
+        opt.step()
+    dist.destroy_process_group()
+
+
+def test_exported_network_trains_under_nnunets_ddp_wrapping():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fixed_network_worker, args=(2, port), nprocs=2, join=True)

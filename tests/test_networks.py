@@ -20,13 +20,27 @@ def _params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-def test_published_architecture_has_monais_parameter_count():
+UNREAD_STEM = 1 * 256 * 27 + 2 * 256 + 256 * 512 * 27 + 2 * 512  # input level 3's stem, which MONAI builds
+
+
+def test_published_architecture_has_monais_parameter_count_less_the_unread_stem():
     g = load_monai_file(CVPR_JSON)
-    assert int(g.arch_code_a.sum()) == 97
-    assert _params(DiNTSNet(1, 2, genotype=g, channel_mul=1.0)) == 152_360_994  # reference/README.md
-    # nnU-Net's deep supervision adds one 1x1 head per extra output: (f[r] + 1) * classes
-    with_ds = DiNTSNet(1, 2, genotype=g, channel_mul=1.0, strides=[[1, 1, 1]] + [[2, 2, 2]] * 4)
-    assert _params(with_ds) - 152_360_994 == sum((32 * 2 ** r + 1) * 2 for r in (1, 2, 3))
+    assert int(g.arch_code_a.sum()) == 97 and g.node_a[0].tolist() == [1, 1, 1, 0]
+    net = DiNTSNet(1, 2, genotype=g, channel_mul=1.0)
+    assert _params(net) + UNREAD_STEM == 152_360_994  # MONAI's count, reference/README.md
+    assert _params(net) == 148_813_602 and sorted(net.stem_down) == ["0", "1", "2"]
+    # strides alone add nothing (prediction builds without deep supervision); training with deep supervision adds
+    # one 1x1 head per extra output: (f[r] + 1) * classes
+    strides = [[1, 1, 1]] + [[2, 2, 2]] * 4
+    assert _params(DiNTSNet(1, 2, genotype=g, channel_mul=1.0, strides=strides)) == 148_813_602
+    with_ds = DiNTSNet(1, 2, genotype=g, channel_mul=1.0, strides=strides, deep_supervision=True)
+    assert _params(with_ds) - 148_813_602 == sum((32 * 2 ** r + 1) * 2 for r in (1, 2, 3))
+    from nnunet_nas.methods.dints import fixed_network_kwargs  # what add-arch registers (README's figures)
+    registered = fixed_network_kwargs(g, 1.0)
+    assert _params(DiNTSNet(1, 2, deep_supervision=True, **registered)) == 148_813_602 + 1_928
+    # a checkpoint trained with deep supervision loads into the network nnU-Net builds for prediction
+    small = dict(genotype=g, channel_mul=0.0625, strides=strides)
+    DiNTSNet(1, 2, **small).load_state_dict(DiNTSNet(1, 2, deep_supervision=True, **small).state_dict())
 
 
 def test_pth_and_json_reference_agree():
@@ -153,3 +167,45 @@ def test_grid_runs_any_op_set_through_the_generic_mixed_op(dims):
     net(torch.randn(1, 1, *([16] * dims)), GridEdgeOpWeighting()(arch)).square().mean().backward()
     missing = [n for n, p in list(net.named_parameters()) + list(arch.named_parameters()) if p.grad is None]
     assert missing == []
+
+
+def _genotype_with_empty_levels(L=3, D=3):
+    """A decoded random genotype whose first block leaves an input level unread and whose last block leaves its
+    coarsest level empty (the cases where a fixed network could differ from the supernet)."""
+    from nnunet_nas.discretize.grid_path import decode_grid_codes
+    from nnunet_nas.genotypes.monai_compat import from_monai_codes
+    E = 3 * D - 2
+    for seed in range(200):
+        rng = np.random.RandomState(seed)
+        g = from_monai_codes(*decode_grid_codes(rng.normal(0, 2, (L, E)), rng.normal(0, 2, (L, E, 5))))
+        if not g.node_a[0].all() and not g.node_a[-1][-1]:
+            return g
+    raise AssertionError("no such genotype among 200 seeds")
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_supernet_with_one_hot_weights_equals_the_fixed_network(recompute):
+    torch.manual_seed(0)
+    g = _genotype_with_empty_levels()
+    fixed = DiNTSNet(1, 2, genotype=g, channel_mul=0.25)
+    supernet = DiNTSNet(1, 2, None, num_blocks=g.num_blocks, num_depths=g.num_depths, channel_mul=0.25,
+                        recompute_norms=recompute)
+    with torch.no_grad():
+        for p in supernet.parameters():
+            p.normal_(0, 0.5)  # non-zero norm biases everywhere
+    missing, unexpected = fixed.load_state_dict(supernet.state_dict(), strict=False)
+    assert missing == []  # every fixed-network parameter has its namesake in the supernet
+    w = torch.zeros(g.num_blocks, len(g.ops[0]), 5)
+    for b, e in zip(*np.nonzero(g.arch_code_a)):
+        w[b, e, g.op_indices()[b, e]] = 1.0
+    x = torch.randn(2, 1, 32, 32, 32)
+    torch.testing.assert_close(supernet(x, w), fixed(x), rtol=1e-4, atol=1e-5)
+
+
+def test_fixed_network_uses_every_parameter():
+    """nnU-Net wraps the network in DDP without find_unused_parameters: every parameter must get a gradient."""
+    g = _genotype_with_empty_levels()
+    strides = [[1, 1, 1]] + [[2, 2, 2]] * 3
+    net = DiNTSNet(1, 2, genotype=g, channel_mul=0.125, strides=strides, deep_supervision=True)
+    sum(o.square().mean() for o in net(torch.randn(1, 1, 32, 32, 32))).backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []

@@ -201,7 +201,7 @@ def network_feature_map_size(net, input_size) -> int:
         raise ValueError(f"network_feature_map_size: give the {dims} spatial extents only, got {list(input_size)}.")
     f = net.filters
     n = [float(np.prod([s // 2 ** r for s in size], dtype=np.float64)) for r in range(net.num_depths + 2)]
-    in_ch = net.stem_down[0][0].in_channels
+    in_ch = net.input_channels
     num_classes = net.stem_finals[-1].out_channels
     total = 0.0
     for d in range(net.num_depths):
@@ -209,7 +209,7 @@ def network_feature_map_size(net, input_size) -> int:
             total += in_ch * n[d] + 2 * f[d] * n[d] + f[d + 1] * n[d + 1]
     model = GridMemoryModel.from_network(net)
     total += model.full(size, 1) if net.genotype is None else model.genotype_elements(net.genotype, size, 1)
-    for r in range(net.deepest, -1, -1):
+    for r in range(net.num_depths - 1, -1, -1):
         total += f[r + 1] * n[r + 1] + f[r] * n[r + 1]  # ReLU output, conv output (the x2 resampling keeps none)
     total += 3 * f[0] * n[0] + num_classes * n[0]  # final ReLU, conv and norm outputs; logits
     for r in range(len(net.ds_heads)):

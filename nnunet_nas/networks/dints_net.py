@@ -13,8 +13,16 @@ input resolution with ``f[d+1]`` channels, ``f[i] = int(base_channels * 2^i * ch
 Deep supervision [ours]: the tail has decoder features at 1/2^r for r = 0..k+1 (k = deepest active node of the
 last block: the grid output entering the tail at 1/2^(k+1), then the output of each up-sampling stem); a 1x1
 head on each gives nnU-Net's extra outputs, highest resolution first. ``strides`` in ``arch_kwargs`` (first
-entry all ones, then 2s) tells nnU-Net how many there are (at most k+2); without ``strides`` no
-deep-supervision heads are built (MONAI's parameter count).
+entry all ones, then 2s) tells nnU-Net how many there are (at most k+2). The heads exist only when the network is
+built with ``deep_supervision=True`` (nnU-Net's training); built without (nnU-Net's prediction), it has none and
+ignores head weights in a state dict it loads.
+
+A fixed network holds no parameter its forward pass does not use (nnU-Net wraps it in DDP without
+``find_unused_parameters``): stems are built only for the input levels the genotype reads (the published
+architecture leaves level 3 unread, so it has 3,547,392 parameters fewer than MONAI's instance, which builds that
+stem anyway). The tail runs from the coarsest level D-1 in both the supernet and the fixed network, and a level
+the last block leaves empty enters it as zeros, as it does in the supernet (whose empty levels are sums of
+zero-weighted edges): with one-hot architecture weights, supernet and fixed network compute the same function.
 """
 
 from typing import Optional, Sequence
@@ -37,6 +45,11 @@ class _Decoder(nn.Module):
     def __init__(self, deep_supervision: bool):
         super().__init__()
         self.deep_supervision = deep_supervision
+
+
+def _drop_head_weights(state_dict, prefix, *args):
+    for key in [k for k in state_dict if k.startswith(prefix + "ds_heads.")]:
+        del state_dict[key]
 
 
 class DiNTSNet(nn.Module):
@@ -68,10 +81,11 @@ class DiNTSNet(nn.Module):
             self.deepest = int(np.flatnonzero(genotype.node_a[-1]).max())
             self.space = GridSpace(num_blocks, num_depths, f[1:], spatial_dims, op_set,
                                    edge_mask=genotype.arch_code_a, op_index=genotype.op_indices())
-        self.stem_down = nn.ModuleList([nn.Sequential(
+        self.input_channels = input_channels
+        self.stem_down = nn.ModuleDict({str(d): nn.Sequential(
             conv(input_channels, f[d], 3, padding=1, bias=False), norm_nd(spatial_dims, f[d]), nn.ReLU(),
             conv(f[d], f[d + 1], 3, stride=2, padding=1, bias=False), norm_nd(spatial_dims, f[d + 1]),
-        ) for d in range(num_depths)])
+        ) for d in range(num_depths) if self.input_nodes[d]})
         self.stem_up = nn.ModuleList([nn.Sequential(
             nn.ReLU(), conv(f[d + 1], f[d], 3, padding=1, bias=False), norm_nd(spatial_dims, f[d]),
         ) for d in range(num_depths)])
@@ -83,7 +97,11 @@ class DiNTSNet(nn.Module):
                 f"DiNTSNet: strides {strides} ask for {num_outputs} deep-supervision outputs, but this architecture "
                 f"has decoder features at only {self.deepest + 2} resolutions; use strides of length "
                 f"2..{self.deepest + 3}.")
-        self.ds_heads = nn.ModuleList([conv(f[r], num_classes, 1) for r in range(1, num_outputs)])
+        self.num_outputs = num_outputs
+        self.ds_heads = nn.ModuleList([conv(f[r], num_classes, 1) for r in range(1, num_outputs)]
+                                      if deep_supervision else [])
+        if not deep_supervision:  # a checkpoint trained with deep supervision loads into it
+            self._register_load_state_dict_pre_hook(_drop_head_weights)
         self.decoder = _Decoder(deep_supervision)
         self.mode = "trilinear" if spatial_dims == 3 else "bilinear"
 
@@ -117,21 +135,23 @@ class DiNTSNet(nn.Module):
                 nodes.append(None)
                 continue
             xd = x if d == 0 else F.interpolate(x, scale_factor=0.5 ** d, mode=self.mode, align_corners=True)
-            nodes.append(self.stem_down[d](xd))
+            nodes.append(self.stem_down[str(d)](xd))
         outs = self.space(nodes, weights)
-        feats, tmp = [], None  # feats: decoder features, coarsest first
-        for r in range(self.deepest, -1, -1):
+        feats, tmp = [None] * (self.num_depths + 1), None  # feats[r]: decoder feature at 1/2^r, f[r] channels
+        for r in range(self.num_depths - 1, -1, -1):
             s = outs[r] if tmp is None else (tmp if outs[r] is None else outs[r] + tmp)
-            if s is None:
-                raise RuntimeError(f"DiNTSNet: level {r} of the last block is empty; the genotype is infeasible.")
+            if s is None:  # an empty coarse level of the last block: zeros, as in the supernet
+                s = x.new_zeros((x.shape[0], self.filters[r + 1]) + tuple(n >> (r + 1) for n in x.shape[2:]))
             if tmp is None:
-                feats.append(s)  # 1/2^(deepest+1), f[deepest+1] channels
+                feats[r + 1] = s
             tmp = F.interpolate(self.stem_up[r](s), scale_factor=2, mode=self.mode, align_corners=True)
-            feats.append(tmp)
+            feats[r] = tmp
         main = self.stem_finals(tmp)
         if not self.decoder.deep_supervision:
             return main
-        feats = feats[::-1]  # finest first: feats[r] at 1/2^r with f[r] channels
+        if len(self.ds_heads) != self.num_outputs - 1:
+            raise RuntimeError("DiNTSNet was built without deep supervision (no output heads); build it with "
+                               "deep_supervision=True to train with deep supervision.")
         return [main] + [head(feats[r + 1]) for r, head in enumerate(self.ds_heads)]
 
     def compute_conv_feature_map_size(self, input_size) -> int:

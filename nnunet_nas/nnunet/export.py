@@ -73,7 +73,7 @@ def _dataset_channels_and_classes(plans_path: str):
 def _memory_text(method: SearchMethod, arch_kwargs: dict, patch, batch_size, plans_path) -> str:
     from nnunet_nas.arch.memory import estimate_training_memory_bytes
     channels, classes = _dataset_channels_and_classes(plans_path)
-    net = method.network_class(channels, classes, **arch_kwargs)
+    net = method.network_class(channels, classes, deep_supervision=True, **arch_kwargs)  # as nnU-Net trains it
     fp32 = estimate_training_memory_bytes(net, patch, batch_size, amp=False) / 2 ** 30
     amp = estimate_training_memory_bytes(net, patch, batch_size, amp=True) / 2 ** 30
     params = sum(p.numel() for p in net.parameters()) / 1e6
