@@ -73,10 +73,18 @@ def test_export_on_demand_from_a_checkpoint(searched):
     assert res.returncode == 2 and "error" in res.stderr
 
 
-def test_exported_configuration_trains_predicts_and_ensembles_with_stock_nnunet(searched, tmp_path):
+@pytest.fixture(scope="module")
+def trained(searched):
+    """The found configuration and the plain one, each trained on fold 0 by nnU-Net's stock training (with the
+    validation probabilities that model selection and ensembling need)."""
     env, _ = searched
-    run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres_dints", "0", "-tr", PLAIN, "-device", "cpu", "--npz"],
-            env)
+    for config in ("3d_fullres_dints", "3d_fullres"):
+        run_cli(["nnUNetv2_train", str(DATASET_ID), config, "0", "-tr", PLAIN, "-device", "cpu", "--npz"], env)
+    return env
+
+
+def test_exported_configuration_trains_predicts_and_ensembles_with_stock_nnunet(trained, tmp_path):
+    env = trained
     summary = json.load(open(os.path.join(_fold(env, PLAIN, "3d_fullres_dints"), "validation", "summary.json")))
     assert "foreground_mean" in summary
     images = os.path.join(env["nnUNet_raw"], DATASET_NAME, "imagesTr")
@@ -158,3 +166,34 @@ def test_2d_search_registers_a_2d_configuration(fresh_dataset):
                                  allow_init=True, deep_supervision=True)
     outs = net(torch.zeros(2, 1, *config["patch_size"]))
     assert outs[0].shape == (2, 3, *config["patch_size"]) and len(outs) == len(arch["arch_kwargs"]["strides"]) - 1
+
+
+def test_submission_chain_with_nnunets_own_tools(trained, tmp_path):
+    """README's submission recipe: model selection and ensembling across the found and the plain configuration,
+    export of the found model as nnU-Net's zip, install into an empty results folder, prediction there."""
+    env = trained
+    res = run_cli(["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", "3d_fullres", "3d_fullres_dints",
+                   "-tr", PLAIN, "-f", "0", "-np", "1"], env)
+    assert "ensemble" in res.stdout.lower()
+    inp = tmp_path / "in"
+    inp.mkdir()
+    images = os.path.join(env["nnUNet_raw"], DATASET_NAME, "imagesTr")
+    for name in sorted(os.listdir(images))[:2]:
+        os.symlink(os.path.join(images, name), inp / name)
+    outs = []
+    for config in ("3d_fullres", "3d_fullres_dints"):
+        outs.append(str(tmp_path / config))
+        run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", outs[-1], "-d", str(DATASET_ID), "-c", config, "-f", "0",
+                 "-tr", PLAIN, "-device", "cpu", "-npp", "0", "-nps", "0", "--save_probabilities"], env)
+    run_cli(["nnUNetv2_ensemble", "-i", *outs, "-o", str(tmp_path / "ensemble"), "-np", "1"], env)
+    assert len([f for f in os.listdir(tmp_path / "ensemble") if f.endswith(".nii.gz")]) == 2
+    zipped = str(tmp_path / "found_model.zip")
+    run_cli(["nnUNetv2_export_model_to_zip", "-d", str(DATASET_ID), "-o", zipped, "-c", "3d_fullres_dints", "-tr",
+             PLAIN, "-f", "0"], env)
+    fresh = dict(env, nnUNet_results=str(tmp_path / "empty_results"))
+    os.makedirs(fresh["nnUNet_results"])
+    run_cli(["nnUNetv2_install_pretrained_model_from_zip", zipped], fresh)
+    out = tmp_path / "installed_prediction"
+    run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", str(out), "-d", str(DATASET_ID), "-c", "3d_fullres_dints",
+             "-f", "0", "-tr", PLAIN, "-device", "cpu", "-npp", "0", "-nps", "0"], fresh)
+    assert len([f for f in os.listdir(out) if f.endswith(".nii.gz")]) == 2
