@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="a search checkpoint, or the fold folder holding it")
     s.add_argument("--name", help="configuration name (default <searched configuration>_<method>)")
     s.add_argument("--channel-mul", type=float, help="width of the retrained network (default: the search's "
-                                                    "export_channel_mul, 2x the search width)")
+                                                    "export_channel_mul, or fitted to the memory nnU-Net planned for "
+                                                    "the base configuration)")
     s.add_argument("--base-config", help="configuration to inherit from (default: the searched one)")
     s.add_argument("--overwrite", action="store_true", help="replace a configuration holding another architecture")
     s.set_defaults(func=_cmd_export)
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--genotype", help="an nnunet_nas genotype JSON (any method) instead of the published one")
     s.add_argument("--method", help="the method whose fixed network builds it (default: the genotype's provenance)")
     s.add_argument("--name", help="configuration name (default <configuration>_<method>_cvpr / _imported)")
-    s.add_argument("--channel-mul", type=float, default=1.0, help="channel multiplier (MONAI retrains at 1.0)")
+    s.add_argument("--channel-mul", type=float, help="channel multiplier (default: fitted to the memory nnU-Net "
+                                                    "planned for the configuration; MONAI retrains at 1.0)")
     s.add_argument("--overwrite", action="store_true", help="replace a configuration holding another architecture")
     s.set_defaults(func=_cmd_add_arch)
 

@@ -21,7 +21,7 @@ class SearchConfig:
     (``weight_lr``, ``weight_betas``, same poly schedule).
     """
     op_set: Optional[str] = None  # candidate operations; None: the method's default for 2-D / 3-D
-    export_channel_mul: float = 1.0  # width of the exported (retrained) network
+    export_channel_mul: Optional[float] = None  # width of the exported network; None: fitted to nnU-Net's plan
     warmup_fraction: float = 0.5  # share of the epochs with weight steps only
     warmup_epochs: Optional[int] = None  # absolute warm-up, overrides warmup_fraction
     data_split: Tuple[int, int] = (1, 1)  # weight : architecture training cases
@@ -58,7 +58,9 @@ class DiNTSSearchConfig(SearchConfig):
     num_blocks: int = 12  # L [paper 4.1]
     num_depths: int = 4  # D [paper 4.1]
     channel_mul: float = 0.5  # search width: f = 32 * 2^i * mul [MONAI tutorial]
-    export_channel_mul: float = 1.0  # retrained width: 2x the search filters [paper 4.1]
+    # retrained width: None fits it to the memory nnU-Net planned for the base configuration [ours, default];
+    # 2 * channel_mul is the paper's literal "twice the search filters" [paper 4.1]
+    export_channel_mul: Optional[float] = None
     memory_budget: float = 0.8  # sigma of Eq. 10 [paper]
     topology_weight: float = 0.001  # lambda of Eq. 11 [paper]
     warmup_fraction: float = 0.5  # [paper: 11k of 21k iterations]

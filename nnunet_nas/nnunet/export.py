@@ -19,18 +19,25 @@ def architecture_block(method: SearchMethod, genotype: Genotype, channel_mul: fl
 
 
 def register_searched_configuration(plans_path: str, base_config: str, method: SearchMethod, genotype: Genotype,
-                                    channel_mul: float, name: Optional[str] = None, overwrite: bool = False,
-                                    auto_rename: bool = False, log=print) -> str:
+                                    channel_mul: Optional[float] = None, name: Optional[str] = None,
+                                    overwrite: bool = False, auto_rename: bool = False, log=print) -> str:
     """Register ``genotype`` as configuration ``name`` (default ``<base>_<method>``) and return the name used.
 
-    The patch size of the base configuration is rounded up to what the architecture needs, and the training
-    memory of the fixed network at that patch and the base batch size is estimated and printed.
+    The patch size of the base configuration is rounded up to what the architecture needs. ``channel_mul=None``
+    fits the width to the memory nnU-Net planned for the base configuration (:mod:`nnunet_nas.nnunet.width`). The
+    training memory of the fixed network at that patch and the base batch size is estimated and printed.
     """
     plans = load_plans(plans_path)
     base = _resolved(plans, base_config)
     if len(base["patch_size"]) != genotype.spatial_dims:
         raise ValueError(f"configuration {base_config!r} is {len(base['patch_size'])}-D but the genotype is "
                          f"{genotype.spatial_dims}-D; pick a matching base configuration.")
+    divisor = method.genotype_patch_divisor(genotype)
+    patch = round_up_patch(base["patch_size"], divisor)
+    if patch != list(base["patch_size"]):
+        log(f"patch size {list(base['patch_size'])} -> {patch} (this architecture needs multiples of {divisor})")
+    if channel_mul is None:
+        channel_mul = _fitted_channel_mul(plans_path, base_config, method, genotype, patch, log)
     arch = architecture_block(method, genotype, channel_mul)
     name = name or f"{base_config}_{method.name}"
     if auto_rename:
@@ -38,10 +45,6 @@ def register_searched_configuration(plans_path: str, base_config: str, method: S
         if new != name:
             log(f"configuration {name!r} already holds a different architecture; registering as {new!r} instead")
         name = new
-    divisor = method.genotype_patch_divisor(genotype)
-    patch = round_up_patch(base["patch_size"], divisor)
-    if patch != list(base["patch_size"]):
-        log(f"patch size {list(base['patch_size'])} -> {patch} (this architecture needs multiples of {divisor})")
     used = register_configuration(plans_path, base_config, name, arch, patch_size=patch, overwrite=overwrite)
     log(f"registered configuration {used!r} in {plans_path}; estimated training memory of the fixed network "
         f"{_memory_text(method, arch['arch_kwargs'], patch, base.get('batch_size', 2), plans_path)}")
@@ -58,6 +61,21 @@ def _resolved(plans: dict, name: str) -> dict:
         parent.update(c)
         c = parent
     return c
+
+
+def _fitted_channel_mul(plans_path, base_config, method, genotype, patch, log) -> float:
+    from nnunet_nas.nnunet.width import fit_channel_mul, planned_network_elements
+    channels, classes = _dataset_channels_and_classes(plans_path)
+    target = planned_network_elements(plans_path, base_config, channels, classes)
+
+    def build(mul):
+        return method.network_class(channels, classes, deep_supervision=True,
+                                    **method.fixed_network_kwargs(genotype, mul))
+    mul, elements = fit_channel_mul(build, channels, patch, target)
+    log(f"width fitted to nnU-Net's planned network for {base_config!r}: channel_mul {mul} (conv feature maps "
+        f"{elements / 1e6:.2f} M elements at patch {patch} vs {target / 1e6:.2f} M planned; pass --channel-mul to "
+        f"choose another width)")
+    return mul
 
 
 def _dataset_channels_and_classes(plans_path: str):
@@ -135,7 +153,7 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
     if nnUNet_preprocessed is None:
         raise EnvironmentError("nnUNet_preprocessed is not set; nnU-Net needs it to find the plans file.")
     path = plans_file(os.path.join(nnUNet_preprocessed, plans["dataset_name"]), plans["plans_name"])
-    mul = config["export_channel_mul"] if channel_mul is None else channel_mul
+    mul = config.get("export_channel_mul") if channel_mul is None else channel_mul  # None: fitted
     return register_searched_configuration(path, base_config or searched, method, genotype, mul, name=name,
                                            overwrite=overwrite, auto_rename=name is None and not overwrite, log=log)
 

@@ -1,0 +1,74 @@
+"""The width of an exported network, fitted to the memory nnU-Net planned for the base configuration.
+
+nnU-Net sizes every configuration to a GPU-memory target: its planner estimates a network's training memory from
+``compute_conv_feature_map_size`` (dynamic_network_architectures' convention: the elements of every conv output of
+one forward pass at batch 1, transposed convs and segmentation heads included) times the batch size. A found
+architecture exported at an arbitrary width is no fair drop-in, so by default the export chooses the channel
+multiplier at which the found network's estimate at the configuration's patch and batch equals the estimate for
+the network nnU-Net planned for the base configuration, both by the same counter: :func:`conv_output_elements`
+(for nnU-Net's own U-Nets it returns exactly their ``compute_conv_feature_map_size``; tested). Batch and patch are
+the same on both sides, so they cancel. An explicit ``--channel-mul`` (or the search config's
+``export_channel_mul``) wins.
+
+The counter runs the network on PyTorch's ``meta`` device: shapes only, no memory, no arithmetic.
+"""
+
+from typing import Callable, Sequence, Tuple
+
+import torch
+from torch import nn
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+FIT_TOLERANCE = 0.02  # relative: integer channel counts make the estimate a step function of the multiplier
+
+
+def conv_output_elements(build: Callable[[], nn.Module], input_channels: int, patch_size: Sequence[int]) -> int:
+    """Elements of every conv output of one forward of ``build()`` (built on the meta device) at batch 1."""
+    with torch.device("meta"):
+        net = build()
+    total = [0]
+
+    def count(module, inputs, output):
+        total[0] += output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, _CONVS)]
+    try:
+        with torch.no_grad():
+            net(torch.zeros((1, input_channels) + tuple(int(p) for p in patch_size), device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(total[0])
+
+
+def fit_channel_mul(build: Callable[[float], nn.Module], input_channels: int, patch_size: Sequence[int],
+                    target: int, start: float = 1.0, max_iterations: int = 6) -> Tuple[float, int]:
+    """The channel multiplier at which ``build(mul)`` has ``target`` conv-output elements (within
+    :data:`FIT_TOLERANCE`, never above it by more); returns ``(mul, elements at mul)``. Elements grow linearly
+    with the multiplier, so a few secant steps from ``start`` suffice."""
+    mul = float(start)
+    elements = conv_output_elements(lambda: build(mul), input_channels, patch_size)
+    for _ in range(max_iterations):
+        if elements <= target and target - elements <= FIT_TOLERANCE * target:
+            break
+        mul = mul * target / elements * (1.0 - FIT_TOLERANCE / 4)  # aim just below: flooring makes steps
+        elements = conv_output_elements(lambda: build(mul), input_channels, patch_size)
+    return round(mul, 4), elements
+
+
+def planned_network_elements(plans_path: str, base_config: str, input_channels: int, num_classes: int) -> int:
+    """:func:`conv_output_elements` of the network nnU-Net planned for ``base_config`` (deep supervision on, as
+    nnU-Net trains it), at that configuration's patch size."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    cm = PlansManager(plans_path).get_configuration(base_config)
+    try:
+        return conv_output_elements(
+            lambda: get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                           cm.network_arch_init_kwargs_req_import, input_channels, num_classes,
+                                           allow_init=False, deep_supervision=True),
+            input_channels, cm.patch_size)
+    except Exception as e:  # noqa: BLE001 - whatever the planned class does, the user's fix is the same
+        raise ValueError(f"cannot build the network planned for configuration {base_config!r} "
+                         f"({cm.network_arch_class_name}: {type(e).__name__}: {e}) to fit the exported width to it; "
+                         f"pass an explicit --channel-mul.") from None
