@@ -242,7 +242,7 @@ def build_ours(device):
             regs = [grid_probs.entropy_loss_ops(a.op_logits), grid_probs.entropy_loss_patterns(eta),
                     TOPO_WEIGHT * grid_probs.topology_loss(eta, NUM_DEPTHS),
                     memory.memory_loss(grid_probs.edge_marginals(a.edge_logits), torch.softmax(a.op_logits, -1),
-                                       SIGMA, x.shape[2:], x.shape[0])]
+                                       SIGMA)]
             loss = seg + RAMP * sum(regs)
             amp.backward_step(loss, [adam], "a", clip_params=arch, clip=ARCH_GRAD_CLIP)
         finally:

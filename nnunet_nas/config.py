@@ -61,7 +61,8 @@ class DiNTSSearchConfig(SearchConfig):
     # retrained width: None fits it to the memory nnU-Net planned for the base configuration [ours, default];
     # 2 * channel_mul is the paper's literal "twice the search filters" [paper 4.1]
     export_channel_mul: Optional[float] = None
-    memory_budget: float = 0.8  # sigma of Eq. 10 [paper]
+    memory_budget: float = 0.8  # sigma of Eq. 10 [paper]: a share of memory_reference
+    memory_reference: str = "max_discrete"  # [ours] largest discrete architecture; "paper": Eq. 9's M_a, see README
     topology_weight: float = 0.001  # lambda of Eq. 11 [paper]
     warmup_fraction: float = 0.5  # [paper: 11k of 21k iterations]
     arch_lr: float = 0.008  # Adam [paper 4.1]

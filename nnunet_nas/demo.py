@@ -1,8 +1,12 @@
-"""``nnunet-nas demo``: the main job on a built-in dataset, through nnU-Net's real commands.
+"""``nnunet-nas demo``: the main job on real data, through nnU-Net's real commands, on the CPU.
 
-Generates a small 3-D dataset in nnU-Net raw format (bright ellipsoids with a darker core in noisy volumes:
-label 1 shell, label 2 core), plans and preprocesses it, runs a short DiNTS search on the CPU, trains the found
-configuration briefly, predicts the validation cases with ``nnUNetv2_predict`` and prints their Dice.
+Copies the 24 MSD Hippocampus cases that ship with the package (``demo_data/hippocampus``, CC-BY-SA 4.0, see
+``LICENCE.md`` there) into nnU-Net raw format, plans and preprocesses them, adds ``3d_fullres_bs2`` (nnU-Net's
+3d_fullres at batch 2, a CPU budget), runs a short DiNTS search on it, exports the found architecture at the
+width that matches nnU-Net's planned memory, trains the found and nnU-Net's own configuration on the same short
+schedule, predicts fold 0's validation cases with both and prints per-label Dice side by side, and saves a picture
+of one case (image, ground truth, both predictions). ``make_demo_dataset`` writes the tiny synthetic dataset the
+tests use.
 """
 
 import json
@@ -17,12 +21,15 @@ import numpy as np
 from nnunet_nas.nnunet.environment import nnunet_env
 
 DEMO_DATASET_ID = 990
-DEMO_DATASET_NAME = f"Dataset{DEMO_DATASET_ID:03d}_NASDemo"
+DEMO_DATASET_NAME = f"Dataset{DEMO_DATASET_ID:03d}_HippocampusDemo"
 SEARCH_TRAINER = "nnUNetTrainerDiNTSSearchDemo"
 RETRAIN_TRAINER = "nnUNetTrainerNASDemo"
+DEMO_CONFIG = "3d_fullres_bs2"
+SYNTHETIC_DATASET_ID = 989  # make_demo_dataset's default (benchmarks); the tests use their own id
+LABEL_NAMES = {1: "anterior", 2: "posterior"}
 
 
-def make_demo_dataset(raw_root: str, dataset_id: int = DEMO_DATASET_ID, num_cases: int = 16, shape=(40, 40, 40),
+def make_demo_dataset(raw_root: str, dataset_id: int = SYNTHETIC_DATASET_ID, num_cases: int = 16, shape=(40, 40, 40),
                       seed: int = 0) -> str:
     """Write ``Dataset<id>_NASDemo`` under ``raw_root`` and return its folder."""
     import nibabel as nib
@@ -65,11 +72,32 @@ def dice_scores(pred_folder: str, label_folder: str, labels=(1, 2)) -> dict:
     return {lab: float(np.mean(v)) for lab, v in scores.items()}
 
 
+def copy_demo_dataset(raw_root: str) -> str:
+    """Copy the packaged Hippocampus subset to ``raw_root/Dataset990_HippocampusDemo`` and return that folder."""
+    from importlib import resources
+    source = str(resources.files("nnunet_nas") / "demo_data" / "hippocampus")
+    folder = os.path.join(raw_root, DEMO_DATASET_NAME)
+    shutil.copytree(source, folder, dirs_exist_ok=True)
+    return folder
+
+
+def add_batch2_configuration(plans_path: str) -> None:
+    """``3d_fullres_bs2``: nnU-Net's planned 3d_fullres (same network, patch, preprocessed data) at batch 2."""
+    from nnunet_nas.nnunet.plans_io import load_plans, register_configuration
+    base = load_plans(plans_path)["configurations"]["3d_fullres"]
+    register_configuration(plans_path, "3d_fullres", DEMO_CONFIG, base["architecture"], extra={"batch_size": 2})
+
+
 def _run(cmd, env, step, log):
     log(f"\n[nnunet-nas demo] step {step}: {' '.join(cmd)}")
     t = time.time()
     subprocess.run(cmd, env=env, check=True)
     log(f"[nnunet-nas demo] step {step} done in {time.time() - t:.0f} s")
+
+
+def _predict(env, inp, out, config, step, log):
+    _run(["nnUNetv2_predict", "-i", inp, "-o", out, "-d", str(DEMO_DATASET_ID), "-c", config, "-f", "0", "-tr",
+          RETRAIN_TRAINER, "-device", "cpu", "-npp", "0", "-nps", "0"], env, step, log)
 
 
 def run_demo(workdir: str = "nnunet_nas_demo", fresh: bool = False, log=print) -> dict:
@@ -78,34 +106,55 @@ def run_demo(workdir: str = "nnunet_nas_demo", fresh: bool = False, log=print) -
         shutil.rmtree(workdir)
     env = nnunet_env(workdir, n_proc_DA=int(os.environ.get("nnUNet_n_proc_DA", "1")))
     start = time.time()
-    raw = make_demo_dataset(env["nnUNet_raw"])
-    log(f"[nnunet-nas demo] dataset written to {raw}")
+    raw = copy_demo_dataset(env["nnUNet_raw"])
+    log(f"[nnunet-nas demo] 24 MSD Hippocampus cases (CC-BY-SA 4.0) copied to {raw}")
     did = str(DEMO_DATASET_ID)
-    _run(["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], env,
-         "1/4 plan and preprocess", log)
-    _run(["nnUNetv2_train", did, "3d_fullres", "0", "-tr", SEARCH_TRAINER, "-device", "cpu"], env,
-         "2/4 DiNTS search", log)
-    _run(["nnUNetv2_train", did, "3d_fullres_dints", "0", "-tr", RETRAIN_TRAINER, "-device", "cpu"], env,
-         "3/4 train the found configuration", log)
+    plan_env = {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}
+    _run(["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], plan_env,
+         "1/7 plan and preprocess", log)
+    add_batch2_configuration(os.path.join(env["nnUNet_preprocessed"], DEMO_DATASET_NAME, "nnUNetPlans.json"))
+    found = f"{DEMO_CONFIG}_dints"
+    _run(["nnUNetv2_train", did, DEMO_CONFIG, "0", "-tr", SEARCH_TRAINER, "-device", "cpu"], env,
+         "2/7 DiNTS search", log)
+    _run(["nnUNetv2_train", did, found, "0", "-tr", RETRAIN_TRAINER, "-device", "cpu"], env,
+         "3/7 train the found configuration", log)
+    _run(["nnUNetv2_train", did, DEMO_CONFIG, "0", "-tr", RETRAIN_TRAINER, "-device", "cpu"], env,
+         "4/7 train nnU-Net's own configuration on the same schedule", log)
     splits = json.load(open(os.path.join(env["nnUNet_preprocessed"], DEMO_DATASET_NAME, "splits_final.json")))
     val = splits[0]["val"]
     inp = os.path.join(workdir, "predict_input")
-    out = os.path.join(workdir, "predict_output")
     os.makedirs(inp, exist_ok=True)
     for case in val:
         shutil.copy(os.path.join(raw, "imagesTr", f"{case}_0000.nii.gz"), inp)
-    _run(["nnUNetv2_predict", "-i", inp, "-o", out, "-d", did, "-c", "3d_fullres_dints", "-f", "0", "-tr",
-          RETRAIN_TRAINER, "-device", "cpu", "-npp", "0", "-nps", "0"], env, "4/4 predict the validation cases", log)
-    scores = dice_scores(out, os.path.join(raw, "labelsTr"))
-    fold = os.path.join(env["nnUNet_results"], DEMO_DATASET_NAME, f"{SEARCH_TRAINER}__nnUNetPlans__3d_fullres",
+    outs = {"nnU-Net": os.path.join(workdir, "predict_nnunet"), "DiNTS": os.path.join(workdir, "predict_dints")}
+    _predict(env, inp, outs["nnU-Net"], DEMO_CONFIG, "5/7 predict the validation cases with nnU-Net's", log)
+    _predict(env, inp, outs["DiNTS"], found, "6/7 predict them with the found configuration", log)
+    labels = os.path.join(raw, "labelsTr")
+    scores = {name: dice_scores(folder, labels, tuple(LABEL_NAMES)) for name, folder in outs.items()}
+    picture = os.path.join(workdir, "demo_case.png")
+    _draw_case(inp, labels, outs, val[0], picture, log)
+    fold = os.path.join(env["nnUNet_results"], DEMO_DATASET_NAME, f"{SEARCH_TRAINER}__nnUNetPlans__{DEMO_CONFIG}",
                         "fold_0")
-    log(f"\n[nnunet-nas demo] finished in {time.time() - start:.0f} s")
+    log(f"\n[nnunet-nas demo] step 7/7 finished in {time.time() - start:.0f} s")
     log(f"[nnunet-nas demo] found architecture: {os.path.join(fold, 'dints_genotype.json')} (picture "
-        f"dints_architecture.png, trajectories dints_arch_trajectories.png)")
-    log(f"[nnunet-nas demo] validation Dice ({len(val)} cases): shell {scores[1]:.3f}, core {scores[2]:.3f}, "
-        f"mean {np.mean(list(scores.values())):.3f}")
+        f"dints_architecture.png, trajectories dints_arch_trajectories.png); one case drawn in {picture}")
+    log(f"[nnunet-nas demo] validation Dice, fold 0 ({len(val)} cases), same training schedule for both:")
+    log(f"[nnunet-nas demo]   {'':<24}" + "".join(f"{n:>11}" for n in list(LABEL_NAMES.values()) + ["mean"]))
+    for name, sc in scores.items():
+        config = DEMO_CONFIG if name == "nnU-Net" else found
+        log(f"[nnunet-nas demo]   {name + ' ' + config:<24}" + "".join(f"{sc[k]:>11.3f}" for k in LABEL_NAMES)
+            + f"{np.mean(list(sc.values())):>11.3f}")
     return scores
 
 
-if __name__ == "__main__":
-    run_demo(sys.argv[1] if len(sys.argv) > 1 else "nnunet_nas_demo")
+def _draw_case(inp, labels, outs, case, path, log) -> None:
+    import nibabel as nib
+    from nnunet_nas.viz import plot_segmentation_comparison
+    load = lambda p: np.asarray(nib.load(p).dataobj)  # noqa: E731
+    try:
+        plot_segmentation_comparison(
+            load(os.path.join(inp, f"{case}_0000.nii.gz")), load(os.path.join(labels, f"{case}.nii.gz")),
+            {name: load(os.path.join(folder, f"{case}.nii.gz")) for name, folder in outs.items()}, path,
+            title=f"{case}: middle slice")
+    except Exception as e:  # noqa: BLE001 - a picture must never fail the demo
+        log(f"[nnunet-nas demo] could not draw {case}: {e}")

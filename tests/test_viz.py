@@ -73,3 +73,13 @@ def test_plot_arch_trajectories(tmp_path):
     bad["op_names"] = bad["op_names"][:3]
     with pytest.raises(ValueError, match="op_probs"):
         plot_arch_trajectories(bad, str(tmp_path / "bad.png"))
+
+
+def test_plot_segmentation_comparison(tmp_path):
+    from nnunet_nas.viz import plot_segmentation_comparison
+    rng = np.random.RandomState(0)
+    image = rng.normal(size=(8, 20, 16)).astype(np.float32)
+    truth = (rng.uniform(size=image.shape) > 0.7).astype(np.uint8) * 2
+    path = plot_segmentation_comparison(image, truth, {"nnU-Net": truth, "DiNTS": np.zeros_like(truth)},
+                                        str(tmp_path / "case.png"), title="case")
+    assert os.path.getsize(path) > 1000

@@ -28,3 +28,24 @@ class nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25(nnUNetTrainerDiNTSSearchHippo2D
     (500 weight-only, 500 weight+architecture iterations)."""
     num_epochs_default = 40
     iterations_per_epoch = 25
+
+
+class nnUNetTrainerDiNTSBudget02(nnUNetTrainerDiNTSSearch):
+    """Memory-budget benchmark (benchmarks/memory_budget.py): the demo's small grid (L=4, D=3, channel_mul 0.125),
+    sigma 0.2 of the largest discrete architecture, 10 epochs x 12 iterations, 3 warm-up epochs, arch_lr 0.05 (so
+    84 architecture steps move the logits). Exported at a fixed width (0.25) so that memory differences come from
+    the architecture alone."""
+    search_config = replace(DiNTSSearchConfig(), num_blocks=4, num_depths=3, channel_mul=0.125,
+                            export_channel_mul=0.25, arch_lr=0.05, warmup_epochs=3, memory_budget=0.2)
+    num_epochs_default = 10
+    iterations_per_epoch = 12
+    val_iterations_per_epoch = 2
+    save_every_default = 5
+
+
+class nnUNetTrainerDiNTSBudget05(nnUNetTrainerDiNTSBudget02):
+    search_config = replace(nnUNetTrainerDiNTSBudget02.search_config, memory_budget=0.5)
+
+
+class nnUNetTrainerDiNTSBudget08(nnUNetTrainerDiNTSBudget02):
+    search_config = replace(nnUNetTrainerDiNTSBudget02.search_config, memory_budget=0.8)

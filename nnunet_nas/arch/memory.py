@@ -25,12 +25,17 @@ Relation to MONAI (checked in ``tests/test_memory.py``): MONAI's node size is
 ``patch / 2^(r+1)``: MONAI's sizes are ``2^(dims-2)`` times ours, i.e. **2x in 3-D, equal in 2-D**
 (q2). Its ``M_e`` (``full=False``) is therefore exactly ``2 * expected(...) * 4 / 1024**2`` MB in 3-D.
 
-Consequence of the paper-faithful reference: ``M_a`` counts all N ops of every edge at weight one while a
-discrete network has one op per edge, so the attainable ratio ``M_e / M_a`` is well below 1. The largest value
-is :meth:`GridMemoryModel.max_ratio` (every edge on, the costliest op on each edge): with channel doubling it
-does not depend on L or channel_mul and is about 0.25 (3-D paper op set, D=4: 0.2543; 2-D op set: 0.2634).
-A budget ``sigma`` above it can never be met: the loss then simply pushes towards the densest, most expensive
-architecture. Choose ``sigma`` as a fraction of ``max_ratio`` for the paper's "percentage of the maximum".
+The reference is a choice (``reference``, :data:`MEMORY_REFERENCES`). The paper's ``M_a`` counts all N ops of
+every edge at weight one while a discrete network has one op per edge, so the attainable ratio ``M_e / M_a`` is
+well below 1: its largest value, ``max_ratio("paper")`` (every edge on, the costliest op on each edge), does not
+depend on L or channel_mul and is about 0.25 (3-D paper op set, D=4: 0.2543; 2-D op set: 0.2634), and a budget
+above it only pushes towards the densest architecture. The search's default reference is therefore that largest
+discrete architecture itself (``"max_discrete"``): sigma is then "the percentage of the maximum memory usage" the
+paper describes, every sigma in (0, 1] is attainable, and ``max_ratio("max_discrete") == 1``.
+
+For discrete networks :meth:`GridMemoryModel.genotype_elements` with ``saved=True`` counts what autograd really
+keeps (``OpSpec.saved_cost``, :func:`~nnunet_nas.ops.catalog.edge_preprocess_saved_cost`): the paper's table also
+counts each cell's norm output, which nothing saves, and a conv op's ReLU output and conv input twice.
 
 Everything is linear in ``batch * prod(patch)``, so ratios do not depend on the patch or the batch: tables are
 kept per input voxel ("unit patch") and scaled at the end. Sizes are exact when every patch extent is divisible
@@ -42,9 +47,16 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from nnunet_nas.ops.catalog import edge_preprocess_cost, op_set
+from nnunet_nas.ops.catalog import edge_preprocess_cost, edge_preprocess_saved_cost, op_set
 from nnunet_nas.spaces.grid import default_grid_op_set
 from nnunet_nas.spaces.grid_topology import check_num_blocks, grid_topology
+
+
+# What sigma is a share of. "max_discrete" [ours, default of the search]: the memory of the largest discrete
+# architecture of the space (every edge on, the costliest op on each), so every sigma in (0, 1] is attainable and
+# larger sigma means larger networks. "paper": Eq. 9's M_a (every edge on, every op weight at one), under which the
+# attainable ratios end at max_ratio("paper"), about 0.25.
+MEMORY_REFERENCES = ("max_discrete", "paper")
 
 
 def _voxels(patch_size, spatial_dims: int) -> float:
@@ -103,6 +115,11 @@ class GridMemoryModel:
                                       dtype=f64)
         self.out_cost = self.unit_size.clone()
         self.op_edge_cost = self.unit_size[:, None] * (self.pre_cost[:, None] + self.op_cost[None, :])
+        # what autograd really keeps in a discrete network (no "1": a cell's norm output is saved by nobody)
+        self.saved_edge_cost = self.unit_size[:, None] * (
+            torch.tensor([edge_preprocess_saved_cost(channels[i], channels[o], int(d), spatial_dims)
+                          for i, o, d in zip(topo.edge_in, topo.edge_out, topo.edge_dir)], dtype=f64)[:, None]
+            + torch.tensor([s.saved_cost for s in specs], dtype=f64)[None, :])
         # constants per input voxel and batch item
         self._full_unit = float(num_blocks * (self.out_cost.sum() + self.op_edge_cost.sum()))
         self._max_unit = float(num_blocks * (self.out_cost.sum() + self.op_edge_cost.max(dim=1).values.sum()))
@@ -155,45 +172,54 @@ class GridMemoryModel:
         """``M_a`` (Eq. 9) in elements: every edge on, every op weight 1 (a constant; no gradient)."""
         return self._full_unit * batch_size * _voxels(patch_size, self.spatial_dims)
 
-    def max_ratio(self, patch_size=None, batch_size: int = 1) -> float:
-        """Largest attainable ``M_e / M_a``: every edge on with its costliest op (independent of patch/batch)."""
-        return self._max_unit / self._full_unit
+    def _reference_unit(self, reference: str) -> float:
+        if reference not in MEMORY_REFERENCES:
+            raise ValueError(f"memory reference {reference!r} is not one of {MEMORY_REFERENCES}.")
+        return self._max_unit if reference == "max_discrete" else self._full_unit
 
-    def ratio(self, edge_marginals: torch.Tensor, op_probs: torch.Tensor) -> torch.Tensor:
-        """``M_e / M_a`` (independent of patch and batch)."""
-        return self._unit_expected(edge_marginals, op_probs) / self._full_unit
+    def max_ratio(self, reference: str = "paper") -> float:
+        """Largest attainable ratio: every edge on with its costliest op (1 for ``max_discrete``; about 0.25 for
+        the paper's ``M_a``)."""
+        return self._max_unit / self._reference_unit(reference)
 
-    def memory_loss(self, edge_marginals: torch.Tensor, op_probs: torch.Tensor, sigma: float, patch_size=None,
-                    batch_size: int = 1) -> torch.Tensor:
-        """``L_m = |M_e / M_a - sigma|`` (Eq. 10). ``patch_size``/``batch_size`` cancel and are ignored."""
-        return (self.ratio(edge_marginals, op_probs) - float(sigma)).abs()
+    def ratio(self, edge_marginals: torch.Tensor, op_probs: torch.Tensor, reference: str = "paper") -> torch.Tensor:
+        """``M_e / M_ref`` (independent of patch and batch); ``reference`` as in :data:`MEMORY_REFERENCES`."""
+        return self._unit_expected(edge_marginals, op_probs) / self._reference_unit(reference)
+
+    def memory_loss(self, edge_marginals: torch.Tensor, op_probs: torch.Tensor, sigma: float,
+                    reference: str = "paper") -> torch.Tensor:
+        """``L_m = |M_e / M_ref - sigma|`` (Eq. 10; ``M_ref = M_a`` with ``reference="paper"``)."""
+        return (self.ratio(edge_marginals, op_probs, reference) - float(sigma)).abs()
 
     # ------------------------------------------------------------------ discrete networks
-    def genotype_elements(self, genotype, patch_size, batch_size: int = 1) -> float:
-        """Elements of the discrete network's grid: the same model with 0/1 edges and one-hot ops."""
+    def genotype_elements(self, genotype, patch_size, batch_size: int = 1, saved: bool = False) -> float:
+        """Elements of the discrete network's grid: the same model with 0/1 edges and one-hot ops; with ``saved``,
+        the elements autograd keeps for it (``OpSpec.saved_cost``, :func:`edge_preprocess_saved_cost`)."""
         L, D = genotype.num_blocks, genotype.num_depths
         if (L, D) != (self.num_blocks, self.num_depths) or genotype.op_set != self.op_set_name:
             raise ValueError(f"GridMemoryModel: genotype has L={L}, D={D}, op set {genotype.op_set}; the model was "
                              f"built for L={self.num_blocks}, D={self.num_depths}, op set {self.op_set_name}.")
         on = torch.as_tensor(np.asarray(genotype.arch_code_a), dtype=torch.float64)
         onehot = torch.nn.functional.one_hot(torch.as_tensor(genotype.op_indices()), self.num_ops).to(torch.float64)
-        return float(self._unit_expected(on, onehot)) * batch_size * _voxels(patch_size, self.spatial_dims)
+        unit = float((on * (onehot * self.saved_edge_cost).sum(-1)).sum()) if saved else \
+            float(self._unit_expected(on, onehot))
+        return unit * batch_size * _voxels(patch_size, self.spatial_dims)
 
 
 # ---------------------------------------------------------------------- whole network
 def network_feature_map_size(net, input_size) -> int:
     """Estimated stored activation elements of one training forward of a ``DiNTSNet`` at batch 1.
 
-    The grid comes from :class:`GridMemoryModel` (the genotype's edges and ops; for the supernet every edge and
-    every op at weight one, i.e. ``M_a``). Stems, the U-Net tail, the final block and the heads count the
-    tensors autograd keeps for them (conv inputs, norm inputs, ReLU outputs, logits; a ReLU output that feeds a
-    conv is counted once). Measured with ``saved_tensors_hooks`` on the published DiNTS architecture
-    (channel_mul 0.25, patch 64^3, CPU) the stems+tail part is 1.06x and the grid part 1.84x the elements
-    autograd really keeps (1.69x in all): the op table (the paper's and MONAI's "tensor size" costs) counts
-    tensors that consecutive layers share. For the supernet, whose grid shares ReLUs and recomputes norms
-    (spaces/grid.py), it is about 2.8x (L=4, D=4, channel_mul 0.25, 32^3). Read it as a conservative estimate.
-    nnU-Net's planner and its reference values use dynamic_network_architectures' convention instead (one
-    tensor per conv output); compare like with like.
+    The grid comes from :class:`GridMemoryModel`: for a fixed network what autograd keeps for the genotype's edges
+    and ops (``saved=True``); for the supernet every edge and every op at weight one, i.e. ``M_a``. Stems, the
+    U-Net tail, the final block and the heads count the tensors autograd keeps for them (conv inputs, norm inputs,
+    ReLU outputs, logits; a ReLU output that feeds a conv is counted once). Checked against
+    :func:`saved_activation_elements` (``tests/test_memory.py``): 1.01x for the published DiNTS architecture
+    (channel_mul 0.25, 64^3), 1.02-1.07x for random small genotypes; it was 1.69x with the paper's op table, which
+    counts tensors that consecutive layers share. For the supernet, whose grid shares ReLUs and recomputes norms
+    (spaces/grid.py), it is about 2.8x (L=4, D=4, channel_mul 0.25, 32^3). nnU-Net's planner and its reference
+    values use dynamic_network_architectures' convention instead (one tensor per conv output,
+    :mod:`nnunet_nas.nnunet.width`); compare like with like.
     """
     dims = net.spatial_dims
     size = [int(s) for s in input_size]
@@ -208,7 +234,7 @@ def network_feature_map_size(net, input_size) -> int:
         if net.input_nodes[d]:  # (resized) input, conv1 output, ReLU output, stride-2 conv output
             total += in_ch * n[d] + 2 * f[d] * n[d] + f[d + 1] * n[d + 1]
     model = GridMemoryModel.from_network(net)
-    total += model.full(size, 1) if net.genotype is None else model.genotype_elements(net.genotype, size, 1)
+    total += model.full(size, 1) if net.genotype is None else model.genotype_elements(net.genotype, size, 1, saved=True)
     for r in range(net.num_depths - 1, -1, -1):
         total += f[r + 1] * n[r + 1] + f[r] * n[r + 1]  # ReLU output, conv output (the x2 resampling keeps none)
     total += 3 * f[0] * n[0] + num_classes * n[0]  # final ReLU, conv and norm outputs; logits
@@ -224,10 +250,32 @@ def estimate_training_memory_bytes(net, patch_size, batch_size: int, amp: bool =
     batch_size * net.compute_conv_feature_map_size(patch_size)`` (any network with DNA's estimator) and four fp32 copies per parameter: the weights,
     their gradients, the SGD momentum buffer and one more copy for optimizer/GradScaler temporaries. Not
     counted: the CUDA context, cuDNN workspaces, allocator fragmentation and the fp32 tensors autocast keeps
-    (norm statistics, loss inputs), while the activation count itself is conservative (about 1.7x what autograd
-    keeps for a fixed network, see :func:`network_feature_map_size`). Not validated against a GPU's peak
-    memory: treat it as an order of magnitude for comparing architectures and patch sizes.
+    (norm statistics, loss inputs). The activation count is within 10 % of what autograd keeps for a fixed network
+    on the CPU (see :func:`network_feature_map_size`); not validated against a GPU's peak memory.
     """
     activations = batch_size * net.compute_conv_feature_map_size(patch_size)
     params = sum(p.numel() for p in net.parameters())
     return int(activations * (2 if amp else 4) + params * 4 * 4)
+
+
+MEASURED_TOLERANCE = 0.10  # |estimate / autograd's saved activations - 1| for discrete DiNTS networks (tested)
+
+
+def saved_activation_elements(net, x: torch.Tensor) -> int:
+    """Elements of the activations autograd keeps for one training step of ``net`` on ``x`` (the loss is a sum
+    over the outputs): every distinct storage saved for backward, parameters excluded. The measurement the
+    estimates are checked against."""
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes() // t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net(x)
+        loss = sum(o.float().mean() for o in out) if isinstance(out, (list, tuple)) else out.float().mean()
+    loss.backward()
+    return int(sum(seen.values()))

@@ -46,7 +46,7 @@ def regularizers(net, cfg: DiNTSSearchConfig):
     arch = net.arch
     eta = grid_probs.pattern_probs(arch.edge_logits)
     memory = net.supernet.memory_model.memory_loss(grid_probs.edge_marginals(arch.edge_logits), arch.op_probs(),
-                                                   cfg.memory_budget)
+                                                   cfg.memory_budget, cfg.memory_reference)
     return {"entropy_alpha": grid_probs.entropy_loss_ops(arch.op_logits),
             "entropy_eta": grid_probs.entropy_loss_patterns(eta),
             "topology": cfg.topology_weight * grid_probs.topology_loss(eta, net.supernet.num_depths),
@@ -75,7 +75,8 @@ def describe(net, cfg: DiNTSSearchConfig):
     op_probs = arch.op_probs().detach().float().cpu()
     eta = grid_probs.pattern_probs(edge_logits)
     _, code_a, _ = decode_grid_codes(edge_logits, _alive_logits(arch.op_logits, arch.alive_ops))
-    ratio = float(net.supernet.memory_model.ratio(grid_probs.edge_marginals(edge_logits), op_probs))
+    ratio = float(net.supernet.memory_model.ratio(grid_probs.edge_marginals(edge_logits), op_probs,
+                                                  cfg.memory_reference))
     return {
         "arch_entropy_alpha": float(grid_probs.entropy_loss_ops(arch.op_logits.detach().float().cpu())),
         "arch_entropy_eta": float(grid_probs.entropy_loss_patterns(eta)),
@@ -98,7 +99,7 @@ def fixed_network_kwargs(genotype: GridGenotype, channel_mul: float, base_channe
 
 
 def search_notes(net, cfg: DiNTSSearchConfig):
-    attainable = net.supernet.memory_model.max_ratio()
+    attainable = net.supernet.memory_model.max_ratio(cfg.memory_reference)
     if cfg.memory_budget <= attainable:
         return []
     return [f"note: memory budget sigma={cfg.memory_budget} is above the largest ratio M_e/M_a this space can reach "
@@ -118,7 +119,7 @@ def plot_history(history: dict, path: str, net, cfg: DiNTSSearchConfig) -> str:
     h = dict(history)
     h["op_names"] = list(op_names(net.supernet.space.op_set_name))
     h["sigma"] = cfg.memory_budget
-    h["max_ratio"] = net.supernet.memory_model.max_ratio()
+    h["max_ratio"] = net.supernet.memory_model.max_ratio(cfg.memory_reference)
     for ours, theirs in (("arch_discretization_gap", "gap"), ("arch_memory_ratio", "memory_ratio"),
                          ("arch_topology_loss", "topology_loss"), ("arch_entropy_alpha", "entropy_alpha"),
                          ("arch_entropy_eta", "entropy_eta")):

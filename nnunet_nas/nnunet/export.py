@@ -95,7 +95,9 @@ def _memory_text(method: SearchMethod, arch_kwargs: dict, patch, batch_size, pla
     fp32 = estimate_training_memory_bytes(net, patch, batch_size, amp=False) / 2 ** 30
     amp = estimate_training_memory_bytes(net, patch, batch_size, amp=True) / 2 ** 30
     params = sum(p.numel() for p in net.parameters()) / 1e6
-    return f"{amp:.2f} GiB with AMP / {fp32:.2f} GiB fp32 (patch {patch}, batch {batch_size}, {params:.2f} M parameters)"
+    activations = batch_size * net.compute_conv_feature_map_size(patch) * 4 / 2 ** 30
+    return (f"{amp:.2f} GiB with AMP / {fp32:.2f} GiB fp32, of which activations {activations:.2f} GiB fp32 "
+            f"(patch {patch}, batch {batch_size}, {params:.2f} M parameters)")
 
 
 def write_genotype_files(method: SearchMethod, genotype: Genotype, folder: str, log=print) -> str:

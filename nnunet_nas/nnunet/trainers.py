@@ -27,9 +27,9 @@ class nnUNetTrainerDiNTSSearch_sigma02(nnUNetTrainerDiNTSSearch):
 
 
 class nnUNetTrainerDiNTSSearchDemo(nnUNetTrainerDiNTSSearch):
-    """A few-minute CPU search on a small grid (L=4, D=3, narrow): for the demo and for trying things out."""
-    search_config = replace(DiNTSSearchConfig(), num_blocks=4, num_depths=3, channel_mul=0.125,
-                            export_channel_mul=0.25, arch_lr=0.03)
+    """A few-minute CPU search on a small grid (L=4, D=3, narrow): for the demo and for trying things out. The
+    export fits the width to nnU-Net's planned memory (the default)."""
+    search_config = replace(DiNTSSearchConfig(), num_blocks=4, num_depths=3, channel_mul=0.125, arch_lr=0.03)
     num_epochs_default = 6
     iterations_per_epoch = 12
     val_iterations_per_epoch = 3

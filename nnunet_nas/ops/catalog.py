@@ -29,6 +29,13 @@ class OpSpec:
     build: Callable[..., nn.Module]  # (in_channels, out_channels, spatial_dims, stride=1, style=...) -> module
     memory_cost: float  # stored tensors of the op's output size (for linear ops)
     memory_fn: Optional[Callable[[Sequence[int]], float]] = None  # out_shape (C, *spatial) -> elements
+    # tensors of the output size autograd really keeps for the op in a discrete network (its nonlinearity's output,
+    # which is also the first conv's input, and each conv's output); None: memory_cost
+    saved: Optional[float] = None
+
+    @property
+    def saved_cost(self) -> float:
+        return self.memory_cost if self.saved is None else self.saved
 
     @property
     def linear(self) -> bool:
@@ -81,20 +88,20 @@ def _zero(ci, co, d, stride=1, style=DINTS_STYLE):
 # [paper] DiNTS section 3.2: skip, 3x3x3, P3D 3x3x1, 3x1x3, 1x3x3. Order = MONAI's op index 0..4.
 DINTS_3D = OpSet("dints_3d", 3, (
     OpSpec("skip", _skip, 0.0),
-    OpSpec("conv_3x3x3", _conv(3), 3.0),
-    OpSpec("p3d_3x3x1", _p3d((3, 3, 1), (1, 1, 3)), 4.0),
-    OpSpec("p3d_3x1x3", _p3d((3, 1, 3), (1, 3, 1)), 4.0),
-    OpSpec("p3d_1x3x3", _p3d((1, 3, 3), (3, 1, 1)), 4.0),
+    OpSpec("conv_3x3x3", _conv(3), 3.0, saved=2.0),
+    OpSpec("p3d_3x3x1", _p3d((3, 3, 1), (1, 1, 3)), 4.0, saved=3.0),
+    OpSpec("p3d_3x1x3", _p3d((3, 1, 3), (1, 3, 1)), 4.0, saved=3.0),
+    OpSpec("p3d_1x3x3", _p3d((1, 3, 3), (3, 1, 1)), 4.0, saved=3.0),
 ))
 
 # [ours] 2-D analogue for nnU-Net's 2d configuration: the same five roles with 2-D kernels; the factorised
 # ops become 3x1 -> 1x3 and 1x3 -> 3x1, and a dilated 3x3 replaces the third axis' variant.
 DINTS_2D = OpSet("dints_2d", 2, (
     OpSpec("skip", _skip, 0.0),
-    OpSpec("conv_3x3", _conv(3), 3.0),
-    OpSpec("p2d_3x1", _p3d((3, 1), (1, 3)), 4.0),
-    OpSpec("p2d_1x3", _p3d((1, 3), (3, 1)), 4.0),
-    OpSpec("dil_conv_3x3", _conv(3, dilation=2), 3.0),
+    OpSpec("conv_3x3", _conv(3), 3.0, saved=2.0),
+    OpSpec("p2d_3x1", _p3d((3, 1), (1, 3)), 4.0, saved=3.0),
+    OpSpec("p2d_1x3", _p3d((1, 3), (3, 1)), 4.0, saved=3.0),
+    OpSpec("dil_conv_3x3", _conv(3, dilation=2), 3.0, saved=2.0),
 ))
 
 
@@ -140,6 +147,17 @@ def edge_preprocess_cost(in_channels: int, out_channels: int, direction: int, sp
     if direction == 1:
         return 2.0 + 2.0 * ratio  # up-sampled input, its ReLU, the norm output
     return 0.0 if in_channels == out_channels else 1.0 + 2.0 * ratio
+
+
+def edge_preprocess_saved_cost(in_channels: int, out_channels: int, direction: int, spatial_dims: int) -> float:
+    """What autograd keeps for :func:`edge_preprocess` in a discrete network (output-size tensors): the ReLU output
+    (the input of its convs) and the norm's input; interpolation and concatenation keep nothing."""
+    ratio = in_channels / out_channels
+    if direction == -1:
+        return ratio * 2 ** spatial_dims + 1.0
+    if direction == 1:
+        return ratio + 1.0
+    return 0.0 if in_channels == out_channels else ratio + 1.0
 
 
 def edge_preprocess(in_channels: int, out_channels: int, direction: int, spatial_dims: int,

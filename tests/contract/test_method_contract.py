@@ -120,3 +120,11 @@ def test_every_method_has_a_search_trainer_found_by_nnunets_lookup():
         cls = recursive_find_python_class(trainer_dir(), found[0], None, base_folder=trainer_dir(),
                                           cleanup_imports_from_base_folder=True)
         assert cls is not None and cls.nas_method == name
+
+
+def test_cli_lists_every_method(capsys):
+    from nnunet_nas.cli import main
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in method_names():
+        assert f"{name}: " in out and f"configuration suffix: _{name}" in out
