@@ -144,6 +144,9 @@ def run_demo(workdir: str = "nnunet_nas_demo", fresh: bool = False, log=print) -
         config = DEMO_CONFIG if name == "nnU-Net" else found
         log(f"[nnunet-nas demo]   {name + ' ' + config:<24}" + "".join(f"{sc[k]:>11.3f}" for k in LABEL_NAMES)
             + f"{np.mean(list(sc.values())):>11.3f}")
+    log(f"[nnunet-nas demo] {RETRAIN_TRAINER} trains each network for 50 iterations only: enough to show the "
+        f"pipeline on real data, not to rank the networks (a larger network may not segment anything yet). "
+        f"BENCHMARKS.md compares them on full schedules.")
     return scores
 
 
