@@ -40,7 +40,6 @@ def test_export_fits_the_width_to_the_planned_network_and_an_explicit_width_wins
     logs = []
     name = register_searched_configuration(plans_path, "3d_fullres", method, g, None, name="fitted", log=logs.append)
     config = json.load(open(plans_path))["configurations"][name]
-    mul = config["architecture"]["arch_kwargs"]["channel_mul"]
     target = planned_network_elements(plans_path, "3d_fullres", 1, 3)
     kwargs = config["architecture"]["arch_kwargs"]
     ours = conv_output_elements(lambda: method.network_class(1, 3, deep_supervision=True, **kwargs), 1,

@@ -233,7 +233,7 @@ def network_feature_map_size(net, input_size) -> int:
     for d in range(net.num_depths):
         if net.input_nodes[d]:  # (resized) input, conv1 output, ReLU output, stride-2 conv output
             total += in_ch * n[d] + 2 * f[d] * n[d] + f[d + 1] * n[d + 1]
-    model = GridMemoryModel.from_network(net)
+    model = net.memory_model  # built once per network
     total += model.full(size, 1) if net.genotype is None else model.genotype_elements(net.genotype, size, 1, saved=True)
     for r in range(net.num_depths - 1, -1, -1):
         total += f[r + 1] * n[r + 1] + f[r] * n[r + 1]  # ReLU output, conv output (the x2 resampling keeps none)

@@ -21,7 +21,6 @@ from nnunet_nas.arch.grid_probs import edge_marginals
 class Weighting:
     """Base: deterministic, no temperature."""
     temperature: Optional[float] = None
-    samples = False  # True: each call draws (the weight step then sees other ops than the arch step)
 
     def __call__(self, arch) -> torch.Tensor:
         raise NotImplementedError
@@ -52,7 +51,6 @@ class SoftmaxWeighting(Weighting):
 
 class GumbelSoftmaxWeighting(Weighting):
     """``softmax((alpha + g) / tau)`` over alive ops with fresh Gumbel noise per call (differentiable in alpha)."""
-    samples = True
 
     def __init__(self, temperature: float = 1.0):
         self.temperature = float(temperature)

@@ -36,8 +36,9 @@ def register_searched_configuration(plans_path: str, base_config: str, method: S
     patch = round_up_patch(base["patch_size"], divisor)
     if patch != list(base["patch_size"]):
         log(f"patch size {list(base['patch_size'])} -> {patch} (this architecture needs multiples of {divisor})")
+    channels, classes = _dataset_channels_and_classes(plans_path)
     if channel_mul is None:
-        channel_mul = _fitted_channel_mul(plans_path, base_config, method, genotype, patch, log)
+        channel_mul = _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, log)
     arch = architecture_block(method, genotype, channel_mul)
     name = name or f"{base_config}_{method.name}"
     if auto_rename:
@@ -47,7 +48,7 @@ def register_searched_configuration(plans_path: str, base_config: str, method: S
         name = new
     used = register_configuration(plans_path, base_config, name, arch, patch_size=patch, overwrite=overwrite)
     log(f"registered configuration {used!r} in {plans_path}; estimated training memory of the fixed network "
-        f"{_memory_text(method, arch['arch_kwargs'], patch, base.get('batch_size', 2), plans_path)}")
+        f"{_memory_text(method, arch['arch_kwargs'], patch, base.get('batch_size', 2), channels, classes)}")
     return used
 
 
@@ -63,9 +64,8 @@ def _resolved(plans: dict, name: str) -> dict:
     return c
 
 
-def _fitted_channel_mul(plans_path, base_config, method, genotype, patch, log) -> float:
+def _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, log) -> float:
     from nnunet_nas.nnunet.width import fit_channel_mul, planned_network_elements
-    channels, classes = _dataset_channels_and_classes(plans_path)
     target = planned_network_elements(plans_path, base_config, channels, classes)
 
     def build(mul):
@@ -88,9 +88,8 @@ def _dataset_channels_and_classes(plans_path: str):
         return 1, 2
 
 
-def _memory_text(method: SearchMethod, arch_kwargs: dict, patch, batch_size, plans_path) -> str:
+def _memory_text(method: SearchMethod, arch_kwargs: dict, patch, batch_size, channels, classes) -> str:
     from nnunet_nas.arch.memory import estimate_training_memory_bytes
-    channels, classes = _dataset_channels_and_classes(plans_path)
     net = method.network_class(channels, classes, deep_supervision=True, **arch_kwargs)  # as nnU-Net trains it
     fp32 = estimate_training_memory_bytes(net, patch, batch_size, amp=False) / 2 ** 30
     amp = estimate_training_memory_bytes(net, patch, batch_size, amp=True) / 2 ** 30

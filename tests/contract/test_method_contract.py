@@ -73,7 +73,7 @@ def test_discretised_genotype_round_trips_through_json(name, dims, tmp_path):
     with torch.no_grad():
         for p in net.arch_parameters():
             p.normal_(0, 2)
-    state = {k: v for k, v in net.arch.state_dict().items()}
+    state = net.arch.state_dict()
     g = method.discretize(state, op_set, {"method": name})
     assert isinstance(g, method.genotype_class) and g.spatial_dims == dims
     back = genotype_from_dict(json.loads(json.dumps(g.to_dict())))
