@@ -1,4 +1,4 @@
-"""Patch sizes a search space can take: every extent a multiple of the space's divisor (e.g. 2^(D+1) for the
+"""Patch sizes a search space can take: every extent a multiple of the space's divisor (e.g. 2^D for the
 DiNTS grid). The one place where patches are rounded up; nnU-Net pads smaller images."""
 
 from typing import List, Sequence

@@ -17,7 +17,7 @@ _OP_COLOURS = ["tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:purple", 
                "tab:olive", "tab:cyan", "tab:red"]
 
 
-def _default_style(fn):
+def default_style(fn):
     """Draw with matplotlib's default style: nnU-Net's progress plot changes global rcParams (seaborn font scale
     2.5) in the training process, which would make our figures unreadable."""
     import functools
@@ -30,7 +30,7 @@ def _default_style(fn):
     return wrapper
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -39,17 +39,17 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _save_png(fig, path: str) -> str:
+def save_png(fig, path: str) -> str:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
 
 
-def _op_colour_map(op_names) -> dict:
+def op_colour_map(op_names) -> dict:
     return {name: _OP_COLOURS[i % len(_OP_COLOURS)] for i, name in enumerate(op_names)}
 
 
-@_default_style
+@default_style
 def plot_grid_genotype(genotype, path: str, title: Optional[str] = None) -> str:
     """Draw a grid genotype as in the DiNTS paper's Fig. 7 and save it as a PNG at ``path``.
 
@@ -65,8 +65,8 @@ def plot_grid_genotype(genotype, path: str, title: Optional[str] = None) -> str:
     topo = grid_topology(genotype.num_depths)
     L, D = genotype.num_blocks, genotype.num_depths
     names = op_names(genotype.op_set)
-    colours = _op_colour_map(names)
-    fig = _new_figure(max(5.0, 1.0 + 0.55 * (L + 1)) + 2.2, 1.3 + 0.75 * D)
+    colours = op_colour_map(names)
+    fig = new_figure(max(5.0, 1.0 + 0.55 * (L + 1)) + 2.2, 1.3 + 0.75 * D)
     ax = fig.add_subplot(1, 1, 1)
     used = set()
     for b in range(L):
@@ -102,10 +102,10 @@ def plot_grid_genotype(genotype, path: str, title: Optional[str] = None) -> str:
     ax.set_title(title or f"DiNTS architecture: L={L} blocks, D={D} levels, {n_edges} active edges ({genotype.op_set})",
                  fontsize=10)
     fig.tight_layout()
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
-@_default_style
+@default_style
 def plot_arch_trajectories(history: dict, path: str) -> str:
     """Draw how the architecture parameters evolved during a search and save a PNG at ``path``.
 
@@ -149,7 +149,7 @@ def plot_arch_trajectories(history: dict, path: str) -> str:
         panels.append("entropy")
     ncols = 3 if len(panels) > 4 else 2
     nrows = (len(panels) + ncols - 1) // ncols
-    fig = _new_figure(5.0 * ncols, 3.6 * nrows)
+    fig = new_figure(5.0 * ncols, 3.6 * nrows)
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(len(panels))]
     marker = "o" if T <= 30 else None
 
@@ -177,7 +177,7 @@ def plot_arch_trajectories(history: dict, path: str) -> str:
                       fontsize=8, loc="best")
         elif name == "ops":
             mean = ops.mean(axis=(1, 2))  # [T, N]
-            colours = _op_colour_map(names)
+            colours = op_colour_map(names)
             for n, op in enumerate(names):
                 ax.plot(epochs, mean[:, n], color=colours[op], lw=1.8, marker=marker, ms=3, label=op)
             ax.set_ylabel("mean op probability (softmax)")
@@ -214,7 +214,7 @@ def plot_arch_trajectories(history: dict, path: str) -> str:
             ax.legend(fontsize=8, loc="best")
     fig.suptitle(history.get("title") or "DiNTS search: architecture parameters", fontsize=12)
     fig.tight_layout()
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def _positive(*arrays) -> bool:
@@ -222,7 +222,7 @@ def _positive(*arrays) -> bool:
     return vals.size > 0 and bool((vals > 0).all()) and vals.max() / vals.min() > 20
 
 
-@_default_style
+@default_style
 def plot_segmentation_comparison(image: np.ndarray, truth: np.ndarray, predictions: dict, path: str,
                                  title: Optional[str] = None) -> str:
     """One case side by side: the image's middle slice along the first axis, the ground truth and each prediction
@@ -231,7 +231,7 @@ def plot_segmentation_comparison(image: np.ndarray, truth: np.ndarray, predictio
 
     k = image.shape[0] // 2
     panels = [("image", None), ("ground truth", truth)] + list(predictions.items())
-    fig = _new_figure(2.6 * len(panels), 3.0)
+    fig = new_figure(2.6 * len(panels), 3.0)
     overlay = ListedColormap([(0, 0, 0, 0), (0.9, 0.3, 0.1, 0.6), (0.1, 0.5, 0.95, 0.6), (0.2, 0.8, 0.2, 0.6)])
     for i, (name, labels) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -243,4 +243,4 @@ def plot_segmentation_comparison(image: np.ndarray, truth: np.ndarray, predictio
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save_png(fig, path)
+    return save_png(fig, path)

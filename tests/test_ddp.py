@@ -89,3 +89,58 @@ def test_exported_network_trains_under_nnunets_ddp_wrapping():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_fixed_network_worker, args=(2, port), nprocs=2, join=True)
+
+
+def _scnas_worker(rank, world, port, out):
+    """SCNAS search steps under DDP: the pair sampling must draw the same ops on every rank (same seed), so that
+    every rank runs the same sub-network and alpha stays identical; then the exported network under nnU-Net's DDP
+    wrapping (no find_unused_parameters)."""
+    import numpy as np
+    from nnunet_nas.arch.weighting import GumbelPairWeighting
+    from nnunet_nas.config import SCNASSearchConfig
+    from nnunet_nas.methods.scnas import build_arch_params, build_supernet, discretize, fixed_network_kwargs
+    from nnunet_nas.networks.scnas_net import SCNASNet
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    torch.manual_seed(100 + rank)
+    cfg = SCNASSearchConfig(channel_mul=0.0625, num_nodes=2)
+    supernet = build_supernet(cfg, "scnas_2d", 1, 2, 2, False)
+    weighting = GumbelPairWeighting(5.0)
+    weighting.seed(12345)  # as the search trainer seeds it: the same on every rank
+    model = SearchNetwork(supernet, build_arch_params(cfg, supernet, "scnas_2d"), weighting)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    arch_opt = torch.optim.Adam(model.arch_parameters(), lr=0.05, betas=(0.5, 0.999))
+    masks = []
+    for step in range(3):
+        state = weighting.generator.get_state()
+        masks.append(weighting(model.arch).active.flatten().float())
+        weighting.generator.set_state(state)  # the forward below draws the same sample
+        arch_opt.zero_grad()
+        ddp(torch.randn(2, 1, 16, 16) * (rank + 1)).square().mean().backward()
+        arch_opt.step()
+    flat = torch.cat(masks + [p.detach().flatten() for p in model.arch_parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    genotype = discretize({"op_logits": model.arch.op_logits}, "scnas_2d")
+    net = SCNASNet(1, 2, deep_supervision=True, **fixed_network_kwargs(genotype, 0.0625))
+    fixed = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        sum(o.square().mean() for o in fixed(torch.randn(1, 1, 16, 16))).backward()
+        opt.step()
+    if rank == 0:
+        torch.save({"gathered": gathered, "sampled_ops": int(np.sum(masks[0].numpy()))}, out)
+    dist.destroy_process_group()
+
+
+def test_scnas_samples_the_same_ops_on_every_rank_and_its_export_trains_under_ddp(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "scnas.pt")
+    mp.spawn(_scnas_worker, args=(2, port, out), nprocs=2, join=True)
+    res = torch.load(out)
+    assert torch.equal(res["gathered"][0], res["gathered"][1])
+    assert res["sampled_ops"] == 2 * 4 * 5  # two ops on each of the 5 edges of the 4 cell types

@@ -53,14 +53,14 @@ def test_deep_supervision_outputs_match_nnunet_scales(dims):
     net = DiNTSNet(1, 3, None, num_blocks=2, num_depths=3, spatial_dims=dims, channel_mul=0.125, strides=strides,
                    deep_supervision=True)
     arch = GridArchParams(2, 3, len(op_names(net.space.op_set_name)))
-    x = torch.randn(2, 1, *([32] * dims))
+    x = torch.randn(2, 1, *([24] * dims))  # a multiple of 2^D = 8 (not of 16)
     outs = net(x, GridEdgeOpWeighting()(arch))
     scales = (1 / np.cumprod(np.vstack(strides), axis=0))[:-1]  # what nnU-Net derives from the strides
     assert len(outs) == len(scales)
     for o, s in zip(outs, scales):
-        assert list(o.shape[2:]) == [int(32 * f) for f in s] and o.shape[1] == 3
+        assert list(o.shape[2:]) == [int(24 * f) for f in s] and o.shape[1] == 3
     net.decoder.deep_supervision = False
-    assert net(x, GridEdgeOpWeighting()(arch)).shape == (2, 3) + (32,) * dims
+    assert net(x, GridEdgeOpWeighting()(arch)).shape == (2, 3) + (24,) * dims
 
 
 def test_every_weight_and_arch_parameter_gets_a_gradient_and_sets_are_disjoint():
@@ -130,8 +130,8 @@ def test_recomputed_norms_give_identical_gradients(batch, size, frozen_weights):
 
 def test_incompatible_patch_gives_a_clear_error():
     net = DiNTSNet(1, 2, None, num_blocks=1, num_depths=3, channel_mul=0.125)
-    with pytest.raises(ValueError, match=r"divisible by 2\^\(D\+1\)=16.*\[48, 48, 48\]"):
-        net(torch.randn(1, 1, 40, 40, 40), torch.ones(1, 7, 5))
+    with pytest.raises(ValueError, match=r"divisible by 2\^D=8.*\[40, 40, 40\]"):
+        net(torch.randn(1, 1, 36, 36, 36), torch.ones(1, 7, 5))
 
 
 def test_unsupported_depths_and_blocks_are_refused():
@@ -198,7 +198,7 @@ def test_supernet_with_one_hot_weights_equals_the_fixed_network(recompute):
     w = torch.zeros(g.num_blocks, len(g.ops[0]), 5)
     for b, e in zip(*np.nonzero(g.arch_code_a)):
         w[b, e, g.op_indices()[b, e]] = 1.0
-    x = torch.randn(2, 1, 32, 32, 32)
+    x = torch.randn(2, 1, 24, 32, 40)  # multiples of 2^D = 8, not all of 16: odd extents at the deepest level
     torch.testing.assert_close(supernet(x, w), fixed(x), rtol=1e-4, atol=1e-5)
 
 

@@ -51,7 +51,7 @@ def test_search_exports_a_dropin_configuration(searched):
     assert config["inherits_from"] == "3d_fullres"
     assert config["architecture"]["network_class_name"] == "nnunet_nas.networks.dints_net.DiNTSNet"
     assert GridGenotype.from_dict(config["architecture"]["arch_kwargs"]["genotype"]) == g
-    assert all(p % 8 == 0 for p in config["patch_size"])  # 2^(D+1), D = 2
+    assert all(p % 4 == 0 for p in config["patch_size"])  # 2^D, D = 2
     assert os.path.isfile(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json.bak"))
     # per-epoch architecture curves went through nnU-Net's logger (and so into the checkpoint)
     ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)

@@ -29,7 +29,7 @@ def test_register_adds_an_inheriting_configuration_with_adjusted_patch(plans_pat
     plans = json.load(open(plans_path))
     c = plans["configurations"][name]
     assert name == "3d_fullres_dints" and c["inherits_from"] == "3d_fullres"
-    assert c["patch_size"] == [64, 64, 64]  # multiples of 2^(D+1) = 32
+    assert c["patch_size"] == [48, 64, 48]  # multiples of 2^D = 16
     assert c["architecture"]["arch_kwargs"]["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 5  # deepest level 3: 5 outputs
     assert plans["configurations"]["3d_fullres"]["patch_size"] == [40, 56, 40]
     with pytest.raises(ValueError, match="2-D but the genotype is 3-D"):

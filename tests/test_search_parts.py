@@ -13,5 +13,7 @@ def test_weight_arch_split_is_deterministic_disjoint_and_complete():
 
 
 def test_fold_with_too_few_training_cases_is_refused():
-    with pytest.raises(ValueError, match="at least 2 training cases"):
+    with pytest.raises(ValueError, match="needs at least 2 training cases; the fold has 1"):
         split_weight_arch(["only_one"])
+    with pytest.raises(ValueError, match="training cases 4:1.*at least 5 training cases; the fold has 4"):
+        split_weight_arch(["a", "b", "c", "d"], (4, 1))

@@ -49,10 +49,12 @@ def test_temperature_schedules_on_hand_computed_points():
     assert lin.temperature(_progress(step=40)) == pytest.approx(5.05)
     assert lin.temperature(_progress(step=80)) == pytest.approx(0.1)
     exp = TemperatureAnnealing(10.0, 0.1, "exponential", per="epoch")
-    assert exp.temperature(_progress(epoch=1)) == 10.0  # warm-up
-    assert exp.temperature(_progress(epoch=6)) == pytest.approx(1.0)  # halfway through epochs 2..10: sqrt(10*0.1)
+    assert exp.temperature(_progress(epoch=1, num_epochs=11)) == 10.0  # warm-up
+    # architecture epochs 2..10: epoch 6 is halfway, sqrt(10 * 0.1); the last one reaches the end temperature
+    assert exp.temperature(_progress(epoch=6, num_epochs=11)) == pytest.approx(1.0)
+    assert exp.temperature(_progress(epoch=10, num_epochs=11)) == pytest.approx(0.1)
     net = SearchNetwork(nn.Identity(), _EdgeArch(1, 3), GumbelSoftmaxWeighting())
-    exp.before_step(net, _progress(epoch=6))
+    exp.before_step(net, _progress(epoch=6, num_epochs=11))
     assert net.weighting.temperature == pytest.approx(1.0) and exp.history() == {"arch_temperature": pytest.approx(1.0)}
     with pytest.raises(ValueError, match="schedule"):
         TemperatureAnnealing(schedule="cosine")

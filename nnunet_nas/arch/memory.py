@@ -39,7 +39,7 @@ counts each cell's norm output, which nothing saves, and a conv op's ReLU output
 
 Everything is linear in ``batch * prod(patch)``, so ratios do not depend on the patch or the batch: tables are
 kept per input voxel ("unit patch") and scaled at the end. Sizes are exact when every patch extent is divisible
-by 2^D (DiNTSNet requires 2^(D+1)).
+by 2^D, which DiNTSNet requires.
 """
 
 from typing import Optional, Sequence

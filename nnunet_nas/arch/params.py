@@ -5,6 +5,8 @@ disjoint by construction).
 ``[..., N]`` over the op set; ``alive_ops`` (same shape, bool) exists only once something was pruned, so an
 unpruned search's state dict holds the logits alone. Pruned ops get probability 0 in :meth:`op_probs`.
 
+:class:`CellArchParams` (SCNAS, IAC): ``op_logits`` [T, E, N] per cell type and edge.
+
 :class:`GridArchParams` (DiNTS / DAST):
 ``edge_logits`` [L, E]: p_e = sigmoid (paper Eq. 2), initialised N(0, 0.01) [paper section 4.1].
 ``op_logits``  [L, E, N]: alpha = softmax over ops, initialised N(1, 0.01) [paper].
@@ -63,3 +65,12 @@ class GridArchParams(ArchParams):
         self.num_depths = num_depths
         self.edge_logits = nn.Parameter(torch.randn(num_blocks, num_edges) * 0.01)
         self.op_logits = nn.Parameter(1.0 + torch.randn(num_blocks, num_edges, num_ops) * 0.01)
+
+
+class CellArchParams(ArchParams):
+    """DARTS-style cells: ``op_logits`` ``[T, E, N]`` (cell types, edges per cell, ops), initialised
+    ``1e-3 * N(0, 1)`` (DARTS's public code; the SCNAS paper gives no initialisation)."""
+
+    def __init__(self, num_cell_types: int, num_edges: int, num_ops: int):
+        super().__init__()
+        self.op_logits = nn.Parameter(torch.randn(num_cell_types, num_edges, num_ops) * 1e-3)

@@ -9,9 +9,11 @@ uninterrupted one would.
 * :class:`GridEdgeOpWeighting` (DiNTS): ``P(edge on | block non-empty) * softmax(alpha)``, ``[L, E, N]``.
 * :class:`SoftmaxWeighting` (DARTS): ``softmax(alpha)`` over the op axis.
 * :class:`GumbelSoftmaxWeighting` (GDAS-style relaxation): ``softmax((alpha + g) / tau)``, g ~ Gumbel(0, 1).
+* :class:`GumbelPairWeighting` (SCNAS Algorithm 1): one sampled pair of ops per edge with renormalised
+  Gumbel-softmax weights, returned as :class:`SampledOpWeights` (weights plus which ops run).
 """
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -77,3 +79,65 @@ class GumbelSoftmaxWeighting(Weighting):
         super().load_state_dict(state)
         if state.get("generator") is not None:
             self.generator.set_state(state["generator"])
+
+
+class SampledOpWeights(NamedTuple):
+    """Per-op weights ``[..., N]`` and the ops that run ``active`` (bool, same shape, on the CPU): a sampling
+    weighting runs only some ops, and which ones is not a property of the weights' values (a relaxed weight may
+    underflow to zero)."""
+    weights: torch.Tensor
+    active: torch.Tensor
+
+    def detach(self) -> "SampledOpWeights":
+        return SampledOpWeights(self.weights.detach(), self.active)
+
+
+class GumbelPairWeighting(GumbelSoftmaxWeighting):
+    """SCNAS's stochastic two-operation sampling (Kim et al., MICCAI 2019, Algorithm 1), per edge:
+
+    1. ``z = softmax((alpha + g) / tau)`` over the alive ops (g ~ Gumbel(0, 1));
+    2. every unordered pair {a, b} of alive ops has probability ``(z_a + z_b) / (n - 1)`` (n alive ops; each op is
+       in n - 1 pairs, so these sum to one); one pair is drawn;
+    3. the pair runs with weights ``z_a / (z_a + z_b)`` and ``z_b / (z_a + z_b)``; every other op has weight 0 and
+       does not run. Gradients reach alpha through ``z``.
+
+    The pair is drawn exactly with that law as: first op ``a ~ Categorical(z)``, second op uniform among the other
+    alive ops (``P({a, b}) = z_a / (n-1) + z_b / (n-1)``). Both draws use this weighting's own generator on the CPU,
+    so every DDP rank samples the same pairs. An edge with a single alive op (after pruning) runs it with weight 1.
+    """
+
+    def pair_probabilities(self, z: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """``[..., N, N]``: probability of each unordered pair {a, b} (a != b, both alive), stored at [a, b] and
+        [b, a] alike (each half of it); for documentation and tests, the sampler does not need it."""
+        n = alive.sum(-1, keepdim=True).unsqueeze(-1).to(z.dtype)
+        both = alive.unsqueeze(-1) & alive.unsqueeze(-2)
+        both = both & ~torch.eye(z.shape[-1], dtype=torch.bool, device=z.device)
+        q = (z.unsqueeze(-1) + z.unsqueeze(-2)) / (n - 1).clamp_min(1)
+        return torch.where(both, q / 2, torch.zeros_like(q))
+
+    def __call__(self, arch) -> SampledOpWeights:
+        logits = arch.op_logits
+        alive = arch.alive_ops if arch.alive_ops is not None else torch.ones_like(logits, dtype=torch.bool)
+        noisy = (logits + self.gumbel(logits)).masked_fill(~alive, float("-inf"))
+        z = torch.softmax(noisy / self.temperature, dim=-1)
+        first, second = self.sample_pair(z.detach(), alive)
+        active = torch.zeros(alive.shape, dtype=torch.bool)  # on the CPU: the network reads it without a sync
+        active.scatter_(-1, first.unsqueeze(-1), True)
+        active.scatter_(-1, second.unsqueeze(-1), True)
+        zp = z * active.to(z.device)
+        weights = zp / zp.sum(-1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+        return SampledOpWeights(weights, active)
+
+    def sample_pair(self, z: torch.Tensor, alive: torch.Tensor):
+        """CPU indices ``[...]`` of the first (``~ z``) and second (uniform among the other alive ops) op per edge;
+        the two coincide where only one op is alive."""
+        flat_z = z.reshape(-1, z.shape[-1]).double().cpu()
+        flat_alive = alive.reshape(-1, alive.shape[-1]).cpu()
+        first = torch.multinomial(flat_z * flat_alive, 1, generator=self.generator).squeeze(-1)
+        others = flat_alive.clone()
+        others[torch.arange(len(first)), first] = False
+        single = ~others.any(-1)
+        others[single, first[single]] = True  # one alive op: the pair is that op twice
+        second = torch.multinomial(others.double(), 1, generator=self.generator).squeeze(-1)
+        shape = z.shape[:-1]
+        return first.view(shape), second.view(shape)

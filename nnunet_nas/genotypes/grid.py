@@ -36,10 +36,6 @@ class GridGenotype(Genotype):
     provenance: dict = field(default_factory=dict)
     spatial_dims: Optional[int] = None  # None: the op set's
 
-    def __post_init__(self):
-        if self.spatial_dims is None and self.op_set in OP_SETS:
-            self.spatial_dims = get_op_set(self.op_set).spatial_dims
-
     @property
     def num_blocks(self) -> int:
         return self.arch_code_a.shape[0]

@@ -36,6 +36,11 @@ class Genotype:
     schema_name: str = ""
     spatial_dims: int
 
+    def __post_init__(self):  # dataclass subclasses: spatial_dims None means the op set's
+        from nnunet_nas.ops.catalog import OP_SETS, get_op_set
+        if self.spatial_dims is None and self.op_set in OP_SETS:
+            self.spatial_dims = get_op_set(self.op_set).spatial_dims
+
     def to_dict(self) -> dict:
         raise NotImplementedError
 

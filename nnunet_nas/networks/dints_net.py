@@ -33,23 +33,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from nnunet_nas.genotypes.grid import GridGenotype
+from nnunet_nas.networks.common import DecoderSwitch, drop_head_weights, with_deep_supervision
 from nnunet_nas.ops.conv import ActConvNorm, conv_nd, norm_nd
 from nnunet_nas.patch import round_up_patch
 from nnunet_nas.spaces.grid import GridSpace, default_grid_op_set
 from nnunet_nas.spaces.grid_topology import check_num_depths
-
-
-class _Decoder(nn.Module):
-    """Holds the flag nnU-Net toggles (``network.decoder.deep_supervision``)."""
-
-    def __init__(self, deep_supervision: bool):
-        super().__init__()
-        self.deep_supervision = deep_supervision
-
-
-def _drop_head_weights(state_dict, prefix, *args):
-    for key in [k for k in state_dict if k.startswith(prefix + "ds_heads.")]:
-        del state_dict[key]
 
 
 class DiNTSNet(nn.Module):
@@ -101,8 +89,8 @@ class DiNTSNet(nn.Module):
         self.ds_heads = nn.ModuleList([conv(f[r], num_classes, 1) for r in range(1, num_outputs)]
                                       if deep_supervision else [])
         if not deep_supervision:  # a checkpoint trained with deep supervision loads into it
-            self._register_load_state_dict_pre_hook(_drop_head_weights)
-        self.decoder = _Decoder(deep_supervision)
+            self._register_load_state_dict_pre_hook(drop_head_weights)
+        self.decoder = DecoderSwitch(deep_supervision)
         self.mode = "trilinear" if spatial_dims == 3 else "bilinear"
 
     @property
@@ -115,15 +103,17 @@ class DiNTSNet(nn.Module):
 
     @property
     def divisor(self) -> int:
-        """Every spatial extent of the input must be divisible by this (2^(D+1))."""
-        return 2 ** (self.num_depths + 1)
+        """Every spatial extent of the input must be divisible by this: 2^D, the deepest level's scale (MONAI asks
+        for 2^(D+1); nothing in this network needs it, and nnU-Net's 2-D Hippocampus patch 56 x 40 is a multiple of
+        8 but not of 16)."""
+        return 2 ** self.num_depths
 
     def check_input_shape(self, shape) -> None:
         bad = [s for s in shape if s % self.divisor]
         if bad:
             ok = round_up_patch(shape, self.divisor)
             raise ValueError(
-                f"DiNTS with D={self.num_depths} levels needs every patch extent divisible by 2^(D+1)={self.divisor}, "
+                f"DiNTS with D={self.num_depths} levels needs every patch extent divisible by 2^D={self.divisor}, "
                 f"got patch {list(shape)}. Set the configuration's patch_size in the plans file to a multiple of "
                 f"{self.divisor} (for example {ok}), or re-export with `nnunet-nas export`, which adjusts it.")
 
@@ -146,13 +136,7 @@ class DiNTSNet(nn.Module):
                 feats[r + 1] = s
             tmp = F.interpolate(self.stem_up[r](s), scale_factor=2, mode=self.mode, align_corners=True)
             feats[r] = tmp
-        main = self.stem_finals(tmp)
-        if not self.decoder.deep_supervision:
-            return main
-        if len(self.ds_heads) != self.num_outputs - 1:
-            raise RuntimeError("DiNTSNet was built without deep supervision (no output heads); build it with "
-                               "deep_supervision=True to train with deep supervision.")
-        return [main] + [head(feats[r + 1]) for r, head in enumerate(self.ds_heads)]
+        return with_deep_supervision(self, self.stem_finals(tmp), feats)
 
     def compute_conv_feature_map_size(self, input_size) -> int:
         """Feature-map elements of one forward at batch 1 (DNA's planner convention); see arch/memory.py."""

@@ -16,12 +16,13 @@ def split_weight_arch(train_keys: Sequence[str], ratio: Tuple[int, int] = (1, 1)
     """Deterministic split of a fold's training keys in ``ratio`` = (weight : architecture) parts (sorted, then a
     seeded permutation; the architecture part gets ``n * a // (w + a)`` cases, at least one)."""
     keys = sorted(train_keys)
-    if len(keys) < 2:
-        raise ValueError(
-            f"Architecture search needs at least 2 training cases in the fold (one for the weights, one for the "
-            f"architecture), got {len(keys)}. Add cases to the dataset or use a fold with more training cases "
-            f"(check splits_final.json in the preprocessed dataset folder).")
     w, a = (int(r) for r in ratio)
+    if len(keys) < w + a:
+        raise ValueError(
+            f"This search splits the fold's training cases {w}:{a} between the weights and the architecture, which "
+            f"needs at least {w + a} training cases; the fold has {len(keys)}. Add cases to the dataset, use a fold "
+            f"with more training cases (check splits_final.json in the preprocessed dataset folder), or set the "
+            f"search config's data_split to a smaller ratio such as (1, 1).")
     num_arch = min(len(keys) - 1, max(1, len(keys) * a // (w + a)))
     perm = np.random.RandomState(seed).permutation(len(keys))
     weight = sorted(keys[i] for i in perm[num_arch:])

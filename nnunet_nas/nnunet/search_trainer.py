@@ -127,6 +127,21 @@ class NASSearchTrainer(nnUNetTrainer):
                                          enable_deep_supervision)
         return SearchNetwork(supernet, method.build_arch_params(cfg, supernet, op_set), method.make_weighting(cfg))
 
+    def _build_loss(self):
+        """nnU-Net's loss (Dice + CE, deep-supervision weights), or the config's Jaccard distance in its place."""
+        loss = super()._build_loss()
+        if self.cfg.loss == "jaccard":
+            from nnunet_nas.nnunet.losses import SoftJaccardLoss
+            if self.label_manager.has_regions or self.label_manager.ignore_label is not None:
+                raise ValueError("loss='jaccard' supports plain label maps only (no regions, no ignore label); use "
+                                 "loss='dice_ce' for this dataset.")
+            jaccard = SoftJaccardLoss(batch_dice=self.configuration_manager.batch_dice)
+            if hasattr(loss, "loss"):  # nnU-Net's DeepSupervisionWrapper
+                loss.loss = jaccard
+            else:
+                loss = jaccard
+        return loss
+
     def _get_deep_supervision_scales(self):
         if not self.enable_deep_supervision or self.network is None:
             return super()._get_deep_supervision_scales()

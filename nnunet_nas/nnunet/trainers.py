@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_nas.config import DiNTSSearchConfig
+from nnunet_nas.config import DiNTSSearchConfig, SCNASSearchConfig
 from nnunet_nas.nnunet.search_trainer import NASSearchTrainer
 
 
@@ -30,6 +30,22 @@ class nnUNetTrainerDiNTSSearchDemo(nnUNetTrainerDiNTSSearch):
     """A few-minute CPU search on a small grid (L=4, D=3, narrow): for the demo and for trying things out. The
     export fits the width to nnU-Net's planned memory (the default)."""
     search_config = replace(DiNTSSearchConfig(), num_blocks=4, num_depths=3, channel_mul=0.125, arch_lr=0.03)
+    num_epochs_default = 6
+    iterations_per_epoch = 12
+    val_iterations_per_epoch = 3
+    save_every_default = 1
+
+
+class nnUNetTrainerSCNASSearch(NASSearchTrainer):
+    """SCNAS with the paper's space (four cell types of 4 nodes, 8 ops), search width 48 stem channels, the 4:1
+    split, Adam, tau 10 -> 0.1; 200 epochs as in the paper."""
+    nas_method = "scnas"
+    num_epochs_default = 200
+
+
+class nnUNetTrainerSCNASSearchDemo(nnUNetTrainerSCNASSearch):
+    """A short search for trying things out: 6 epochs x 12 iterations, narrow (8 stem channels)."""
+    search_config = replace(SCNASSearchConfig(), channel_mul=0.25)
     num_epochs_default = 6
     iterations_per_epoch = 12
     val_iterations_per_epoch = 3
@@ -57,4 +73,5 @@ class nnUNetTrainerNAS_20x50(_ShortSchedule):
 
 
 __all__ = ["nnUNetTrainerDiNTSSearch", "nnUNetTrainerDiNTSSearch_sigma05", "nnUNetTrainerDiNTSSearch_sigma02",
-           "nnUNetTrainerDiNTSSearchDemo", "nnUNetTrainerNASDemo", "nnUNetTrainerNAS_20x50"]
+           "nnUNetTrainerDiNTSSearchDemo", "nnUNetTrainerSCNASSearch", "nnUNetTrainerSCNASSearchDemo",
+           "nnUNetTrainerNASDemo", "nnUNetTrainerNAS_20x50"]

@@ -18,8 +18,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 from torch import nn
 
-from nnunet_nas.ops.conv import (DINTS_STYLE, ActConvNorm, FactorizedConv, FactorizedIncrease, FactorizedReduce,
-                                 OpStyle, SepConv)
+from nnunet_nas.ops.conv import (DINTS_STYLE, SCNAS_STYLE, ActConvNorm, FactorizedConv, FactorizedIncrease,
+                                 FactorizedReduce, OpStyle, SepConv)
 from nnunet_nas.ops.pooling import Pool, Zero, skip_op
 
 
@@ -54,6 +54,13 @@ class OpSet:
     name: str
     spatial_dims: int
     ops: Tuple[OpSpec, ...]
+    style: OpStyle = DINTS_STYLE  # how its convs activate and normalise
+
+    def index(self, name: str) -> int:
+        names = [o.name for o in self.ops]
+        if name not in names:
+            raise ValueError(f"operation {name!r} is not in op set {self.name!r} (its operations: {names}).")
+        return names.index(name)
 
 
 def _skip(ci, co, d, stride=1, style=DINTS_STYLE):
@@ -120,7 +127,25 @@ def _darts(name: str, dims: int) -> OpSet:
     ))
 
 
-OP_SETS: Dict[str, OpSet] = {s.name: s for s in (DINTS_3D, DINTS_2D, _darts("darts_2d", 2), _darts("darts_3d", 3))}
+def _scnas(dims: int) -> OpSet:
+    """[paper] SCNAS section 2.3: 3x3x3 conv, depthwise-separable dilated 3x3x3 convs at rates 2, 3, 4, 3x3x3 max and
+    average pooling, identity, zero; convs LeakyReLU -> conv -> InstanceNorm. [ours] The 2-D set has the 2-D
+    kernels; LeakyReLU's slope is PyTorch's (and nnU-Net's) 0.01."""
+    k = "3x3x3" if dims == 3 else "3x3"
+    return OpSet(f"scnas_{dims}d", dims, (
+        OpSpec("zero", _zero, 0.0),
+        OpSpec("skip", _skip, 0.0),
+        OpSpec(f"conv_{k}", _conv(3), 3.0, saved=2.0),
+        OpSpec(f"dil_sep_conv_{k}_r2", _sep(3, dilation=2), 4.0, saved=3.0),
+        OpSpec(f"dil_sep_conv_{k}_r3", _sep(3, dilation=3), 4.0, saved=3.0),
+        OpSpec(f"dil_sep_conv_{k}_r4", _sep(3, dilation=4), 4.0, saved=3.0),
+        OpSpec("max_pool_3", _pool("max"), 2.0),
+        OpSpec("avg_pool_3", _pool("avg"), 2.0),
+    ), style=SCNAS_STYLE)
+
+
+OP_SETS: Dict[str, OpSet] = {s.name: s for s in (DINTS_3D, DINTS_2D, _darts("darts_2d", 2), _darts("darts_3d", 3),
+                                                  _scnas(2), _scnas(3))}
 
 
 def get_op_set(name: str) -> OpSet:

@@ -13,11 +13,61 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-NORMS = {"instance": {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}, "batch": {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}}
+
+class _InstanceNormByGroupKernel:
+    """InstanceNorm that, on the CPU, runs PyTorch's fused group-norm kernel with one group per channel (the same
+    function: per-sample, per-channel mean and biased variance, ``eps`` inside the root, per-channel affine).
+    ``nn.InstanceNorm`` routes through ``batch_norm`` after repeating the affine parameters and reshaping, some ten
+    operators per call; a DiNTS network runs dozens of norms per forward, and at batch 1 on the CPU (nnU-Net's
+    sliding-window inference) those operators cost more than the arithmetic. Same parameters and state dict as
+    ``nn.InstanceNorm``; other devices, running statistics and unbatched input keep ``nn.InstanceNorm``'s path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or self.track_running_stats or x.dim() != self._spatial_dims + 2:
+            return super().forward(x)
+        return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+
+
+class InstanceNorm2d(_InstanceNormByGroupKernel, nn.InstanceNorm2d):
+    _spatial_dims = 2
+
+
+class InstanceNorm3d(_InstanceNormByGroupKernel, nn.InstanceNorm3d):
+    _spatial_dims = 3
+
+
+NORMS = {"instance": {2: InstanceNorm2d, 3: InstanceNorm3d}, "batch": {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}}
+
+
+class _PointwiseByMatmul:
+    """Conv that, on the CPU, computes a 1x1 (1x1x1) stride-1 ungrouped convolution as one matrix product
+    ``W[out, in] @ x[n, in, voxels]``: the same function. PyTorch hands such convs to oneDNN whenever it runs with
+    more than one thread and the input has more than 20,480 elements, which at batch 1 (nnU-Net's sliding window)
+    is 4-6x slower than the matrix product (BENCHMARKS.md, "Inference time per case"). Same parameters and state
+    dict as the ``nn.Conv`` it extends; every other case keeps the conv."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or self.groups != 1 or x.dim() != self._spatial_dims + 2
+                or isinstance(self.padding, str) or any(p != 0 for p in self.padding)
+                or any(k != 1 for k in self.kernel_size) or any(s != 1 for s in self.stride)):
+            return super().forward(x)
+        n = x.shape[0]  # a batched product of [n, out, in] and [n, in, voxels] copies neither operand
+        y = torch.bmm(self.weight.flatten(1).expand(n, -1, -1), x.flatten(2))
+        if self.bias is not None:
+            y = y + self.bias[:, None]
+        return y.view((n, self.out_channels) + tuple(x.shape[2:]))
+
+
+class Conv2d(_PointwiseByMatmul, nn.Conv2d):
+    _spatial_dims = 2
+
+
+class Conv3d(_PointwiseByMatmul, nn.Conv3d):
+    _spatial_dims = 3
 
 
 def conv_nd(spatial_dims: int):
-    return {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+    return {2: Conv2d, 3: Conv3d}[spatial_dims]
 
 
 @dataclass(frozen=True)
@@ -40,6 +90,7 @@ class OpStyle:
 
 
 DINTS_STYLE = OpStyle()
+SCNAS_STYLE = OpStyle(nonlin=nn.LeakyReLU, nonlin_kwargs={"negative_slope": 0.01})
 
 
 def norm_nd(spatial_dims: int, channels: int, style: OpStyle = DINTS_STYLE) -> nn.Module:

@@ -25,10 +25,24 @@ class Pool(nn.Module):
         self.norm = norm_nd(spatial_dims, out_channels, style)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(x)
+        x = self.pool(x) if min(x.shape[2:]) >= self.pool.kernel_size else self._pool_small(x)
         if self.project is not None:
             x = self.project(x)
         return self.norm(x)
+
+    def _pool_small(self, x: torch.Tensor) -> torch.Tensor:
+        """The same pooling on an input smaller than the kernel (a coarse level of a small patch), which PyTorch's
+        pooling refuses: explicit padding, with -inf for max pooling and, for average pooling, the sum divided by
+        the count of real voxels (``count_include_pad=False``)."""
+        from torch.nn import functional as F
+        k, s, p = self.pool.kernel_size, self.pool.stride, self.pool.padding
+        dims = x.dim() - 2
+        pad = (p,) * (2 * dims)
+        if isinstance(self.pool, (nn.MaxPool2d, nn.MaxPool3d)):
+            return (F.max_pool2d if dims == 2 else F.max_pool3d)(F.pad(x, pad, value=float("-inf")), k, s)
+        avg = F.avg_pool2d if dims == 2 else F.avg_pool3d
+        ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
+        return avg(F.pad(x, pad), k, s) / avg(F.pad(ones, pad), k, s)
 
 
 class Zero(nn.Module):

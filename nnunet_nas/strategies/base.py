@@ -36,8 +36,9 @@ class SearchProgress:
 
     @property
     def arch_epoch_fraction(self) -> float:
-        """Share of the architecture epochs started, in [0, 1] (0 during warm-up)."""
-        span = max(1, self.num_epochs - self.warmup_epochs)
+        """Position of this epoch among the architecture epochs, in [0, 1]: 0 at the first (and during warm-up),
+        1 at the last, so a per-epoch schedule runs its whole range."""
+        span = max(1, self.num_epochs - self.warmup_epochs - 1)
         return min(1.0, max(0.0, (self.epoch - self.warmup_epochs) / span))
 
 

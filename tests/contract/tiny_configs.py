@@ -3,8 +3,9 @@ its supernet runs forward and backward on a 2-D and a 3-D patch in about a secon
 
 from dataclasses import replace
 
-from nnunet_nas.config import DiNTSSearchConfig
+from nnunet_nas.config import DiNTSSearchConfig, SCNASSearchConfig
 
 TINY_CONFIGS = {
     "dints": replace(DiNTSSearchConfig(), num_blocks=2, num_depths=2, channel_mul=0.125, export_channel_mul=0.125),
+    "scnas": replace(SCNASSearchConfig(), num_nodes=2, channel_mul=0.0625, export_channel_mul=0.0625),
 }

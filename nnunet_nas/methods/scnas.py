@@ -1,0 +1,138 @@
+"""SCNAS (Kim et al., MICCAI 2019): four searched cell types in a U-Net, stochastic two-operation sampling.
+
+The record composes: the cell U-Net (:class:`~nnunet_nas.networks.scnas_net.SCNASNet` with ``genotype=None``),
+:class:`~nnunet_nas.arch.params.CellArchParams` (alpha per cell type, edge and op), the pair-sampling
+Gumbel-softmax weighting of Algorithm 1 (:class:`~nnunet_nas.arch.weighting.GumbelPairWeighting`), temperature
+annealing (:class:`~nnunet_nas.strategies.temperature.TemperatureAnnealing`), no regulariser (the architecture loss
+is the segmentation loss), the per-edge discretisation below and :class:`~nnunet_nas.genotypes.cell.CellGenotype`.
+"""
+
+import numpy as np
+import torch
+
+from nnunet_nas.arch.params import CellArchParams
+from nnunet_nas.arch.weighting import GumbelPairWeighting
+from nnunet_nas.config import SCNASSearchConfig
+from nnunet_nas.genotypes.cell import CellGenotype
+from nnunet_nas.networks.scnas_net import CELL_TYPES, DEFAULT_OP_SETS, NUM_LEVELS, SCNASNet
+from nnunet_nas.ops.catalog import op_names
+from nnunet_nas.registry import SearchMethod, register_method
+from nnunet_nas.spaces.cell import cell_edges
+from nnunet_nas.strategies.temperature import TemperatureAnnealing
+
+HISTORY_KEYS = ("arch_entropy_alpha",)
+
+
+def output_strides(spatial_dims: int):
+    """Deep supervision at 1, 1/2, 1/4, 1/8 (nnU-Net's convention: one stride entry more than outputs)."""
+    return [[1] * spatial_dims] + [[2] * spatial_dims] * (NUM_LEVELS + 1)
+
+
+def build_supernet(cfg: SCNASSearchConfig, op_set: str, input_channels: int, num_classes: int, spatial_dims: int,
+                   deep_supervision: bool) -> SCNASNet:
+    return SCNASNet(input_channels, num_classes, None, spatial_dims, cfg.channel_mul, num_nodes=cfg.num_nodes,
+                    op_set=op_set, strides=output_strides(spatial_dims), deep_supervision=deep_supervision)
+
+
+def build_arch_params(cfg: SCNASSearchConfig, supernet, op_set: str) -> CellArchParams:
+    return CellArchParams(len(CELL_TYPES), len(cell_edges(cfg.num_nodes)), len(op_names(op_set)))
+
+
+def make_strategies(cfg: SCNASSearchConfig):
+    return [TemperatureAnnealing(cfg.temperature_start, cfg.temperature_end, cfg.temperature_schedule, per="epoch")]
+
+
+def discretize_cell(probs: np.ndarray, names, num_nodes: int):
+    """Ops of one cell in edge order from its op probabilities ``[E, N]`` (pruned ops at 0).
+
+    Rule [ours; the paper: "the final op is chosen per edge", zero disconnects]: each edge takes its most probable
+    op; where that is ``zero`` the edge is dropped (``None``). A node left with no incoming edge keeps the one
+    incoming edge whose best non-zero op is most probable, with that op, so every node computes something."""
+    zero = names.index("zero") if "zero" in names else None
+    nonzero = probs.copy()
+    if zero is not None:
+        nonzero[:, zero] = -1.0
+    ops = [None if int(np.argmax(p)) == zero else names[int(np.argmax(p))] for p in probs]
+    edges = cell_edges(num_nodes)
+    for node in range(num_nodes):
+        incoming = [e for e, (_, dst) in enumerate(edges) if dst == node]
+        if all(ops[e] is None for e in incoming):
+            best = max(incoming, key=lambda e: nonzero[e].max())
+            ops[best] = names[int(np.argmax(nonzero[best]))]
+    return ops
+
+
+def _op_probs(arch_state) -> torch.Tensor:
+    logits = arch_state["op_logits"].detach().float().cpu()
+    alive = arch_state.get("alive_ops")
+    if alive is not None:
+        logits = logits.masked_fill(~alive.bool().cpu(), float("-inf"))
+    return torch.softmax(logits, -1)
+
+
+def discretize(arch_state, op_set: str, provenance=None) -> CellGenotype:
+    probs = _op_probs(arch_state).numpy()
+    names = list(op_names(op_set))
+    num_nodes = _num_nodes(probs.shape[1])
+    return CellGenotype.from_edge_ops(op_set, {t: discretize_cell(probs[i], names, num_nodes)
+                                               for i, t in enumerate(CELL_TYPES)}, num_nodes, provenance)
+
+
+def _num_nodes(num_edges: int) -> int:
+    for n in range(1, 16):
+        if len(cell_edges(n)) == num_edges:
+            return n
+    raise ValueError(f"{num_edges} edges per cell is no DARTS cell (2 + 3 + ... edges).")
+
+
+@torch.no_grad()
+def describe(net, cfg: SCNASSearchConfig):
+    probs = _op_probs({"op_logits": net.arch.op_logits, "alive_ops": net.arch.alive_ops})
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+    return {"arch_entropy_alpha": float(entropy), "op_probs": probs.numpy().round(5).tolist()}
+
+
+def fixed_network_kwargs(genotype: CellGenotype, channel_mul: float, base_channels: int = 32) -> dict:
+    return {"genotype": genotype.to_dict(), "channel_mul": float(channel_mul), "base_channels": int(base_channels),
+            "strides": output_strides(genotype.spatial_dims)}
+
+
+def search_notes(net, cfg: SCNASSearchConfig):
+    edges = len(cell_edges(cfg.num_nodes))
+    return [f"SCNAS: 4 cell types x {edges} edges x {net.arch.op_logits.shape[-1]} ops; two sampled ops per edge per "
+            f"step (Algorithm 1), temperature {cfg.temperature_start} -> {cfg.temperature_end} "
+            f"({cfg.temperature_schedule}, per epoch)"]
+
+
+def plot_genotype(genotype: CellGenotype, path: str) -> str:
+    from nnunet_nas.viz_cells import plot_cell_genotype
+    return plot_cell_genotype(genotype, path, title="SCNAS cells")
+
+
+def plot_history(history: dict, path: str, net, cfg: SCNASSearchConfig) -> str:
+    from nnunet_nas.viz_cells import plot_cell_trajectories
+    return plot_cell_trajectories(history, path, list(op_names(net.supernet.op_set)), list(CELL_TYPES))
+
+
+SCNAS = register_method(SearchMethod(
+    name="scnas",
+    paper="Kim et al., Scalable Neural Architecture Search for 3D Medical Image Segmentation, MICCAI 2019",
+    config_class=SCNASSearchConfig,
+    genotype_class=CellGenotype,
+    network_class=SCNASNet,
+    default_op_sets=DEFAULT_OP_SETS,
+    build_supernet=build_supernet,
+    build_arch_params=build_arch_params,
+    make_weighting=lambda cfg: GumbelPairWeighting(cfg.temperature_start),
+    regularizers=lambda net, cfg: {},
+    discretize=discretize,
+    describe=describe,
+    fixed_network_kwargs=fixed_network_kwargs,
+    search_patch_divisor=lambda cfg: 2 ** NUM_LEVELS,
+    genotype_patch_divisor=lambda genotype: 2 ** NUM_LEVELS,
+    history_keys=HISTORY_KEYS,
+    make_strategies=make_strategies,
+    plot_genotype=plot_genotype,
+    plot_history=plot_history,
+    search_notes=search_notes,
+))

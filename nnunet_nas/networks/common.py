@@ -1,0 +1,30 @@
+"""What every fixed network shares with nnU-Net: the deep-supervision switch nnU-Net toggles, the outputs it expects
+with and without deep supervision, and loading a checkpoint trained with deep supervision into a network built
+without it (nnU-Net's prediction)."""
+
+from torch import nn
+
+
+class DecoderSwitch(nn.Module):
+    """Holds the flag nnU-Net toggles (``network.decoder.deep_supervision``)."""
+
+    def __init__(self, deep_supervision: bool):
+        super().__init__()
+        self.deep_supervision = deep_supervision
+
+
+def drop_head_weights(state_dict, prefix, *args):
+    """Load-state-dict pre-hook: a network without deep-supervision heads ignores ``ds_heads.*`` weights."""
+    for key in [k for k in state_dict if k.startswith(prefix + "ds_heads.")]:
+        del state_dict[key]
+
+
+def with_deep_supervision(net: nn.Module, main, features):
+    """``main`` alone, or (nnU-Net training with deep supervision) ``[main] + [head(features[r]) for r = 1..]``, one
+    head per extra output (``net.ds_heads``), highest resolution first."""
+    if not net.decoder.deep_supervision:
+        return main
+    if len(net.ds_heads) != net.num_outputs - 1:
+        raise RuntimeError(f"{type(net).__name__} was built without deep supervision (no output heads); build it "
+                           f"with deep_supervision=True to train with deep supervision.")
+    return [main] + [head(features[r + 1]) for r, head in enumerate(net.ds_heads)]

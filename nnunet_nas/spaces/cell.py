@@ -1,0 +1,97 @@
+"""The DARTS cell: a DAG of intermediate nodes over two inputs, one (mixed) operation per edge.
+
+Shared by every cell-based method (SCNAS's four cell types; IAC's implanted cells). Node ``j`` (0-based, of
+``num_nodes``) is the sum of one edge from each earlier state: the two inputs ``s0``, ``s1`` (states 0 and 1) and
+the intermediate nodes before it (states 2 .. j+1), so a cell of 4 nodes has 2 + 3 + 4 + 5 = 14 edges, numbered
+node by node and, within a node, by source state (:func:`cell_edges`). The cell's output is the channel concatenation
+of its intermediate nodes, projected back to the cell's width by a 1x1 nonlinearity-conv-norm block.
+
+The inputs are first brought to the cell's width (and, for an expansion cell, to its output resolution) by
+:func:`~nnunet_nas.ops.catalog.edge_preprocess` (identity, 1x1 conv, factorized reduce or 2x up-sampling + 1x1
+conv). A reduction cell runs the edges leaving its inputs at stride 2 (DARTS); an expansion cell up-samples its
+inputs first (SCNAS). The cell is a search cell (every op of the op set on every edge, ``forward(s0, s1, weights,
+active)``) or a fixed one (``ops``: per edge an op name or ``None`` for no edge); both keep an edge's ops under
+``edge_ops.<e>.ops.<name>``, so a fixed cell loads a supernet's weights.
+"""
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from nnunet_nas.ops.catalog import edge_preprocess, get_op_set
+from nnunet_nas.ops.conv import ActConvNorm
+from nnunet_nas.spaces.mixed_op import MixedOp
+
+CELL_KINDS = ("normal", "reduction", "expansion")
+
+
+def cell_edges(num_nodes: int) -> List[Tuple[int, int]]:
+    """``(source state, node)`` per edge, in edge order: states 0, 1 are the inputs, state ``j + 2`` is node ``j``."""
+    return [(src, node) for node in range(num_nodes) for src in range(node + 2)]
+
+
+class Cell(nn.Module):
+    """One cell. ``in_channels``: channels of ``(s0, s1)``; ``in_scales``: their resolution relative to the
+    cell's input resolution (0: the same, -1: twice as fine, +1: half as fine), e.g. DARTS's "previous-previous
+    cell was a reduction cell" is ``in_scales=(-1, 0)``."""
+
+    def __init__(self, op_set: str, kind: str, in_channels: Sequence[int], channels: int, num_nodes: int = 4,
+                 in_scales: Sequence[int] = (0, 0), ops: Optional[Sequence[Optional[str]]] = None):
+        super().__init__()
+        if kind not in CELL_KINDS:
+            raise ValueError(f"Cell: kind {kind!r} is not one of {CELL_KINDS}.")
+        spec = get_op_set(op_set)
+        dims, style = spec.spatial_dims, spec.style
+        self.kind, self.num_nodes, self.channels, self.op_set = kind, num_nodes, channels, op_set
+        self.edges = cell_edges(num_nodes)
+        if ops is not None and len(ops) != len(self.edges):
+            raise ValueError(f"Cell: {len(ops)} edge operations for a cell of {num_nodes} nodes ({len(self.edges)} "
+                             f"edges).")
+        self.is_search = ops is None
+        # inputs -> the cell's width, at its input resolution (at its output resolution for an expansion cell); a
+        # fixed cell prepares only the inputs its edges read (no unused parameter: nnU-Net's DDP needs that)
+        extra = 1 if kind == "expansion" else 0
+        read = {src for e, (src, _) in enumerate(self.edges) if src < 2 and (ops is None or ops[e] is not None)}
+        self.preprocess = nn.ModuleDict({
+            str(i): edge_preprocess(c, channels, scale + extra, dims, style) if scale + extra in (-1, 0, 1)
+            else _bad_scale(scale) for i, (c, scale) in enumerate(zip(in_channels, in_scales)) if i in read})
+        self.edge_ops = nn.ModuleList()
+        self.op_names = tuple(o.name for o in spec.ops)
+        for e, (src, _) in enumerate(self.edges):
+            stride = 2 if kind == "reduction" and src < 2 else 1
+            if self.is_search:
+                self.edge_ops.append(MixedOp(spec.ops, channels, channels, dims, stride, style))
+            else:  # the chosen op alone, under the supernet's module names (a fixed cell loads supernet weights)
+                chosen = [] if ops[e] is None else [spec.ops[spec.index(ops[e])]]
+                self.edge_ops.append(MixedOp(chosen, channels, channels, dims, stride, style))
+        self.project = ActConvNorm(num_nodes * channels, channels, 1, dims, style=style)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                active: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``weights`` ``[E, N]`` (search cell); ``active`` ``[E, N]`` bool: the ops to run (all alive ones if
+        None)."""
+        if self.is_search and weights is None:
+            raise ValueError("Cell: a search cell needs op weights [E, N].")
+        states = [self.preprocess[str(i)](s) if str(i) in self.preprocess else None for i, s in enumerate((s0, s1))]
+        e = 0
+        for node in range(self.num_nodes):
+            total = None
+            for src in range(node + 2):
+                op = self.edge_ops[e]
+                if self.is_search:
+                    run = None if active is None else torch.nonzero(active[e]).flatten().tolist()
+                    y = op(states[src], weights[e], run)
+                else:
+                    y = next((m(states[src]) for m in op.ops.values()), None)
+                if y is not None:
+                    total = y if total is None else total + y
+                e += 1
+            if total is None:  # a fixed node without inputs (the discretisation never produces one)
+                raise RuntimeError(f"Cell: node {node} has no incoming edge.")
+            states.append(total)
+        return self.project(torch.cat(states[2:], dim=1))
+
+
+def _bad_scale(scale):
+    raise ValueError(f"Cell: input scale {scale} is not supported (the inputs must be within one 2x step).")

@@ -1,0 +1,87 @@
+"""SCNAS through nnU-Net's real entry points, in subprocesses, on the tiny generated dataset (CPU)."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import DATASET_ID, DATASET_NAME, nnunet_env, run_cli, run_search
+from nnunet_nas.genotypes.cell import CellGenotype
+
+SEARCH = "nnUNetTrainerSCNASSearchTest"
+PLAIN = "nnUNetTrainerNASTest"
+
+
+def _fold(env, trainer, config="3d_fullres"):
+    return os.path.join(env["nnUNet_results"], DATASET_NAME, f"{trainer}__nnUNetPlans__{config}", "fold_0")
+
+
+@pytest.fixture(scope="module")
+def searched(planned_dataset, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("scnas"))
+    shutil.copytree(planned_dataset[0], root, dirs_exist_ok=True)
+    env = nnunet_env(root)
+    return env, run_search(env, SEARCH)
+
+
+def test_search_writes_genotype_pictures_and_a_dropin_configuration(searched, tmp_path):
+    env, out = searched
+    fold = _fold(env, SEARCH)
+    g = CellGenotype.load(os.path.join(fold, "scnas_genotype.json"))
+    assert g.cell_types == ["encoder_normal", "reduction", "decoder_normal", "expansion"] and g.spatial_dims == 3
+    for picture in ("scnas_architecture.png", "scnas_arch_trajectories.png", "progress.png"):
+        assert os.path.getsize(os.path.join(fold, picture)) > 1000, picture
+    ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    temps = ckpt["logging"]["arch_temperature"]
+    assert temps[0] == pytest.approx(10.0) and temps[-1] == pytest.approx(0.1)  # annealed over the search
+    plans = json.load(open(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")))
+    config = plans["configurations"]["3d_fullres_scnas"]
+    assert config["architecture"]["network_class_name"] == "nnunet_nas.networks.scnas_net.SCNASNet"
+    assert CellGenotype.from_dict(config["architecture"]["arch_kwargs"]["genotype"]) == g
+    # the stock trainer trains the found configuration and nnU-Net predicts with it
+    run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres_scnas", "0", "-tr", PLAIN, "-device", "cpu"], env)
+    images = os.path.join(env["nnUNet_raw"], DATASET_NAME, "imagesTr")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name in sorted(os.listdir(images))[:2]:
+        os.symlink(os.path.join(images, name), inp / name)
+    run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", str(tmp_path / "out"), "-d", str(DATASET_ID), "-c",
+             "3d_fullres_scnas", "-f", "0", "-tr", PLAIN, "-device", "cpu", "-npp", "0", "-nps", "0"], env)
+    assert len([f for f in os.listdir(tmp_path / "out") if f.endswith(".nii.gz")]) == 2
+
+
+def test_resumed_search_samples_as_the_uninterrupted_one(searched, planned_dataset, tmp_path):
+    env_done, _ = searched
+    ref = torch.load(os.path.join(_fold(env_done, SEARCH), "checkpoint_final.pth"), map_location="cpu",
+                     weights_only=False)
+    root = str(tmp_path / "resume")
+    shutil.copytree(planned_dataset[0], root)
+    env = nnunet_env(root)
+    assert run_search(env, SEARCH, crash_after=1).returncode == 17
+    run_search(env, SEARCH, ("--c",))
+    ckpt = torch.load(os.path.join(_fold(env, SEARCH), "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert torch.equal(ckpt["network_weights"]["arch.op_logits"], ref["network_weights"]["arch.op_logits"])
+    state, ref_state = ckpt["nnunet_nas_search_state"], ref["nnunet_nas_search_state"]
+    assert torch.equal(state["weighting"]["generator"], ref_state["weighting"]["generator"])
+
+
+def test_found_cells_transfer_to_another_planned_dataset(searched):
+    """The paper's transfer (brain tumour -> heart, lung): the genotype is registered on a second dataset, whose
+    stem the network builds for that dataset's input channels, and nnU-Net trains it there."""
+    from nnunet_nas.demo import make_demo_dataset
+    env, _ = searched
+    other = 992
+    make_demo_dataset(env["nnUNet_raw"], other, num_cases=6, shape=(24, 40, 32), seed=5)
+    plan_env = {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(other), "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
+            plan_env)
+    genotype = os.path.join(_fold(env, SEARCH), "scnas_genotype.json")
+    res = run_cli(["nnunet-nas", "add-arch", str(other), "-c", "3d_fullres", "--genotype", genotype,
+                   "--name", "3d_fullres_scnas_brats", "--channel-mul", "0.125"], env)
+    assert "registered configuration '3d_fullres_scnas_brats'" in res.stdout
+    run_cli(["nnUNetv2_train", str(other), "3d_fullres_scnas_brats", "0", "-tr", PLAIN, "-device", "cpu"], env)
+    summary = os.path.join(env["nnUNet_results"], f"Dataset{other}_NASDemo",
+                           f"{PLAIN}__nnUNetPlans__3d_fullres_scnas_brats", "fold_0", "validation", "summary.json")
+    assert os.path.isfile(summary)
