@@ -282,22 +282,19 @@ def render_table(res):
     return "\n".join(lines)
 
 
-def update_markdown(path, table):
-    """Replace the table between this benchmark's markers in BENCHMARKS.md (re-read right before an atomic write;
+def update_markdown(path, table, start=TABLE_START, end=TABLE_END):
+    """Replace the table between a benchmark's markers in BENCHMARKS.md (re-read right before an atomic write;
     nothing else in the file is touched)."""
     if not os.path.isfile(path):
         print(f"{path} missing: table not written there")
         return
     text = open(path).read()
-    i, j = text.find(TABLE_START), text.find(TABLE_END)
+    i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
         print(f"markers not found in {path}: table not written there")
         return
-    new = text[:i + len(TABLE_START)] + "\n" + table + "\n" + text[j:]
-    tmp = path + ".hippocampus_2d.tmp"
-    with open(tmp, "w") as f:
-        f.write(new)
-    os.replace(tmp, path)
+    from nnunet_nas.io import atomic_write_text
+    atomic_write_text(path, text[:i + len(start)] + "\n" + table + "\n" + text[j:])
     print(f"updated the table in {path}")
 
 

@@ -31,7 +31,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hippocampus_2d import DATA, DATASET, add_bs32, env_for, machine, parse_time_file  # noqa: E402
+from hippocampus_2d import (DATA, DATASET, add_bs32, env_for, machine, parse_time_file,  # noqa: E402
+                            update_markdown)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENOTYPE = os.path.join(REPO, "benchmarks", "results", "hippocampus_2d_dints_genotype.json")
@@ -176,17 +177,6 @@ def render_table(res):
     return "\n".join(lines)
 
 
-def update_markdown(path, table):
-    text = open(path).read()
-    i, j = text.find(TABLE_START), text.find(TABLE_END)
-    if i < 0 or j < i:
-        print(f"markers not found in {path}: table not written there")
-        return
-    from nnunet_nas.io import atomic_write_text
-    atomic_write_text(path, text[:i + len(TABLE_START)] + "\n" + table + "\n" + text[j:])
-    print(f"updated the table in {path}")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/hippo_infer")
@@ -230,7 +220,7 @@ def main():
     from nnunet_nas.io import atomic_write_text
     atomic_write_text(args.out, json.dumps(res, indent=1))
     if args.update_benchmarks_md:
-        update_markdown(os.path.join(REPO, "BENCHMARKS.md"), table)
+        update_markdown(os.path.join(REPO, "BENCHMARKS.md"), table, TABLE_START, TABLE_END)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,13 @@ from torch import nn
 from nnunet_nas.spaces.grid_topology import grid_topology
 
 
+def masked_op_probs(op_logits: torch.Tensor, alive=None) -> torch.Tensor:
+    """softmax of ``op_logits`` over the last axis, over the ``alive`` ops only (all if None)."""
+    if alive is None:
+        return torch.softmax(op_logits, dim=-1)
+    return torch.softmax(op_logits.masked_fill(~alive.bool().to(op_logits.device), float("-inf")), dim=-1)
+
+
 class ArchParams(nn.Module):
     """Base: ``op_logits`` ``[..., N]`` (set by the subclass) and the optional alive-op mask."""
     op_logits: nn.Parameter
@@ -28,9 +35,7 @@ class ArchParams(nn.Module):
 
     def op_probs(self) -> torch.Tensor:
         """softmax of ``op_logits`` over the last axis, over alive ops only."""
-        if self.alive_ops is None:
-            return torch.softmax(self.op_logits, dim=-1)
-        return torch.softmax(self.op_logits.masked_fill(~self.alive_ops, float("-inf")), dim=-1)
+        return masked_op_probs(self.op_logits, self.alive_ops)
 
     def set_alive_ops(self, alive: torch.Tensor) -> None:
         """Prune: ``alive`` (bool, ``op_logits``' shape) marks the ops that stay; ops once pruned stay pruned."""

@@ -10,7 +10,7 @@ is the segmentation loss), the per-edge discretisation below and :class:`~nnunet
 import numpy as np
 import torch
 
-from nnunet_nas.arch.params import CellArchParams
+from nnunet_nas.arch.params import CellArchParams, masked_op_probs
 from nnunet_nas.arch.weighting import GumbelPairWeighting
 from nnunet_nas.config import SCNASSearchConfig
 from nnunet_nas.genotypes.cell import CellGenotype
@@ -62,16 +62,8 @@ def discretize_cell(probs: np.ndarray, names, num_nodes: int):
     return ops
 
 
-def _op_probs(arch_state) -> torch.Tensor:
-    logits = arch_state["op_logits"].detach().float().cpu()
-    alive = arch_state.get("alive_ops")
-    if alive is not None:
-        logits = logits.masked_fill(~alive.bool().cpu(), float("-inf"))
-    return torch.softmax(logits, -1)
-
-
 def discretize(arch_state, op_set: str, provenance=None) -> CellGenotype:
-    probs = _op_probs(arch_state).numpy()
+    probs = masked_op_probs(arch_state["op_logits"].detach().float().cpu(), arch_state.get("alive_ops")).numpy()
     names = list(op_names(op_set))
     num_nodes = _num_nodes(probs.shape[1])
     return CellGenotype.from_edge_ops(op_set, {t: discretize_cell(probs[i], names, num_nodes)
@@ -87,7 +79,7 @@ def _num_nodes(num_edges: int) -> int:
 
 @torch.no_grad()
 def describe(net, cfg: SCNASSearchConfig):
-    probs = _op_probs({"op_logits": net.arch.op_logits, "alive_ops": net.arch.alive_ops})
+    probs = net.arch.op_probs().float().cpu()
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
     return {"arch_entropy_alpha": float(entropy), "op_probs": probs.numpy().round(5).tolist()}
 

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.networks.common import DecoderSwitch, drop_head_weights, with_deep_supervision
 from nnunet_nas.ops.conv import ActConvNorm, conv_nd, norm_nd
-from nnunet_nas.patch import round_up_patch
+from nnunet_nas.patch import check_patch_divisible
 from nnunet_nas.spaces.grid import GridSpace, default_grid_op_set
 from nnunet_nas.spaces.grid_topology import check_num_depths
 
@@ -109,13 +109,8 @@ class DiNTSNet(nn.Module):
         return 2 ** self.num_depths
 
     def check_input_shape(self, shape) -> None:
-        bad = [s for s in shape if s % self.divisor]
-        if bad:
-            ok = round_up_patch(shape, self.divisor)
-            raise ValueError(
-                f"DiNTS with D={self.num_depths} levels needs every patch extent divisible by 2^D={self.divisor}, "
-                f"got patch {list(shape)}. Set the configuration's patch_size in the plans file to a multiple of "
-                f"{self.divisor} (for example {ok}), or re-export with `nnunet-nas export`, which adjusts it.")
+        check_patch_divisible(shape, self.divisor, f"DiNTS with D={self.num_depths} levels needs every patch extent "
+                                                   f"divisible by 2^D={self.divisor}")
 
     def forward(self, x: torch.Tensor, weights: Optional[torch.Tensor] = None):
         self.check_input_shape(x.shape[2:])

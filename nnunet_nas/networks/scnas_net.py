@@ -33,7 +33,7 @@ from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.networks.common import DecoderSwitch, drop_head_weights, with_deep_supervision
 from nnunet_nas.ops.catalog import get_op_set
 from nnunet_nas.ops.conv import ActConvNorm, conv_nd, norm_nd
-from nnunet_nas.patch import round_up_patch
+from nnunet_nas.patch import check_patch_divisible
 from nnunet_nas.spaces.cell import Cell
 
 CELL_TYPES = ("encoder_normal", "reduction", "decoder_normal", "expansion")
@@ -113,12 +113,8 @@ class SCNASNet(nn.Module):
         return 2 ** NUM_LEVELS
 
     def check_input_shape(self, shape) -> None:
-        if any(s % self.divisor for s in shape):
-            raise ValueError(
-                f"SCNAS needs every patch extent divisible by {self.divisor} (three 2x down-samplings), got patch "
-                f"{list(shape)}. Set the configuration's patch_size in the plans file to a multiple of {self.divisor} "
-                f"(for example {round_up_patch(shape, self.divisor)}), or re-export with `nnunet-nas export`, which "
-                f"adjusts it.")
+        check_patch_divisible(shape, self.divisor, f"SCNAS needs every patch extent divisible by {self.divisor} "
+                                                   f"(three 2x down-samplings)")
 
     def forward(self, x: torch.Tensor, weights=None):
         self.check_input_shape(x.shape[2:])
