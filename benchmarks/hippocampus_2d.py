@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Real-data CPU benchmark: MSD Hippocampus (Dataset004), nnU-Net 2d at batch 32, baseline vs DiNTS.
+"""Real-data CPU benchmark: MSD Hippocampus (Dataset004), nnU-Net 2d at batch 32, baseline vs a searched method.
 
 Runs the CPU protocol of ``../shared/BENCHMARK_PROTOCOL.md`` end to end with the real commands
 (``nnUNetv2_plan_and_preprocess``, ``nnUNetv2_train``), each step under ``/usr/bin/time -v`` for wall-clock and
@@ -8,14 +8,18 @@ peak resident memory, and writes a JSON of results (default ``benchmarks/results
 1. plan and preprocess (2d + 3d_fullres; ``--plan-only-2d`` for 2d only)
 2. add configuration ``2d_bs32`` (inherits ``2d``, batch_size 32) to ``nnUNetPlans.json`` (atomic write)
 3. baseline: ``nnUNetv2_train 4 2d_bs32 0 -tr nnUNetTrainerNAS_20x50 -device cpu``
-4. search:   ``nnUNetv2_train 4 2d_bs32 0 -tr <search trainer> -device cpu`` (exports ``2d_bs32_dints``)
-5. retrain:  ``nnUNetv2_train 4 2d_bs32_dints 0 -tr nnUNetTrainerNAS_20x50 -device cpu``
+4. search:   ``nnUNetv2_train 4 2d_bs32 0 -tr <search trainer> -device cpu`` (exports ``2d_bs32_<method>``)
+5. retrain:  ``nnUNetv2_train 4 2d_bs32_<method> 0 -tr nnUNetTrainerNAS_20x50 -device cpu``
+
+``--method`` picks the searched method (``dints``, ``scnas``) and with it the search trainer, the results JSON
+(``hippocampus_2d.json`` for DiNTS, ``hippocampus_2d_<method>.json`` otherwise) and the BENCHMARKS.md table; the
+plan and the baseline are shared by every method run in the same ``--work`` folder.
 
 Resumable: a finished step is skipped (its timing is read back from its ``.time`` file); an interrupted training
 step is continued with nnU-Net's ``--c``. The data are copied into a scratch ``nnUNet_raw`` (default
 ``/tmp/hippo``), never into the repository. The search trainer lives in ``benchmarks/trainers/``.
 
-    python benchmarks/hippocampus_2d.py [--work /tmp/hippo] [--search-trainer NAME] [--only-report]
+    python benchmarks/hippocampus_2d.py [--method scnas] [--work /tmp/hippo] [--search-trainer NAME] [--only-report]
 """
 
 import argparse
@@ -35,7 +39,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "Dataset004_Hippocampus")
 DATASET = "Dataset004_Hippocampus"
 TRAIN_TR = "nnUNetTrainerNAS_20x50"
-SEARCH_TR = "nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25"
+SEARCH_TRAINERS = {"dints": "nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25",
+                   "scnas": "nnUNetTrainerSCNASSearchHippo2D_20x10"}
 LABELS = {"1": "anterior", "2": "posterior"}
 
 
@@ -165,16 +170,28 @@ def count_params(env, config, fold):
     return out
 
 
-def genotype_summary(search_fold):
-    g = json.load(open(os.path.join(search_fold, "dints_genotype.json")))
-    ops = [o for row in g["ops"] for o in row if o is not None]
+def _op_counts(ops):
     counts = {}
     for o in ops:
-        counts[o] = counts.get(o, 0) + 1
+        if o is not None:
+            counts[o] = counts.get(o, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def genotype_summary(method, search_fold):
+    """What the search found, from its ``<method>_genotype.json``: edges kept and op counts."""
+    g = json.load(open(os.path.join(search_fold, f"{method}_genotype.json")))
+    if method == "scnas":
+        cells = {t: [op for row in g[t] for op in row] for t in g["cell_types"]}
+        return {"op_set": g["op_set"], "num_nodes": g["num_nodes"],
+                "edges_kept": {t: sum(o is not None for o in ops) for t, ops in cells.items()},
+                "edges_per_cell": len(next(iter(cells.values()))),
+                "op_counts": {t: _op_counts(ops) for t, ops in cells.items()}}
     edges = g["edges"]
     return {"num_blocks": g.get("num_blocks"), "num_depths": g.get("num_depths"), "op_set": g.get("op_set"),
             "active_edges": int(sum(sum(r) for r in edges)), "total_edges": int(sum(len(r) for r in edges)),
-            "op_counts": counts, "active_edges_per_block": [int(sum(r)) for r in edges],
+            "op_counts": _op_counts(o for row in g["ops"] for o in row),
+            "active_edges_per_block": [int(sum(r)) for r in edges],
             "node_a": g.get("node_a")}
 
 
@@ -245,11 +262,16 @@ def _has_dist(name):
         return False
 
 
-TABLE_START = "<!-- hippocampus_2d:table:start -->"
-TABLE_END = "<!-- hippocampus_2d:table:end -->"
+METHOD_LABELS = {"dints": "DiNTS", "scnas": "SCNAS"}
 
 
-def render_table(res):
+def table_markers(method):
+    """The BENCHMARKS.md markers around a method's table (DiNTS keeps the section's original ones)."""
+    tag = "hippocampus_2d" if method == "dints" else f"hippocampus_2d_{method}"
+    return f"<!-- {tag}:table:start -->", f"<!-- {tag}:table:end -->"
+
+
+def render_table(res, method="dints"):
     """The section's results table (markdown), from the results JSON."""
     lines = ["| run | fold-0 val Dice anterior / posterior / mean | parameters (with DS heads) | training wall-clock "
              "(incl. final validation) | mean epoch (50 iterations) | final validation (40 cases) | peak RSS "
@@ -274,15 +296,16 @@ def render_table(res):
         diff = {k: n["dice"][k] - b["dice"][k] for k in ("anterior", "posterior", "mean")}
         verdict = "above" if diff["mean"] > 0 else ("below" if diff["mean"] < 0 else "equal to")
         lines.append("")
-        lines.append(f"DiNTS minus baseline Dice: anterior {diff['anterior']:+.4f}, posterior {diff['posterior']:+.4f}, "
-                     f"mean {diff['mean']:+.4f} (DiNTS is {verdict} the baseline on this fold and schedule).")
+        label = METHOD_LABELS[method]
+        lines.append(f"{label} minus baseline Dice: anterior {diff['anterior']:+.4f}, "
+                     f"posterior {diff['posterior']:+.4f}, mean {diff['mean']:+.4f} ({label} is {verdict} the baseline on this fold and schedule).")
         bw, nw = res["steps"]["baseline"].get("wall_s"), res["steps"]["retrain"].get("wall_s")
         if bw and nw:
             lines.append(f"Retrain wall-clock / baseline wall-clock: {nw / bw:.2f}x (same machine; loads in the table).")
     return "\n".join(lines)
 
 
-def update_markdown(path, table, start=TABLE_START, end=TABLE_END):
+def update_markdown(path, table, start, end):
     """Replace the table between a benchmark's markers in BENCHMARKS.md (re-read right before an atomic write;
     nothing else in the file is touched)."""
     if not os.path.isfile(path):
@@ -302,13 +325,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/hippo")
     ap.add_argument("--data", default=DATA)
-    ap.add_argument("--search-trainer", default=SEARCH_TR)
+    ap.add_argument("--method", default="dints", choices=sorted(SEARCH_TRAINERS))
+    ap.add_argument("--search-trainer", default=None, help="default: the method's trainer in benchmarks/trainers")
     ap.add_argument("--plan-only-2d", action="store_true")
     ap.add_argument("--only-report", action="store_true", help="run nothing, collect what is there")
     ap.add_argument("--update-benchmarks-md", action="store_true",
                     help="write the table between the hippocampus_2d markers of BENCHMARKS.md")
-    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "hippocampus_2d.json"))
+    ap.add_argument("--out", default=None,
+                    help="results JSON (default: benchmarks/results/hippocampus_2d[_<method>].json)")
     args = ap.parse_args()
+    method = args.method
+    args.search_trainer = args.search_trainer or SEARCH_TRAINERS[method]
+    stem = "hippocampus_2d" if method == "dints" else f"hippocampus_2d_{method}"
+    args.out = args.out or os.path.join(REPO, "benchmarks", "results", f"{stem}.json")
+    found_config = f"2d_bs32_{method}"
 
     env = env_for(args.work)
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -322,7 +352,8 @@ def main():
                                                     command=cmd, **{k: open(os.path.join(r.logs, f"{name}.{k}")).read().strip()
                                                                     for k in ("uptime_start", "uptime_end")
                                                                     if os.path.isfile(os.path.join(r.logs, f"{name}.{k}"))})
-    res = {"machine": machine(), "work": args.work, "steps": {}}
+    res = {"machine": machine(), "work": args.work, "method": method, "search_trainer": args.search_trainer,
+           "steps": {}}
 
     cfgs = "2d" if args.plan_only_2d else "2d 3d_fullres"
     pre = os.path.join(env["nnUNet_preprocessed"], DATASET)
@@ -344,15 +375,16 @@ def main():
                             resumable=lambda: os.path.isfile(os.path.join(fold, "checkpoint_latest.pth")))
 
     base_fold, res["steps"]["baseline"] = train("baseline", "2d_bs32", TRAIN_TR)
-    search_fold, res["steps"]["search"] = train("search", "2d_bs32", args.search_trainer)
+    step_suffix = "" if method == "dints" else f"_{method}"  # log names under <work>/logs; DiNTS keeps its old ones
+    search_fold, res["steps"]["search"] = train("search" + step_suffix, "2d_bs32", args.search_trainer)
     res["steps"]["search"].update(search_epoch_info(search_fold))
-    if "2d_bs32_dints" not in json.load(open(plans_path(env)))["configurations"]:
-        raise SystemExit("the search did not register 2d_bs32_dints; see its log")
-    dints_fold, res["steps"]["retrain"] = train("retrain", "2d_bs32_dints", TRAIN_TR)
+    if found_config not in json.load(open(plans_path(env)))["configurations"]:
+        raise SystemExit(f"the search did not register {found_config}; see its log")
+    found_fold, res["steps"]["retrain"] = train("retrain" + step_suffix, found_config, TRAIN_TR)
 
     rows = {}
     for key, config, fold in (("baseline nnU-Net 2d_bs32", "2d_bs32", base_fold),
-                              ("DiNTS 2d_bs32_dints", "2d_bs32_dints", dints_fold)):
+                              (f"{METHOD_LABELS[method]} {found_config}", found_config, found_fold)):
         step = res["steps"]["baseline" if config == "2d_bs32" else "retrain"]
         row = {"config": config, "fold_folder": fold, "train_wall_s": step.get("wall_s"),
                "peak_rss_mib": step.get("peak_rss_mib")}
@@ -363,33 +395,31 @@ def main():
         row.update(count_params(env, config, fold))
         rows[key] = row
     res["table"] = rows
+    outputs = {kind: f"{method}_{name}" for kind, name in
+               (("genotype", "genotype.json"), ("architecture", "architecture.png"),
+                ("trajectories", "arch_trajectories.png"))}
     try:
-        res["search"] = genotype_summary(search_fold)
-        res["search"]["genotype_json"] = os.path.join(search_fold, "dints_genotype.json")
-        res["search"]["architecture_png"] = os.path.join(search_fold, "dints_architecture.png")
-        res["search"]["trajectories_png"] = os.path.join(search_fold, "dints_arch_trajectories.png")
-        res["search"]["dints_config"] = json.load(open(plans_path(env)))["configurations"]["2d_bs32_dints"]
+        res["search"] = genotype_summary(method, search_fold)
+        res["search"].update({f"{kind}_file": os.path.join(search_fold, f) for kind, f in outputs.items()})
+        res["search"]["found_config"] = json.load(open(plans_path(env)))["configurations"][found_config]
     except FileNotFoundError as e:
         res["search"] = {"error": str(e)}
 
     resdir = os.path.dirname(args.out)
     os.makedirs(resdir, exist_ok=True)
-    for png in ("dints_architecture.png", "dints_arch_trajectories.png"):
-        src = os.path.join(search_fold, png)
-        if os.path.isfile(src) and os.path.getsize(src) < 300 * 1024:
-            shutil.copy(src, os.path.join(resdir, f"hippocampus_2d_{png}"))
-    gj = os.path.join(search_fold, "dints_genotype.json")
-    if os.path.isfile(gj):
-        shutil.copy(gj, os.path.join(resdir, "hippocampus_2d_dints_genotype.json"))
+    for f in outputs.values():  # copies beside the results JSON (pictures only when small)
+        src = os.path.join(search_fold, f)
+        if os.path.isfile(src) and (f.endswith(".json") or os.path.getsize(src) < 300 * 1024):
+            shutil.copy(src, os.path.join(resdir, f"hippocampus_2d_{f}"))
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(res, f, indent=2, default=str)
     os.replace(tmp, args.out)
     print(json.dumps(res, indent=2, default=str))
-    table = render_table(res)
+    table = render_table(res, method)
     print("\n" + table)
     if args.update_benchmarks_md:
-        update_markdown(os.path.join(REPO, "BENCHMARKS.md"), table)
+        update_markdown(os.path.join(REPO, "BENCHMARKS.md"), table, *table_markers(method))
 
 
 if __name__ == "__main__":

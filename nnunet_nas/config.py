@@ -8,6 +8,8 @@ style), e.g. ``search_config = replace(DiNTSSearchConfig(), memory_budget=0.5)``
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
+from nnunet_nas.strategies.jsd_pruning import JSDRule
+
 WEIGHT_OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("dice_ce", "jaccard")
 
@@ -34,6 +36,8 @@ class SearchConfig:
     arch_weight_decay: float = 1e-3
     arch_grad_clip: Optional[float] = None  # max norm of the architecture gradient; None: no clipping
     loss: str = "dice_ce"  # the search's segmentation loss: nnU-Net's Dice + CE, or "jaccard" (SCNAS's)
+    # IAC-LTH's JSD stability pruning and early stop, for any method (strategies/jsd_pruning.py); None: off
+    jsd: Optional[JSDRule] = None
 
     def __post_init__(self):
         if self.loss not in LOSSES:

@@ -31,6 +31,8 @@ class SearchMethod:
     * ``fixed_network_kwargs(genotype, channel_mul)`` -> the ``arch_kwargs`` of the plans' architecture block;
     * ``search_patch_divisor(cfg)`` / ``genotype_patch_divisor(genotype)``: patch extents must be multiples;
     * ``make_strategies(cfg)`` -> list of :class:`~nnunet_nas.strategies.base.SearchStrategy`;
+    * ``kept_edges(genotype)`` -> bool array over the leading shape of ``op_logits``: the edges the genotype uses
+      (optional; the JSD strategy's stop rule looks at those only, at every edge without it);
     * ``plot_genotype(genotype, path)``, ``plot_history(history, path, net, cfg)``: pictures (optional);
     * ``search_notes(net, cfg)`` -> lines logged when the search starts (optional).
     """
@@ -51,6 +53,7 @@ class SearchMethod:
     genotype_patch_divisor: Callable
     history_keys: Tuple[str, ...] = ()
     make_strategies: Callable = field(default=lambda cfg: [])
+    kept_edges: Optional[Callable] = None
     plot_genotype: Optional[Callable] = None
     plot_history: Optional[Callable] = None
     search_notes: Optional[Callable] = None

@@ -18,6 +18,13 @@ from nnunet_nas.networks.dints_net import DiNTSNet
 from nnunet_nas.nnunet.search_network import SearchNetwork
 
 
+def _finish():
+    """All ranks meet before the group is torn down: a rank that destroys gloo's group while another still talks
+    to it can abort the process ("terminate called without an active exception")."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -45,7 +52,7 @@ def _worker(rank, world, port, out):
     dist.all_gather(gathered, flat)
     if rank == 0:
         torch.save({"gathered": gathered}, out)
-    dist.destroy_process_group()
+    _finish()
 
 
 def test_arch_parameters_identical_on_all_ranks(tmp_path):
@@ -81,7 +88,7 @@ def _fixed_network_worker(rank, world, port):
         opt.zero_grad()
         sum(o.square().mean() for o in ddp(torch.randn(1, 1, 32, 32, 32))).backward()
         opt.step()
-    dist.destroy_process_group()
+    _finish()
 
 
 def test_exported_network_trains_under_nnunets_ddp_wrapping():
@@ -93,13 +100,15 @@ def test_exported_network_trains_under_nnunets_ddp_wrapping():
 
 def _scnas_worker(rank, world, port, out):
     """SCNAS search steps under DDP: the pair sampling must draw the same ops on every rank (same seed), so that
-    every rank runs the same sub-network and alpha stays identical; then the exported network under nnU-Net's DDP
-    wrapping (no find_unused_parameters)."""
+    every rank runs the same sub-network and alpha stays identical; the JSD rule prunes the same ops on every rank;
+    then the exported network under nnU-Net's DDP wrapping (no find_unused_parameters)."""
     import numpy as np
     from nnunet_nas.arch.weighting import GumbelPairWeighting
     from nnunet_nas.config import SCNASSearchConfig
     from nnunet_nas.methods.scnas import build_arch_params, build_supernet, discretize, fixed_network_kwargs
     from nnunet_nas.networks.scnas_net import SCNASNet
+    from nnunet_nas.strategies.base import SearchProgress
+    from nnunet_nas.strategies.jsd_pruning import JSDRule, JSDStabilityPruning
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -111,7 +120,8 @@ def _scnas_worker(rank, world, port, out):
     model = SearchNetwork(supernet, build_arch_params(cfg, supernet, "scnas_2d"), weighting)
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     arch_opt = torch.optim.Adam(model.arch_parameters(), lr=0.05, betas=(0.5, 0.999))
-    masks = []
+    masks, pruned = [], []
+    jsd = JSDStabilityPruning(JSDRule(window=1, threshold=1.0, gamma=1.0))  # stable from the second epoch on
     for step in range(3):
         state = weighting.generator.get_state()
         masks.append(weighting(model.arch).active.flatten().float())
@@ -119,7 +129,12 @@ def _scnas_worker(rank, world, port, out):
         arch_opt.zero_grad()
         ddp(torch.randn(2, 1, 16, 16) * (rank + 1)).square().mean().backward()
         arch_opt.step()
-    flat = torch.cat(masks + [p.detach().flatten() for p in model.arch_parameters()])
+        alive = jsd.on_epoch_end(model, SearchProgress(step, 3, 0, step + 1, 3))
+        if alive is not None:
+            model.arch.set_alive_ops(alive)
+            pruned.append(alive.flatten().float())
+    assert pruned  # the rule pruned something: the comparison below covers its masks
+    flat = torch.cat(masks + pruned + [p.detach().flatten() for p in model.arch_parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(world)]
     dist.all_gather(gathered, flat)
     genotype = discretize({"op_logits": model.arch.op_logits}, "scnas_2d")
@@ -132,7 +147,7 @@ def _scnas_worker(rank, world, port, out):
         opt.step()
     if rank == 0:
         torch.save({"gathered": gathered, "sampled_ops": int(np.sum(masks[0].numpy()))}, out)
-    dist.destroy_process_group()
+    _finish()
 
 
 def test_scnas_samples_the_same_ops_on_every_rank_and_its_export_trains_under_ddp(tmp_path):

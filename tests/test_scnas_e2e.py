@@ -9,6 +9,7 @@ import torch
 
 from conftest import DATASET_ID, DATASET_NAME, nnunet_env, run_cli, run_search
 from nnunet_nas.genotypes.cell import CellGenotype
+from nnunet_nas.ops.catalog import op_names
 
 SEARCH = "nnUNetTrainerSCNASSearchTest"
 PLAIN = "nnUNetTrainerNASTest"
@@ -85,3 +86,27 @@ def test_found_cells_transfer_to_another_planned_dataset(searched):
     summary = os.path.join(env["nnUNet_results"], f"Dataset{other}_NASDemo",
                            f"{PLAIN}__nnUNetPlans__3d_fullres_scnas_brats", "fold_0", "validation", "summary.json")
     assert os.path.isfile(summary)
+
+
+def test_jsd_stability_prunes_and_stops_the_scnas_search(planned_dataset, tmp_path):
+    """The JSD strategy as an option of a method's trainer, through nnU-Net: pruned ops, early stop, picture,
+    strategy state in the checkpoint, and the export of the stopped search."""
+    trainer = "nnUNetTrainerSCNASSearchJSDTest"
+    root = str(tmp_path / "jsd")
+    shutil.copytree(planned_dataset[0], root)
+    env = nnunet_env(root)
+    log = run_search(env, trainer).stdout
+    assert "operation pruning: " in log and "search stopped early at epoch 1" in log and "jsd_max_score" in log
+    fold = _fold(env, trainer)
+    ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    alive = ckpt["network_weights"]["arch.alive_ops"]
+    assert alive.any(-1).all() and 0 < int((~alive).sum(-1).max()) <= 4  # at most half of 8 ops per edge
+    jsd = ckpt["nnunet_nas_search_state"]["strategies"][-1]
+    assert jsd["stop_epoch"] == 1 and jsd["events"] and jsd["trajectory"]["epoch"] == [0, 1]
+    assert os.path.getsize(os.path.join(fold, "jsd_stability.png")) > 1000
+    g = CellGenotype.load(os.path.join(fold, "scnas_genotype.json"))
+    assert g.provenance["stopped_early"] is True
+    names = op_names(g.op_set)
+    for t, cell_type in enumerate(g.cell_types):  # the export picks only ops that survived pruning
+        for e, op in enumerate(g.edge_ops(cell_type)):
+            assert op is None or alive[t, e, names.index(op)], (cell_type, e, op)

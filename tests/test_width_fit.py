@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import DATASET_NAME
-from nnunet_nas.nnunet.width import FIT_TOLERANCE, conv_output_elements, planned_network_elements
+from nnunet_nas.nnunet.width import FIT_TOLERANCE, conv_output_elements, fit_channel_mul, planned_network_elements
 
 
 def test_counter_is_nnunets_own_estimate_for_its_unets():
@@ -21,6 +21,21 @@ def test_counter_is_nnunets_own_estimate_for_its_unets():
         with torch.device("meta"):
             expected = build().compute_conv_feature_map_size(patch)
         assert conv_output_elements(build, 2, patch) == expected
+
+
+def test_fit_never_exceeds_the_target_when_channel_steps_are_coarse():
+    """A 4-channel-wide toy: elements are 100 per channel and only whole channels exist, so a target of 250 has no
+    width within the tolerance; the fit takes 2 channels (200, below), never 3 (300, above), and a target below
+    the narrowest buildable width gives that width."""
+    def build(mul):
+        c = int(4 * mul)
+        if c < 1:
+            raise ValueError("too narrow")
+        return nn.Conv2d(1, c, 3, padding=1)
+    mul, elements = fit_channel_mul(build, 1, [10, 10], 250)
+    assert elements == 200 and int(4 * mul) == 2
+    mul, elements = fit_channel_mul(build, 1, [10, 10], 50)
+    assert elements == 100 and int(4 * mul) == 1
 
 
 def _random_genotype(L=3, D=2, seed=0):

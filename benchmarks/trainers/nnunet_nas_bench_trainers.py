@@ -3,8 +3,9 @@
 # Keep it tiny: nnU-Net imports every module here by bare name. Class names are unique and contain no "__".
 from dataclasses import replace
 
-from nnunet_nas.config import DiNTSSearchConfig
-from nnunet_nas.nnunet.trainers import nnUNetTrainerDiNTSSearch
+from nnunet_nas.config import DiNTSSearchConfig, SCNASSearchConfig
+from nnunet_nas.nnunet.trainers import nnUNetTrainerDiNTSSearch, nnUNetTrainerSCNASSearch
+from nnunet_nas.strategies.jsd_pruning import JSDRule
 
 
 class nnUNetTrainerDiNTSSearchHippo2D_L8D3(nnUNetTrainerDiNTSSearch):
@@ -49,3 +50,25 @@ class nnUNetTrainerDiNTSBudget05(nnUNetTrainerDiNTSBudget02):
 
 class nnUNetTrainerDiNTSBudget08(nnUNetTrainerDiNTSBudget02):
     search_config = replace(nnUNetTrainerDiNTSBudget02.search_config, memory_budget=0.8)
+
+
+class nnUNetTrainerSCNASSearchHippo2D_20x10(nnUNetTrainerSCNASSearch):
+    """CPU search of SCNAS for MSD Hippocampus 2d_bs32 (benchmarks/hippocampus_2d.py --method scnas).
+
+    The paper's space (four cell types, 4 nodes, 14 edges, 8 ops), 4:1 split, Adam, tau 10 -> 0.1 linear over the
+    epochs. Budget deviations, all forced by 2 CPU cores (about 6 s per weight + architecture iteration at batch
+    32 and 8 stem channels): search width channel_mul 0.25 (8 stem channels, paper 48); 20 epochs x 10
+    iterations (200 weight and 200 architecture steps; paper 200 epochs); arch_lr 0.03 instead of the paper's
+    3e-3, because 200 Adam steps of 3e-3 move a logit by at most 0.6. The export width is nnU-Net's memory target
+    (the default)."""
+    search_config = replace(SCNASSearchConfig(), channel_mul=0.25, arch_lr=0.03)
+    num_epochs_default = 20
+    iterations_per_epoch = 10
+    val_iterations_per_epoch = 2
+    save_every_default = 1
+
+
+class nnUNetTrainerSCNASSearchHippo2D_20x10_JSD(nnUNetTrainerSCNASSearchHippo2D_20x10):
+    """The same search with IAC-LTH's JSD stability pruning and early stop at JSDRule's defaults (window 5,
+    threshold 1e-3, top 3, gamma 0.5); 20 epochs stay the cap (benchmarks/jsd_saving.py)."""
+    search_config = replace(nnUNetTrainerSCNASSearchHippo2D_20x10.search_config, jsd=JSDRule())

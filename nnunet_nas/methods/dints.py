@@ -145,6 +145,7 @@ DINTS = register_method(SearchMethod(
     search_patch_divisor=lambda cfg: 2 ** cfg.num_depths,
     genotype_patch_divisor=lambda genotype: 2 ** genotype.num_depths,
     history_keys=HISTORY_KEYS,
+    kept_edges=lambda genotype: np.asarray(genotype.arch_code_a, dtype=bool),  # [L, E], op_logits' order
     plot_genotype=plot_genotype,
     plot_history=plot_history,
     search_notes=search_notes,

@@ -77,6 +77,11 @@ def _num_nodes(num_edges: int) -> int:
     raise ValueError(f"{num_edges} edges per cell is no DARTS cell (2 + 3 + ... edges).")
 
 
+def kept_edges(genotype: CellGenotype) -> np.ndarray:
+    """``[cell types, edges]``: the edges the genotype keeps (op not dropped), in ``op_logits``' order."""
+    return np.array([[op is not None for op in genotype.edge_ops(t)] for t in CELL_TYPES])
+
+
 @torch.no_grad()
 def describe(net, cfg: SCNASSearchConfig):
     probs = net.arch.op_probs().float().cpu()
@@ -124,6 +129,7 @@ SCNAS = register_method(SearchMethod(
     genotype_patch_divisor=lambda genotype: 2 ** NUM_LEVELS,
     history_keys=HISTORY_KEYS,
     make_strategies=make_strategies,
+    kept_edges=kept_edges,
     plot_genotype=plot_genotype,
     plot_history=plot_history,
     search_notes=search_notes,

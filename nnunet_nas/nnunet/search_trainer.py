@@ -20,6 +20,7 @@ never copies it:
   of the result as an nnU-Net configuration at the end.
 """
 
+import json
 import os
 from typing import Dict, List, Optional
 
@@ -39,6 +40,7 @@ from nnunet_nas.nnunet.search_network import SearchNetwork, unwrap_network
 from nnunet_nas.patch import round_up_patch
 from nnunet_nas.registry import SearchMethod, get_method
 from nnunet_nas.strategies.base import SearchProgress, SearchStrategy
+from nnunet_nas.strategies.jsd_pruning import JSDStabilityPruning
 from nnunet_nas.strategies.pruning import prune_search_network, rebuild_optimizer
 
 SEARCH_STATE_KEY = "nnunet_nas_search_state"
@@ -94,8 +96,23 @@ class NASSearchTrainer(nnUNetTrainer):
         return method, cfg
 
     def build_strategies(self) -> List[SearchStrategy]:
-        """The method's strategies for this config (a variant may add its own)."""
-        return list(self.method.make_strategies(self.cfg))
+        """The method's strategies for this config, plus JSD stability pruning where the config asks for it (a
+        variant may add its own)."""
+        strategies = list(self.method.make_strategies(self.cfg))
+        if self.cfg.jsd is not None:
+            strategies.append(JSDStabilityPruning(self.cfg.jsd, genotype_fn=self.current_genotype))
+        return strategies
+
+    def current_genotype(self, net: SearchNetwork):
+        """``(key, kept edges)`` of the genotype the search would export now: a JSON key (provenance left out) and
+        the method's mask of the edges that genotype uses (None: the method does not say)."""
+        state = {k: v.detach().cpu() for k, v in net.arch.state_dict().items()}
+        genotype = self.method.discretize(state, self.method.op_set_for(self.cfg, len(
+            self.configuration_manager.patch_size)))
+        d = genotype.to_dict()
+        d.pop("provenance", None)
+        kept = self.method.kept_edges(genotype) if self.method.kept_edges is not None else None
+        return json.dumps(d, sort_keys=True, default=str), kept
 
     @property
     def history_keys(self):
@@ -359,14 +376,18 @@ class NASSearchTrainer(nnUNetTrainer):
                                f"{removed} op modules removed, {int(net.arch.alive_ops.sum())} alive")
 
     def plot_history(self) -> None:
-        if self.method.plot_history is None:
-            return
         try:
-            self.method.plot_history(self.arch_history, os.path.join(self.output_folder,
-                                                                     self.method.output_file("trajectories")),
-                                     self._unwrap(), self.cfg)
+            if self.method.plot_history is not None:
+                self.method.plot_history(self.arch_history, os.path.join(self.output_folder,
+                                                                         self.method.output_file("trajectories")),
+                                         self._unwrap(), self.cfg)
         except Exception as e:  # noqa: BLE001 - a picture must never stop a search
             self.print_to_log_file(f"could not draw architecture trajectories: {e}")
+        for s in self.strategies:
+            try:
+                s.plot(self.output_folder)
+            except Exception as e:  # noqa: BLE001
+                self.print_to_log_file(f"could not draw the {s.name} picture: {e}")
 
     def export_result(self) -> None:
         from nnunet_nas.nnunet.export import export_from_checkpoint

@@ -11,6 +11,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_nas.config import DiNTSSearchConfig, SCNASSearchConfig
 from nnunet_nas.nnunet.search_trainer import NASSearchTrainer
+from nnunet_nas.strategies.jsd_pruning import JSDRule
 
 
 class nnUNetTrainerDiNTSSearch(NASSearchTrainer):
@@ -52,6 +53,17 @@ class nnUNetTrainerSCNASSearchDemo(nnUNetTrainerSCNASSearch):
     save_every_default = 1
 
 
+class nnUNetTrainerDiNTSSearch_JSD(nnUNetTrainerDiNTSSearch):
+    """DiNTS with IAC-LTH's JSD stability pruning and early stop (defaults of JSDRule); the epoch count stays the
+    cap."""
+    search_config = replace(DiNTSSearchConfig(), jsd=JSDRule())
+
+
+class nnUNetTrainerSCNASSearch_JSD(nnUNetTrainerSCNASSearch):
+    """SCNAS with IAC-LTH's JSD stability pruning and early stop (defaults of JSDRule); 200 epochs stay the cap."""
+    search_config = replace(SCNASSearchConfig(), jsd=JSDRule())
+
+
 class _ShortSchedule(nnUNetTrainer):
     schedule = (1000, 250, 50)  # epochs, iterations per epoch, validation iterations per epoch
 
@@ -73,5 +85,6 @@ class nnUNetTrainerNAS_20x50(_ShortSchedule):
 
 
 __all__ = ["nnUNetTrainerDiNTSSearch", "nnUNetTrainerDiNTSSearch_sigma05", "nnUNetTrainerDiNTSSearch_sigma02",
-           "nnUNetTrainerDiNTSSearchDemo", "nnUNetTrainerSCNASSearch", "nnUNetTrainerSCNASSearchDemo",
+           "nnUNetTrainerDiNTSSearchDemo", "nnUNetTrainerDiNTSSearch_JSD", "nnUNetTrainerSCNASSearch",
+           "nnUNetTrainerSCNASSearchDemo", "nnUNetTrainerSCNASSearch_JSD",
            "nnUNetTrainerNASDemo", "nnUNetTrainerNAS_20x50"]

@@ -44,15 +44,31 @@ def conv_output_elements(build: Callable[[], nn.Module], input_channels: int, pa
 def fit_channel_mul(build: Callable[[float], nn.Module], input_channels: int, patch_size: Sequence[int],
                     target: int, start: float = 1.0, max_iterations: int = 6) -> Tuple[float, int]:
     """The channel multiplier at which ``build(mul)`` has ``target`` conv-output elements (within
-    :data:`FIT_TOLERANCE`, never above it by more); returns ``(mul, elements at mul)``. Elements grow linearly
-    with the multiplier, so a few secant steps from ``start`` suffice."""
+    :data:`FIT_TOLERANCE` below it, never above); returns ``(mul, elements at mul)``. Elements grow linearly
+    with the multiplier, so a few secant steps from ``start`` suffice. Where integer channel counts allow no width
+    within the tolerance (a narrow network: one channel more is a big step), the widest width tried that stays at
+    or below the target wins; only when every buildable width tried is above it is the narrowest one returned."""
     mul = float(start)
     elements = conv_output_elements(lambda: build(mul), input_channels, patch_size)
+    tried = [(mul, elements)]
     for _ in range(max_iterations):
         if elements <= target and target - elements <= FIT_TOLERANCE * target:
-            break
+            return round(mul, 4), elements
         mul = mul * target / elements * (1.0 - FIT_TOLERANCE / 4)  # aim just below: flooring makes steps
-        elements = conv_output_elements(lambda: build(mul), input_channels, patch_size)
+        try:
+            elements = conv_output_elements(lambda: build(mul), input_channels, patch_size)
+        except ValueError:  # below the narrowest buildable width: try a few between it and the narrowest tried
+            narrowest = min(t[0] for t in tried)
+            for f in (0.125, 0.25, 0.5, 0.75):
+                m = mul + f * (narrowest - mul)
+                try:
+                    tried.append((m, conv_output_elements(lambda: build(m), input_channels, patch_size)))
+                except ValueError:
+                    pass
+            break
+        tried.append((mul, elements))
+    below = [t for t in tried if t[1] <= target]
+    mul, elements = max(below, key=lambda t: t[1]) if below else min(tried, key=lambda t: t[1])
     return round(mul, 4), elements
 
 

@@ -9,7 +9,8 @@ The trainer runs DARTS's first-order bi-level loop itself; strategies add to it 
 * ``on_epoch_end(net, progress) -> alive mask or None``: an operation-pruning request (bool, ``op_logits``'
   shape); the trainer applies it everywhere (masks, op modules, optimisers, DDP);
 * ``should_stop(net, progress) -> bool``: early stopping; the trainer then saves, exports and ends the run;
-* ``history()``: scalars logged per epoch (name -> float); ``state_dict`` / ``load_state_dict``: resume.
+* ``history()``: scalars logged per epoch (name -> float); ``state_dict`` / ``load_state_dict``: resume;
+* ``plot(folder)``: a picture of the strategy's own trajectory beside nnU-Net's ``progress.png`` (optional).
 
 Decisions are functions of the architecture parameters, which DDP keeps identical on every rank; the trainer
 still takes rank 0's decision.
@@ -69,3 +70,6 @@ class SearchStrategy:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def plot(self, folder: str):
+        return None

@@ -4,8 +4,8 @@ Per method and per 2-D / 3-D: the supernet runs forward and backward with the de
 expects, every architecture parameter and every weight of the modules that ran (a sampling weighting runs some ops
 only) gets a finite gradient, the two parameter sets are
 disjoint; discretised logits give a genotype that survives JSON and reads back its spatial_dims; export registers a
-configuration that nnU-Net's stock trainer builds; and a search trainer for the method is found by nnU-Net's own
-trainer lookup.
+configuration that nnU-Net's stock trainer builds; the JSD pruning strategy prunes its ops and the pruned supernet
+still runs; and a search trainer for the method is found by nnU-Net's own trainer lookup.
 """
 
 import json
@@ -22,6 +22,9 @@ from nnunet_nas.genotypes.schema import genotype_from_dict
 from nnunet_nas.nnunet.export import register_searched_configuration
 from nnunet_nas.nnunet.search_network import SearchNetwork
 from nnunet_nas.registry import get_method, method_names
+from nnunet_nas.strategies.base import SearchProgress
+from nnunet_nas.strategies.jsd_pruning import JSDRule, JSDStabilityPruning
+from nnunet_nas.strategies.pruning import prune_search_network
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tiny_configs import TINY_CONFIGS  # noqa: E402
@@ -92,6 +95,26 @@ def test_discretised_genotype_round_trips_through_json(name, dims, tmp_path):
     g.save(str(tmp_path / "g.json"))
     assert type(g).load(str(tmp_path / "g.json")) == g
     assert method.discretize(state, op_set, {"method": name}) == g  # deterministic
+
+
+@pytest.mark.parametrize("name,dims", CASES, ids=IDS)
+def test_jsd_pruning_prunes_every_method_and_the_pruned_supernet_runs(name, dims):
+    torch.manual_seed(2)
+    method, cfg, op_set, net = _search_network(name, dims)
+    with torch.no_grad():
+        net.arch.op_logits.normal_(0, 2)
+    if method.kept_edges is not None:  # the stop rule's edges are op_logits' edges
+        kept = method.kept_edges(method.discretize(net.arch.state_dict(), op_set))
+        assert tuple(kept.shape) == tuple(net.arch.op_logits.shape[:-1]) and kept.any()
+    jsd = JSDStabilityPruning(JSDRule(window=1, threshold=1.0, gamma=1.0))  # every edge stable at the 2nd epoch
+    assert jsd.on_epoch_end(net, SearchProgress(0, 3, 0, 1, 3)) is None
+    alive = jsd.on_epoch_end(net, SearchProgress(1, 3, 0, 2, 3))
+    assert alive is not None and alive.shape == net.arch.op_logits.shape and not alive.all()
+    prune_search_network(net, alive)
+    outs = net(torch.randn(1, 1, *_patch(method, cfg, dims)))
+    assert all(torch.isfinite(o).all() for o in outs)
+    sum(o.square().mean() for o in outs).backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())
 
 
 @pytest.mark.parametrize("name,dims", CASES, ids=IDS)
