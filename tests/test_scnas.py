@@ -154,6 +154,31 @@ def test_supernet_with_one_hot_samples_equals_the_fixed_network():
         torch.testing.assert_close(supernet(x, _one_hot_sample(g)), fixed(x), rtol=1e-4, atol=1e-5)
 
 
+def test_pruning_removes_the_dead_op_modules_of_every_cell_of_the_type():
+    rng = np.random.RandomState(2)
+    g = discretize({"op_logits": torch.tensor(rng.normal(0, 1, (4, 14, len(NAMES))), dtype=torch.float32)},
+                   "scnas_2d")
+    torch.manual_seed(0)
+    net = SCNASNet(1, 3, None, spatial_dims=2, channel_mul=0.125).eval()
+    x = torch.randn(1, 1, 24, 16)
+    sample = _one_hot_sample(g)
+    with torch.no_grad():
+        before = net(x, sample)
+    alive = sample.active | torch.tensor([n == "skip" for n in NAMES])  # the sampled op and skip stay
+    params = sum(p.numel() for p in net.parameters())
+    cells_of = {t: sum(1 for p in net.plan if p[0] == t) for t in CELL_TYPES}  # the inter-cell is encoder-normal
+    expected = sum(cells_of[t] * int((~alive[i]).sum()) for i, t in enumerate(CELL_TYPES))
+    assert net.remove_ops(alive) == expected
+    for (cell_type, *_), cell in zip(net.plan, net.cells):
+        for e, op in enumerate(cell.edge_ops):
+            assert set(op.ops) == {NAMES[n] for n in torch.nonzero(alive[CELL_TYPES.index(cell_type), e]).flatten()}
+    assert sum(p.numel() for p in net.parameters()) < params
+    with torch.no_grad():  # the ops that ran are untouched
+        torch.testing.assert_close(net(x, sample), before)
+    with pytest.raises(ValueError, match="fixed network"):
+        SCNASNet(1, 3, g, channel_mul=0.125).remove_ops(alive)
+
+
 def test_fixed_network_holds_only_used_parameters_and_gives_nnunets_outputs():
     rng = np.random.RandomState(1)
     g = discretize({"op_logits": torch.tensor(rng.normal(0, 1, (4, 14, len(NAMES))))}, "scnas_3d")

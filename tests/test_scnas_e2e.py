@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -96,7 +97,9 @@ def test_jsd_stability_prunes_and_stops_the_scnas_search(planned_dataset, tmp_pa
     shutil.copytree(planned_dataset[0], root)
     env = nnunet_env(root)
     log = run_search(env, trainer).stdout
-    assert "operation pruning: " in log and "search stopped early at epoch 1" in log and "jsd_max_score" in log
+    assert "search stopped early at epoch 1" in log and "jsd_max_score" in log
+    pruned = re.search(r"operation pruning: (\d+) candidate ops pruned, (\d+) op modules removed", log)
+    assert pruned and int(pruned.group(1)) > 0 and int(pruned.group(2)) > int(pruned.group(1))  # in every cell
     fold = _fold(env, trainer)
     ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     alive = ckpt["network_weights"]["arch.alive_ops"]
