@@ -298,7 +298,8 @@ def render_table(res, method="dints"):
         lines.append("")
         label = METHOD_LABELS[method]
         lines.append(f"{label} minus baseline Dice: anterior {diff['anterior']:+.4f}, "
-                     f"posterior {diff['posterior']:+.4f}, mean {diff['mean']:+.4f} ({label} is {verdict} the baseline on this fold and schedule).")
+                     f"posterior {diff['posterior']:+.4f}, mean {diff['mean']:+.4f} ({label} is {verdict} the baseline "
+                     f"on this fold and schedule).")
         bw, nw = res["steps"]["baseline"].get("wall_s"), res["steps"]["retrain"].get("wall_s")
         if bw and nw:
             lines.append(f"Retrain wall-clock / baseline wall-clock: {nw / bw:.2f}x (same machine; loads in the table).")
