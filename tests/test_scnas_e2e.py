@@ -113,3 +113,28 @@ def test_jsd_stability_prunes_and_stops_the_scnas_search(planned_dataset, tmp_pa
     for t, cell_type in enumerate(g.cell_types):  # the export picks only ops that survived pruning
         for e, op in enumerate(g.edge_ops(cell_type)):
             assert op is None or alive[t, e, names.index(op)], (cell_type, e, op)
+
+
+def test_jsd_pruning_resumes_to_the_uninterrupted_search(planned_dataset, tmp_path):
+    """Killed after the first pruning epoch and resumed with --c: the same pruned sets, alpha and strategy state
+    (snapshots, events, trajectory) as the uninterrupted search."""
+    trainer = "nnUNetTrainerSCNASSearchJSDPruneTest"
+    final = {}
+    for run in ("full", "resumed"):
+        root = str(tmp_path / run)
+        shutil.copytree(planned_dataset[0], root)
+        env = nnunet_env(root)
+        if run == "resumed":
+            assert run_search(env, trainer, crash_after=1).returncode == 17
+            run_search(env, trainer, ("--c",))
+        else:
+            run_search(env, trainer)
+        final[run] = torch.load(os.path.join(_fold(env, trainer), "checkpoint_final.pth"), map_location="cpu",
+                                weights_only=False)
+    full, resumed = final["full"], final["resumed"]
+    for key in ("arch.op_logits", "arch.alive_ops"):
+        assert torch.equal(resumed["network_weights"][key], full["network_weights"][key]), key
+    jsd_full = full["nnunet_nas_search_state"]["strategies"][-1]
+    assert [e["epoch"] for e in jsd_full["events"]][:1] == [1] and jsd_full["stop_epoch"] is None
+    jsd_resumed = resumed["nnunet_nas_search_state"]["strategies"][-1]
+    assert json.dumps(jsd_resumed, sort_keys=True) == json.dumps(jsd_full, sort_keys=True)  # NaN-safe equality
