@@ -109,3 +109,34 @@ def test_conv_feature_maps_count_host_and_cells():
     host = build_host(name, kw, REQ, 1, 3, True)
     net = IACUNet(1, 3, name, kw, REQ, genotype=_random_genotype(2, ["skip"]), deep_supervision=True)
     assert net.compute_conv_feature_map_size([16, 16]) > host.compute_conv_feature_map_size([16, 16])
+
+
+def test_pc_darts_partial_channels_edge_normalisation_and_shuffle_by_hand():
+    from nnunet_nas.spaces.cell import Cell, channel_shuffle, node_softmax
+    x = torch.arange(4.0).reshape(1, 4, 1, 1)
+    assert channel_shuffle(x, 2).flatten().tolist() == [0.0, 2.0, 1.0, 3.0]
+    logits = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0])  # node 0: edges 0, 1; node 1: edges 2, 3, 4
+    assert torch.allclose(node_softmax(logits, 2), torch.tensor([0.5, 0.5, 1 / 3, 1 / 3, 1 / 3]))
+    with pytest.raises(ValueError, match="2 nodes"):
+        node_softmax(torch.zeros(6), 2)
+    torch.manual_seed(0)
+    cell = Cell("darts_2d", "normal", [8, 8], 8, num_nodes=2, partial_channels=4)
+    assert all(op.ops["sep_conv_3"][0].conv.in_channels == 2 for op in cell.edge_ops)  # the op sees C / K channels
+    names = list(op_names("darts_2d"))
+    zero = torch.zeros(len(names))
+    zero[names.index("zero")] = 1.0
+    h = torch.randn(1, 8, 6, 6)
+    # an edge whose weight sits on "zero": the op part is zero, the other 3/4 of the channels pass, shuffled
+    expected = channel_shuffle(torch.cat((torch.zeros(1, 2, 6, 6), h[:, 2:]), 1), 4)
+    assert torch.equal(cell._search_edge(cell.edge_ops[0], h, zero, None), expected)
+    w = torch.softmax(torch.randn(5, len(names)), -1)
+    s0, s1 = torch.randn(1, 8, 6, 6), torch.randn(1, 8, 6, 6)
+    plain = cell(s0, s1, w)
+    assert torch.allclose(cell(s0, s1, w, edge_weights=torch.ones(5)), plain)
+    assert not torch.allclose(cell(s0, s1, w, edge_weights=node_softmax(torch.zeros(5), 2)), plain)
+    with pytest.raises(ValueError, match="partial_channels"):
+        Cell("darts_2d", "normal", [8, 8], 6, num_nodes=2, partial_channels=4)
+    name, kw = _host_kwargs(2, False)
+    net = IACUNet(1, 3, name, kw, REQ, partial_channels=2)
+    assert [c.partial_channels for c in net.cells] == [2, 2]
+    net(torch.randn(1, 1, 16, 16), torch.softmax(torch.randn(1, len(cell_edges(4)), 8), -1)).sum().backward()

@@ -9,7 +9,8 @@ skip becomes ``E + out(cell(E, U))`` ("fusion", the default) or ``E + out(cell(E
 the DARTS cell of :mod:`nnunet_nas.spaces.cell` (a searchable one, or fixed by a genotype) at ``cell_channel_mul``
 times the skip's channels; ``out`` is a 1x1 conv back to the skip's channels, initialised to zero, so an implanted
 network computes exactly its host's function until training moves it. One cell per skip level; one shared
-genotype (cell type ``"skip"``) by default, one per level (``"skip_0"`` finest ...) as the option.
+genotype (cell type ``"skip"``) by default, one per level (``"skip_0"`` finest ...) as the option. A searchable
+cell may run its mixed ops on 1/K of the channels (``partial_channels``, PC-DARTS).
 
 The host's modules keep the host's names (``encoder.*``, ``decoder.*``), so a trained host's weights load by name
 (:meth:`IACUNet.load_host_weights`) and :meth:`IACUNet.host_parameters` are what a search freezes.
@@ -57,7 +58,7 @@ class IACUNet(nn.Module):
     def __init__(self, input_channels: int, num_classes: int, host_class: str, host_kwargs: dict,
                  host_kwargs_requires_import: Sequence[str] = (), genotype=None, op_set: Optional[str] = None,
                  num_nodes: int = 4, cell_channel_mul: float = 1.0, mode: str = "fusion", shared_cell: bool = True,
-                 deep_supervision: bool = False, **unused):
+                 partial_channels: int = 1, deep_supervision: bool = False, **unused):
         super().__init__()
         if unused:
             raise TypeError(f"IACUNet got unexpected arguments {sorted(unused)}.")
@@ -66,7 +67,8 @@ class IACUNet(nn.Module):
         self._kwargs = dict(input_channels=input_channels, num_classes=num_classes, host_class=host_class,
                             host_kwargs=host_kwargs, host_kwargs_requires_import=list(host_kwargs_requires_import),
                             genotype=genotype, op_set=op_set, num_nodes=num_nodes, cell_channel_mul=cell_channel_mul,
-                            mode=mode, shared_cell=shared_cell, deep_supervision=deep_supervision)
+                            mode=mode, shared_cell=shared_cell, partial_channels=partial_channels,
+                            deep_supervision=deep_supervision)
         host = build_host(host_class, host_kwargs, host_kwargs_requires_import, input_channels, num_classes,
                           deep_supervision)
         self.encoder, self.decoder = host.encoder, host.decoder
@@ -86,9 +88,10 @@ class IACUNet(nn.Module):
         self.cells, self.outs = nn.ModuleList(), nn.ModuleList()
         for level, c in enumerate(skip_channels):
             cell_type = self.cell_types[0 if shared_cell else level]
-            width = max(2, int(round(c * cell_channel_mul)))
+            k = partial_channels if genotype is None else 1
+            width = max(2 * k, k * int(round(c * cell_channel_mul / k)))  # a multiple of K (PC-DARTS)
             ops = None if genotype is None else genotype.edge_ops(cell_type)
-            self.cells.append(Cell(op_set, "normal", [c, c], width, num_nodes, (0, 0), ops))
+            self.cells.append(Cell(op_set, "normal", [c, c], width, num_nodes, (0, 0), ops, partial_channels=k))
             out = conv_nd(dims)(width, c, 1)
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)

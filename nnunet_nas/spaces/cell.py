@@ -12,6 +12,11 @@ conv). A reduction cell runs the edges leaving its inputs at stride 2 (DARTS); a
 inputs first (SCNAS). The cell is a search cell (every op of the op set on every edge, ``forward(s0, s1, weights,
 active)``) or a fixed one (``ops``: per edge an op name or ``None`` for no edge); both keep an edge's ops under
 ``edge_ops.<e>.ops.<name>``, so a fixed cell loads a supernet's weights.
+
+Two PC-DARTS options of a search cell (IAC's): ``partial_channels=K`` runs an edge's mixed op on the first 1/K of
+its input channels only, passes the rest through, concatenates both and shuffles the channels in K groups (normal
+cells; the fixed cell runs its op on all channels); edge normalisation multiplies every edge's output by a weight
+the caller passes (``edge_weights`` ``[E]``, a softmax over each node's incoming edges, :func:`node_softmax`).
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -26,6 +31,24 @@ from nnunet_nas.spaces.mixed_op import MixedOp
 CELL_KINDS = ("normal", "reduction", "expansion")
 
 
+def node_softmax(edge_logits: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """Edge normalisation (PC-DARTS): a softmax over the incoming edges of each node, ``[..., E]`` -> ``[..., E]``."""
+    out, start = [], 0
+    for node in range(num_nodes):
+        out.append(torch.softmax(edge_logits[..., start:start + node + 2], dim=-1))
+        start += node + 2
+    if start != edge_logits.shape[-1]:
+        raise ValueError(f"node_softmax: {edge_logits.shape[-1]} edge logits for a cell of {num_nodes} nodes "
+                         f"({start} edges).")
+    return torch.cat(out, dim=-1)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave the channels of ``groups`` equal groups (ShuffleNet; PC-DARTS after its partial-channel concat)."""
+    n, c = x.shape[:2]
+    return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
 def cell_edges(num_nodes: int) -> List[Tuple[int, int]]:
     """``(source state, node)`` per edge, in edge order: states 0, 1 are the inputs, state ``j + 2`` is node ``j``."""
     return [(src, node) for node in range(num_nodes) for src in range(node + 2)]
@@ -37,10 +60,14 @@ class Cell(nn.Module):
     cell was a reduction cell" is ``in_scales=(-1, 0)``."""
 
     def __init__(self, op_set: str, kind: str, in_channels: Sequence[int], channels: int, num_nodes: int = 4,
-                 in_scales: Sequence[int] = (0, 0), ops: Optional[Sequence[Optional[str]]] = None):
+                 in_scales: Sequence[int] = (0, 0), ops: Optional[Sequence[Optional[str]]] = None,
+                 partial_channels: int = 1):
         super().__init__()
         if kind not in CELL_KINDS:
             raise ValueError(f"Cell: kind {kind!r} is not one of {CELL_KINDS}.")
+        if partial_channels < 1 or channels % partial_channels or (partial_channels > 1 and kind != "normal"):
+            raise ValueError(f"Cell: partial_channels={partial_channels} needs a normal cell whose width ({channels}) "
+                             f"it divides.")
         spec = get_op_set(op_set)
         dims, style = spec.spatial_dims, spec.style
         self.kind, self.num_nodes, self.channels, self.op_set = kind, num_nodes, channels, op_set
@@ -49,6 +76,8 @@ class Cell(nn.Module):
             raise ValueError(f"Cell: {len(ops)} edge operations for a cell of {num_nodes} nodes ({len(self.edges)} "
                              f"edges).")
         self.is_search = ops is None
+        self.partial_channels = partial_channels if self.is_search else 1
+        op_channels = channels // self.partial_channels
         # inputs -> the cell's width, at its input resolution (at its output resolution for an expansion cell); a
         # fixed cell prepares only the inputs its edges read (no unused parameter: nnU-Net's DDP needs that)
         extra = 1 if kind == "expansion" else 0
@@ -61,16 +90,16 @@ class Cell(nn.Module):
         for e, (src, _) in enumerate(self.edges):
             stride = 2 if kind == "reduction" and src < 2 else 1
             if self.is_search:
-                self.edge_ops.append(MixedOp(spec.ops, channels, channels, dims, stride, style))
+                self.edge_ops.append(MixedOp(spec.ops, op_channels, op_channels, dims, stride, style))
             else:  # the chosen op alone, under the supernet's module names (a fixed cell loads supernet weights)
                 chosen = [] if ops[e] is None else [spec.ops[spec.index(ops[e])]]
                 self.edge_ops.append(MixedOp(chosen, channels, channels, dims, stride, style))
         self.project = ActConvNorm(num_nodes * channels, channels, 1, dims, style=style)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: Optional[torch.Tensor] = None,
-                active: Optional[torch.Tensor] = None) -> torch.Tensor:
+                active: Optional[torch.Tensor] = None, edge_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``weights`` ``[E, N]`` (search cell); ``active`` ``[E, N]`` bool: the ops to run (all alive ones if
-        None)."""
+        None); ``edge_weights`` ``[E]``: edge normalisation (search cell, optional)."""
         if self.is_search and weights is None:
             raise ValueError("Cell: a search cell needs op weights [E, N].")
         states = [self.preprocess[str(i)](s) if str(i) in self.preprocess else None for i, s in enumerate((s0, s1))]
@@ -81,7 +110,9 @@ class Cell(nn.Module):
                 op = self.edge_ops[e]
                 if self.is_search:
                     run = None if active is None else torch.nonzero(active[e]).flatten().tolist()
-                    y = op(states[src], weights[e], run)
+                    y = self._search_edge(op, states[src], weights[e], run)
+                    if edge_weights is not None:
+                        y = y * edge_weights[e]
                 else:
                     y = next((m(states[src]) for m in op.ops.values()), None)
                 if y is not None:
@@ -91,6 +122,14 @@ class Cell(nn.Module):
                 raise RuntimeError(f"Cell: node {node} has no incoming edge.")
             states.append(total)
         return self.project(torch.cat(states[2:], dim=1))
+
+
+    def _search_edge(self, op: MixedOp, x: torch.Tensor, w: torch.Tensor, run) -> torch.Tensor:
+        k = self.partial_channels
+        if k == 1:
+            return op(x, w, run)
+        part = x.shape[1] // k
+        return channel_shuffle(torch.cat((op(x[:, :part], w, run), x[:, part:]), dim=1), k)
 
 
 def _bad_scale(scale):
