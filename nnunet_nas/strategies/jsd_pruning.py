@@ -14,7 +14,8 @@ of NAS_METHODS.md section 2.2 [ours], with every free parameter in :class:`JSDRu
    (default: warm-up epochs + W).
 4. A stable edge drops every op with ``p < gamma / |alive|``, at most ``ceil(|alive| / 2)`` per event, never its
    argmax; its history then restarts from the current (restricted) snapshot, so the next prune needs W fresh
-   epochs. The trainer removes the pruned op modules and their optimiser state (:mod:`.pruning`).
+   epochs. The trainer masks the pruned ops and, where the space can (SCNAS cells), removes their modules and their
+   optimiser state (:mod:`.pruning`).
 5. Stop when the discrete genotype has been the same for the last ``W + 1`` epochs (W unchanged transitions) and
    every edge the genotype uses is down to one op or has ``S_e <= threshold`` with an argmax unchanged over the
    window. The trainer's epoch count is the hard cap.
