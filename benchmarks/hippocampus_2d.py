@@ -180,7 +180,8 @@ def _op_counts(ops):
 
 def genotype_summary(method, search_fold):
     """What the search found, from its ``<method>_genotype.json``: edges kept and op counts."""
-    g = json.load(open(os.path.join(search_fold, f"{method}_genotype.json")))
+    from nnunet_nas.registry import get_method
+    g = json.load(open(os.path.join(search_fold, get_method(method).output_file("genotype"))))
     if method == "scnas":
         cells = {t: [op for row in g[t] for op in row] for t in g["cell_types"]}
         return {"op_set": g["op_set"], "num_nodes": g["num_nodes"],
@@ -396,9 +397,8 @@ def main():
         row.update(count_params(env, config, fold))
         rows[key] = row
     res["table"] = rows
-    outputs = {kind: f"{method}_{name}" for kind, name in
-               (("genotype", "genotype.json"), ("architecture", "architecture.png"),
-                ("trajectories", "arch_trajectories.png"))}
+    from nnunet_nas.registry import OUTPUT_FILES, get_method
+    outputs = {kind: get_method(method).output_file(kind) for kind in OUTPUT_FILES}
     try:
         res["search"] = genotype_summary(method, search_fold)
         res["search"].update({f"{kind}_file": os.path.join(search_fold, f) for kind, f in outputs.items()})

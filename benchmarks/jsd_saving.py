@@ -42,8 +42,9 @@ def search_record(fold, step):
 
 
 def genotype_difference(full_fold, jsd_fold):
-    a = json.load(open(os.path.join(full_fold, "scnas_genotype.json")))
-    b = json.load(open(os.path.join(jsd_fold, "scnas_genotype.json")))
+    from nnunet_nas.registry import get_method
+    name = get_method("scnas").output_file("genotype")
+    a, b = (json.load(open(os.path.join(fold, name))) for fold in (full_fold, jsd_fold))
     diff, total, same = {}, 0, 0
     for t in a["cell_types"]:
         ea = [op for row in a[t] for op in row]

@@ -18,6 +18,38 @@ from nnunet_nas.networks.dints_net import DiNTSNet
 from nnunet_nas.nnunet.search_network import SearchNetwork
 
 
+def _start(rank, world, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+
+
+def _spawn(worker, *args):
+    """Run ``worker(rank, 2, port, *args)`` in 2 processes on a free local port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(worker, args=(2, port, *args), nprocs=2, join=True)
+
+
+def _gathered(flat, world):
+    """``flat`` of every rank."""
+    gathered = [torch.zeros_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    return gathered
+
+
+def _train_under_nnunets_ddp(net, input_shape):
+    """Two SGD iterations of ``net`` wrapped as nnU-Net wraps it (no find_unused_parameters): the second fails if
+    any parameter went unused in the first."""
+    ddp = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        sum(o.square().mean() for o in ddp(torch.randn(*input_shape))).backward()
+        opt.step()
+
+
 def _finish():
     """All ranks meet before the group is torn down: a rank that destroys gloo's group while another still talks
     to it can abort the process ("terminate called without an active exception")."""
@@ -26,9 +58,7 @@ def _finish():
 
 
 def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    _start(rank, world, port)
     torch.manual_seed(100 + rank)  # different initialisation per rank: DDP must broadcast rank 0's
     model = SearchNetwork(DiNTSNet(1, 2, None, num_blocks=2, num_depths=2, channel_mul=0.125),
                           GridArchParams(2, 2, 5), GridEdgeOpWeighting())
@@ -47,20 +77,15 @@ def _worker(rank, world, port, out):
         ddp(x).abs().mean().backward()  # alpha gets no gradient here: needs find_unused_parameters
         w_opt.step()
         model.arch_frozen = False
-    flat = torch.cat([p.detach().flatten() for p in model.arch_parameters()])
-    gathered = [torch.zeros_like(flat) for _ in range(world)]
-    dist.all_gather(gathered, flat)
+    gathered = _gathered(torch.cat([p.detach().flatten() for p in model.arch_parameters()]), world)
     if rank == 0:
         torch.save({"gathered": gathered}, out)
     _finish()
 
 
 def test_arch_parameters_identical_on_all_ranks(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = str(tmp_path / "alpha.pt")
-    mp.spawn(_worker, args=(2, port, out), nprocs=2, join=True)
+    _spawn(_worker, out)
     gathered = torch.load(out)["gathered"]
     assert torch.equal(gathered[0], gathered[1])
     initial = GridArchParams(2, 2, 5)
@@ -68,34 +93,23 @@ def test_arch_parameters_identical_on_all_ranks(tmp_path):
 
 
 def _fixed_network_worker(rank, world, port):
-    """Two iterations of an exported network under DDP wrapped as nnU-Net wraps it (no find_unused_parameters):
-    the second iteration fails if any parameter went unused in the first."""
+    """An exported network trains under DDP wrapped as nnU-Net wraps it."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunet_nas.genotypes.monai_compat import load_monai_file
     from nnunet_nas.nnunet.export import architecture_block
     from nnunet_nas.registry import get_method
     from conftest import SHARED
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    _start(rank, world, port)
     genotype = load_monai_file(f"{SHARED}/reference/dints_arch_code_cvpr.json")  # input level 3 unread
     arch = architecture_block(get_method("dints"), genotype, 0.0625)
     net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 2,
                                  allow_init=True, deep_supervision=True)
-    ddp = torch.nn.parallel.DistributedDataParallel(net)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    for _ in range(2):
-        opt.zero_grad()
-        sum(o.square().mean() for o in ddp(torch.randn(1, 1, 32, 32, 32))).backward()
-        opt.step()
+    _train_under_nnunets_ddp(net, (1, 1, 32, 32, 32))
     _finish()
 
 
 def test_exported_network_trains_under_nnunets_ddp_wrapping():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_fixed_network_worker, args=(2, port), nprocs=2, join=True)
+    _spawn(_fixed_network_worker)
 
 
 def _scnas_worker(rank, world, port, out):
@@ -109,9 +123,7 @@ def _scnas_worker(rank, world, port, out):
     from nnunet_nas.networks.scnas_net import SCNASNet
     from nnunet_nas.strategies.base import SearchProgress
     from nnunet_nas.strategies.jsd_pruning import JSDRule, JSDStabilityPruning
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    _start(rank, world, port)
     torch.manual_seed(100 + rank)
     cfg = SCNASSearchConfig(channel_mul=0.0625, num_nodes=2)
     supernet = build_supernet(cfg, "scnas_2d", 1, 2, 2, False)
@@ -134,28 +146,18 @@ def _scnas_worker(rank, world, port, out):
             model.arch.set_alive_ops(alive)
             pruned.append(alive.flatten().float())
     assert pruned  # the rule pruned something: the comparison below covers its masks
-    flat = torch.cat(masks + pruned + [p.detach().flatten() for p in model.arch_parameters()])
-    gathered = [torch.zeros_like(flat) for _ in range(world)]
-    dist.all_gather(gathered, flat)
+    gathered = _gathered(torch.cat(masks + pruned + [p.detach().flatten() for p in model.arch_parameters()]), world)
     genotype = discretize({"op_logits": model.arch.op_logits}, "scnas_2d")
-    net = SCNASNet(1, 2, deep_supervision=True, **fixed_network_kwargs(genotype, 0.0625))
-    fixed = torch.nn.parallel.DistributedDataParallel(net)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    for _ in range(2):
-        opt.zero_grad()
-        sum(o.square().mean() for o in fixed(torch.randn(1, 1, 16, 16))).backward()
-        opt.step()
+    _train_under_nnunets_ddp(SCNASNet(1, 2, deep_supervision=True, **fixed_network_kwargs(genotype, 0.0625)),
+                             (1, 1, 16, 16))
     if rank == 0:
         torch.save({"gathered": gathered, "sampled_ops": int(np.sum(masks[0].numpy()))}, out)
     _finish()
 
 
 def test_scnas_samples_the_same_ops_on_every_rank_and_its_export_trains_under_ddp(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = str(tmp_path / "scnas.pt")
-    mp.spawn(_scnas_worker, args=(2, port, out), nprocs=2, join=True)
+    _spawn(_scnas_worker, out)
     res = torch.load(out)
     assert torch.equal(res["gathered"][0], res["gathered"][1])
     assert res["sampled_ops"] == 2 * 4 * 5  # two ops on each of the 5 edges of the 4 cell types
