@@ -264,6 +264,27 @@ def _has_dist(name):
 
 
 METHOD_LABELS = {"dints": "DiNTS", "scnas": "SCNAS"}
+# widths whose memory the report compares with nnU-Net's planned network, besides the exported one
+PAPER_WIDTHS = {"scnas": {"paper search width (stem 48)": 1.5, "paper retraining width (stem 68)": 2.125}}
+
+
+def width_memory(env, method, genotype_file, exported_mul):
+    """Conv feature-map elements (the export's estimator, batch 1) of the found network at the exported width and
+    at the paper's widths, against nnU-Net's planned network for ``2d_bs32``."""
+    from nnunet_nas.genotypes.schema import load_genotype
+    from nnunet_nas.nnunet.width import conv_output_elements, planned_network_elements
+    from nnunet_nas.patch import round_up_patch
+    from nnunet_nas.registry import get_method
+    m, g = get_method(method), load_genotype(genotype_file)
+    planned = planned_network_elements(plans_path(env), "2d_bs32", 1, 3)
+    patch = round_up_patch(json.load(open(plans_path(env)))["configurations"]["2d"]["patch_size"],
+                           m.genotype_patch_divisor(g))
+    out = {"planned_elements": planned, "patch": patch}
+    for label, mul in {"exported": exported_mul, **PAPER_WIDTHS.get(method, {})}.items():
+        e = conv_output_elements(lambda: m.network_class(1, 3, deep_supervision=True,
+                                                         **m.fixed_network_kwargs(g, mul)), 1, patch)
+        out[label] = {"channel_mul": mul, "elements": e, "ratio_to_planned": round(e / planned, 2)}
+    return out
 
 
 def table_markers(method):
@@ -403,6 +424,9 @@ def main():
         res["search"] = genotype_summary(method, search_fold)
         res["search"].update({f"{kind}_file": os.path.join(search_fold, f) for kind, f in outputs.items()})
         res["search"]["found_config"] = json.load(open(plans_path(env)))["configurations"][found_config]
+        res["search"]["width_memory"] = width_memory(
+            env, method, os.path.join(search_fold, outputs["genotype"]),
+            res["search"]["found_config"]["architecture"]["arch_kwargs"]["channel_mul"])
     except FileNotFoundError as e:
         res["search"] = {"error": str(e)}
 
