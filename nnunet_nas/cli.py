@@ -68,8 +68,11 @@ def _cmd_add_arch(args) -> None:
     path = plans_file(os.path.join(nnUNet_preprocessed, dataset), args.plans)
     suffix = "cvpr" if not (args.monai or args.genotype) else "imported"
     name = args.name or f"{args.configuration}_{method.name}_{suffix}"
+    host = os.path.abspath(args.host_checkpoint) if args.host_checkpoint else None
+    if host is not None and not os.path.isfile(host):
+        raise FileNotFoundError(f"--host-checkpoint {host}: no such file (a trained model's checkpoint_final.pth).")
     used = register_searched_configuration(path, args.configuration, method, genotype, args.channel_mul, name=name,
-                                           overwrite=args.overwrite)
+                                           overwrite=args.overwrite, host_checkpoint=host)
     print(f"Train it with: nnUNetv2_train {dataset} {used} FOLD")
 
 
@@ -111,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--channel-mul", type=float, help="channel multiplier (default: fitted to the memory nnU-Net "
                                                     "planned for the configuration; MONAI retrains at 1.0)")
     s.add_argument("--overwrite", action="store_true", help="replace a configuration holding another architecture")
+    s.add_argument("--host-checkpoint", help="IAC: a trained model of the configuration's network; training the "
+                                             "registered configuration starts from it (default: no trained start)")
     s.set_defaults(func=_cmd_add_arch)
 
     s = sub.add_parser("demo", help="DiNTS end to end on 24 real MSD Hippocampus cases against nnU-Net's own "

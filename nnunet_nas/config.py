@@ -5,7 +5,7 @@ A trainer variant changes a field with ``dataclasses.replace`` in a class attrib
 style), e.g. ``search_config = replace(DiNTSSearchConfig(), memory_budget=0.5)``.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Optional, Tuple
 
 from nnunet_nas.strategies.jsd_pruning import JSDRule
@@ -59,6 +59,22 @@ class SearchConfig:
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The config of :meth:`to_dict` (a checkpoint's or a genotype's ``search_config``); keys this version does
+        not know are ignored, missing ones take the defaults."""
+        known = {f.name: f for f in fields(cls)}
+        values = {}
+        for k, v in d.items():
+            if k not in known:
+                continue
+            if k == "jsd" and v is not None:
+                v = JSDRule(**v)
+            elif isinstance(v, list):
+                v = tuple(v)
+            values[k] = v
+        return cls(**values)
+
 
 @dataclass(frozen=True)
 class DiNTSSearchConfig(SearchConfig):
@@ -102,3 +118,40 @@ class SCNASSearchConfig(SearchConfig):
     temperature_start: float = 10.0  # tau [ours: GDAS's public default, the paper gives none]
     temperature_end: float = 0.1
     temperature_schedule: str = "linear"  # or "exponential"
+
+
+IAC_MODES = ("fusion", "skip_only")
+
+
+@dataclass(frozen=True)
+class IACSearchConfig(SearchConfig):
+    """IAC (implantable adaptive cells) and IAC-LTH: NAS_METHODS.md sections 1.3 and 2.2 for the open points; PC-DARTS
+    search settings where the IAC papers give none."""
+    num_nodes: int = 4  # intermediate nodes per cell [PC-DARTS]
+    partial_channels: int = 4  # K of PC-DARTS: the mixed ops see 1/K of the channels during the search
+    cell_channel_mul: float = 1.0  # cell width / skip channels, during the search [NAS_METHODS 1.3]
+    # width of the exported cells / skip channels; None: cell_channel_mul (the cells add to nnU-Net's planned network,
+    # so there is no memory fit: the host keeps nnU-Net's width)
+    export_channel_mul: Optional[float] = None
+    mode: str = "fusion"  # the cell reads (encoder skip, up-sampled decoder feature); "skip_only": (skip, skip)
+    shared_cell: bool = True  # one genotype for every skip level; False: one per level
+    edges_per_node: int = 2  # kept incoming edges per node at discretisation [PC-DARTS]
+    # [ours, P-DARTS's cap on skip connections] at most this many parameter-free ops (skip, pooling) per discretised
+    # cell; the weakest beyond it take their best op with parameters. None: no cap
+    max_parameter_free_ops: Optional[int] = 2
+    data_split: Tuple[int, int] = (1, 1)  # [PC-DARTS train_portion 0.5]
+    warmup_fraction: float = 0.075  # [PC-DARTS: 15 of 200 epochs without architecture steps]
+    # [ours] the weights are nnU-Net's SGD (its lr 0.01, momentum 0.99, poly); PC-DARTS trains its supernet with SGD
+    # lr 0.1, momentum 0.9, cosine, which nnU-Net's loop does not offer
+    arch_lr: float = 6e-4  # Adam [PC-DARTS]
+    arch_betas: Tuple[float, float] = (0.5, 0.999)  # [PC-DARTS]
+    arch_weight_decay: float = 1e-3  # [PC-DARTS]
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mode not in IAC_MODES:
+            raise ValueError(f"IACSearchConfig: mode {self.mode!r} is not one of {IAC_MODES}.")
+        if self.partial_channels < 1:
+            raise ValueError(f"IACSearchConfig: partial_channels={self.partial_channels} must be at least 1.")
+        if not 1 <= self.edges_per_node:
+            raise ValueError(f"IACSearchConfig: edges_per_node={self.edges_per_node} must be at least 1.")

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 
 OUTPUT_FILES = {"genotype": "genotype.json", "architecture": "architecture.png",
-                "trajectories": "arch_trajectories.png"}
+                "trajectories": "arch_trajectories.png", "network": "network.png"}
 
 
 @dataclass(frozen=True)
@@ -21,19 +21,29 @@ class SearchMethod:
     Callables (``cfg`` is the method's config dataclass, ``net`` the :class:`~nnunet_nas.nnunet.search_network.
     SearchNetwork`):
 
-    * ``build_supernet(cfg, op_set, input_channels, num_classes, spatial_dims, deep_supervision)`` -> the search
-      space module, ``forward(x, weights)``; it exposes ``strides`` (nnU-Net's deep-supervision convention);
+    * ``build_supernet(cfg, op_set, input_channels, num_classes, spatial_dims, deep_supervision, planned=None)``
+      -> the search space module, ``forward(x, weights)``; it exposes ``strides`` (nnU-Net's deep-supervision
+      convention); ``planned`` is the :class:`~nnunet_nas.planned_network.PlannedNetwork` of the searched
+      configuration (a method that builds on nnU-Net's network reads it, the others ignore it);
     * ``build_arch_params(cfg, supernet, op_set)`` -> :class:`~nnunet_nas.arch.params.ArchParams`;
     * ``make_weighting(cfg)`` -> :class:`~nnunet_nas.arch.weighting.Weighting`;
     * ``regularizers(net, cfg)`` -> ``{name: scalar tensor}``, unramped terms of the architecture loss;
-    * ``discretize(arch_state, op_set, provenance)`` -> genotype, from the ``arch.*`` tensors of a state dict;
+    * ``discretize(arch_state, op_set, provenance, cfg=None)`` -> genotype, from the ``arch.*`` tensors of a state
+      dict (``cfg``: the search's config where the rule has settings; None: the method's defaults);
     * ``describe(net, cfg)`` -> per-epoch record: a float for each of ``history_keys`` plus arrays for pictures;
-    * ``fixed_network_kwargs(genotype, channel_mul)`` -> the ``arch_kwargs`` of the plans' architecture block;
+    * ``fixed_network_kwargs(genotype, channel_mul, planned=None)`` -> the ``arch_kwargs`` of the plans'
+      architecture block (``planned``: the base configuration's network and, after a search on a trained model of it,
+      that model's checkpoint);
+    * ``fits_width``: True: the export fits ``channel_mul`` to the memory nnU-Net planned (the found network replaces
+      nnU-Net's); False: the method's own default width is used (IAC: cells added to nnU-Net's planned network);
+    * ``trained_host``: True: the search starts from a trained model of the configuration's planned network, which
+      the trainer finds, loads and freezes (the supernet has ``load_host_weights`` and ``host_parameters``);
     * ``search_patch_divisor(cfg)`` / ``genotype_patch_divisor(genotype)``: patch extents must be multiples;
     * ``make_strategies(cfg)`` -> list of :class:`~nnunet_nas.strategies.base.SearchStrategy`;
     * ``kept_edges(genotype)`` -> bool array over the leading shape of ``op_logits``: the edges the genotype uses
       (optional; the JSD strategy's stop rule looks at those only, at every edge without it);
     * ``plot_genotype(genotype, path)``, ``plot_history(history, path, net, cfg)``: pictures (optional);
+    * ``plot_supernet(supernet, path)``: a picture of the searched network, drawn when the search starts (optional);
     * ``search_notes(net, cfg)`` -> lines logged when the search starts (optional).
     """
     name: str  # registry key, file stem and configuration suffix: "dints" -> dints_genotype.json, 3d_fullres_dints
@@ -54,8 +64,11 @@ class SearchMethod:
     history_keys: Tuple[str, ...] = ()
     make_strategies: Callable = field(default=lambda cfg: [])
     kept_edges: Optional[Callable] = None
+    fits_width: bool = True
+    trained_host: bool = False
     plot_genotype: Optional[Callable] = None
     plot_history: Optional[Callable] = None
+    plot_supernet: Optional[Callable] = None
     search_notes: Optional[Callable] = None
 
     @property

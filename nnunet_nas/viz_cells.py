@@ -97,3 +97,42 @@ def plot_cell_trajectories(history: dict, path: str, op_names: List[str], cell_t
                           "arch_entropy_alpha": "mean op entropy (softmax alpha)"}[key], fontsize=10)
     fig.tight_layout()
     return save_png(fig, path)
+
+
+@default_style
+def plot_implanted_cells(skip_channels: List[int], cell_types: List[str], path: str, title: Optional[str] = None) -> str:
+    """Where IAC's cells sit: the host U-Net's encoder and decoder stages (channels written in), and on every skip
+    connection the implanted cell (its genotype's cell type), finest level at the top."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+    levels = len(skip_channels) + 1  # the bottleneck has no skip
+    fig = new_figure(8.0, 1.1 * levels + 1.0)
+    ax = fig.add_subplot(1, 1, 1)
+
+    def box(x, y, text, colour, w=1.5):
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - 0.3), w, 0.6, boxstyle="round,pad=0.02", fc=colour, ec="black"))
+        ax.text(x, y, text, ha="center", va="center", fontsize=8)
+
+    def arrow(a, b, colour="black"):
+        ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=10, lw=1.2, color=colour))
+
+    for level in range(levels):
+        y = -level
+        enc_x = 1.0 + 0.5 * level
+        dec_x = 8.0 - 0.5 * level
+        if level < levels - 1:
+            c = skip_channels[level]
+            box(enc_x, y, f"encoder {level}\n{c} ch", "lightblue")
+            box(dec_x, y, f"decoder {level}\n{c} ch", "lightblue")
+            box((enc_x + dec_x) / 2, y, f"IAC: {cell_types[0 if len(cell_types) == 1 else level]}", "gold", w=2.0)
+            arrow((enc_x + 0.75, y), ((enc_x + dec_x) / 2 - 1.0, y), "grey")
+            arrow(((enc_x + dec_x) / 2 + 1.0, y), (dec_x - 0.75, y), "grey")
+            last = level == levels - 2  # the next level down is the bottleneck
+            arrow((enc_x, y - 0.3), (3.5, y - 1.0) if last else (1.0 + 0.5 * (level + 1), y - 0.7))
+            arrow((5.5, y - 1.0) if last else (8.0 - 0.5 * (level + 1), y - 0.7), (dec_x, y - 0.3))
+        else:
+            box(4.5, y, "bottleneck", "lightblue", w=2.0)
+    ax.set_xlim(-0.2, 9.2)
+    ax.set_ylim(-levels + 0.3, 0.8)
+    ax.set_axis_off()
+    ax.set_title(title or "Implanted cells: skip E -> E + out(cell(E, U)), out zero-initialised", fontsize=10)
+    return save_png(fig, path)

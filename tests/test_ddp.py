@@ -161,3 +161,54 @@ def test_scnas_samples_the_same_ops_on_every_rank_and_its_export_trains_under_dd
     res = torch.load(out)
     assert torch.equal(res["gathered"][0], res["gathered"][1])
     assert res["sampled_ops"] == 2 * 4 * 5  # two ops on each of the 5 edges of the 4 cell types
+
+
+def _iac_worker(rank, world, port, out):
+    """IAC search steps under DDP with the host frozen (requires_grad off before wrapping, as the trainer does):
+    alpha, beta and the cells stay identical on every rank, the host is untouched, the JSD rule prunes the same ops
+    on every rank; then the exported network (host + fixed cells) under nnU-Net's DDP wrapping."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "contract"))
+    from tiny_configs import TINY_CONFIGS, tiny_planned
+    from nnunet_nas.arch.weighting import EdgeNormalisedWeighting
+    from nnunet_nas.methods.iac import build_arch_params, build_supernet, discretize, fixed_network_kwargs
+    from nnunet_nas.networks.iac_net import IACUNet
+    from nnunet_nas.strategies.base import SearchProgress
+    from nnunet_nas.strategies.jsd_pruning import JSDRule, JSDStabilityPruning
+    _start(rank, world, port)
+    torch.manual_seed(0)  # same initial weights on every rank, as nnU-Net's DDP broadcast makes them
+    cfg = TINY_CONFIGS["iac"]
+    supernet = build_supernet(cfg, "darts_2d", 1, 2, 2, False, planned=tiny_planned(2))
+    host_before = [p.detach().clone() for p in supernet.host_parameters()]
+    for p in supernet.host_parameters():
+        p.requires_grad_(False)
+    model = SearchNetwork(supernet, build_arch_params(cfg, supernet, "darts_2d"), EdgeNormalisedWeighting())
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    torch.manual_seed(100 + rank)  # different data on each rank
+    jsd = JSDStabilityPruning(JSDRule(window=1, threshold=1.0, gamma=1.0))
+    pruned = []
+    for step in range(3):
+        opt.zero_grad()
+        ddp(torch.randn(2, 1, 16, 16) * (rank + 1)).square().mean().backward()
+        opt.step()
+        alive = jsd.on_epoch_end(model, SearchProgress(step, 3, 0, step + 1, 3))
+        if alive is not None:
+            model.arch.set_alive_ops(alive)
+            pruned.append(alive.flatten().float())
+    assert pruned and all(torch.equal(a, b) for a, b in zip(host_before, supernet.host_parameters()))
+    trained = [p.detach().flatten() for p in model.parameters() if p.requires_grad]
+    gathered = _gathered(torch.cat(pruned + trained), world)
+    genotype = discretize(model.arch.state_dict(), "darts_2d", cfg=cfg)
+    _train_under_nnunets_ddp(IACUNet(1, 2, deep_supervision=True,
+                                     **fixed_network_kwargs(genotype, 1.0, planned=tiny_planned(2))), (1, 1, 16, 16))
+    if rank == 0:
+        torch.save({"gathered": gathered}, out)
+    _finish()
+
+
+def test_iac_search_keeps_every_rank_identical_with_the_host_frozen(tmp_path):
+    out = str(tmp_path / "iac.pt")
+    _spawn(_iac_worker, out)
+    res = torch.load(out)
+    assert torch.equal(res["gathered"][0], res["gathered"][1])

@@ -48,7 +48,7 @@ def test_implanted_network_starts_as_its_host(dims, residual, fixed):
     name, kw = _host_kwargs(dims, residual)
     for ds, mode in ((True, "fusion"), (False, "skip_only")):
         host = build_host(name, kw, REQ, 1, 3, ds).eval()
-        genotype = _random_genotype(dims, iac_cell_types(2, True)) if fixed else None
+        genotype = _random_genotype(dims, iac_cell_types(2, True, mode)) if fixed else None
         net = IACUNet(1, 3, name, kw, REQ, genotype=genotype, mode=mode, deep_supervision=ds).eval()
         net.load_host_weights(host.state_dict())
         x = torch.randn(2, 1, *([16] * dims))
@@ -67,7 +67,7 @@ def test_training_the_cells_moves_the_output_and_leaves_a_frozen_host_unchanged(
     torch.manual_seed(1)
     name, kw = _host_kwargs(2, False)
     net = IACUNet(1, 3, name, kw, REQ, shared_cell=False, deep_supervision=True)
-    assert net.cell_types == ["skip_0", "skip_1"]
+    assert net.cell_types == ["fusion_0", "fusion_1"]
     host_before = {k: v.clone() for k, v in net.state_dict().items() if k.startswith(("encoder.", "decoder."))}
     host_ids = {id(p) for p in net.host_parameters()}
     for p in net.host_parameters():
@@ -97,9 +97,11 @@ def test_a_host_of_other_plans_and_bad_genotypes_get_one_clear_error():
     with pytest.raises(ValueError, match="not this network's host"):
         net.load_host_weights(other.state_dict())
     with pytest.raises(ValueError, match="3-D genotype"):
-        IACUNet(1, 3, name, kw, REQ, genotype=_random_genotype(3, ["skip"]))
-    with pytest.raises(Exception, match="skip_0|cell type"):
-        IACUNet(1, 3, name, kw, REQ, genotype=_random_genotype(2, ["skip"]), shared_cell=False)
+        IACUNet(1, 3, name, kw, REQ, genotype=_random_genotype(3, ["fusion"]))
+    with pytest.raises(Exception, match="cell types"):  # one cell per level, for a host of two levels
+        IACUNet(1, 3, name, kw, REQ, genotype=_random_genotype(2, ["fusion_0"]))
+    with pytest.raises(ValueError, match="not an IAC genotype"):
+        IACUNet(1, 3, name, kw, REQ, genotype=_random_genotype(2, ["encoder_normal"]))
     with pytest.raises(ValueError, match="UNetDecoder"):
         build_host("nnunet_nas.networks.scnas_net.SCNASNet", {}, [], 1, 3, True)
 
@@ -107,7 +109,7 @@ def test_a_host_of_other_plans_and_bad_genotypes_get_one_clear_error():
 def test_conv_feature_maps_count_host_and_cells():
     name, kw = _host_kwargs(2, False)
     host = build_host(name, kw, REQ, 1, 3, True)
-    net = IACUNet(1, 3, name, kw, REQ, genotype=_random_genotype(2, ["skip"]), deep_supervision=True)
+    net = IACUNet(1, 3, name, kw, REQ, genotype=_random_genotype(2, ["fusion"]), deep_supervision=True)
     assert net.compute_conv_feature_map_size([16, 16]) > host.compute_conv_feature_map_size([16, 16])
 
 

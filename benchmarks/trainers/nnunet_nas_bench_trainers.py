@@ -1,10 +1,14 @@
 # Trainers of the real-data CPU benchmark (benchmarks/hippocampus_2d.py, BENCHMARKS.md).
 # Found through nnUNet_extTrainer="$(nnunet-nas trainer-dir):<repo>/benchmarks/trainers".
 # Keep it tiny: nnU-Net imports every module here by bare name. Class names are unique and contain no "__".
+import os
 from dataclasses import replace
 
-from nnunet_nas.config import DiNTSSearchConfig, SCNASSearchConfig
-from nnunet_nas.nnunet.trainers import nnUNetTrainerDiNTSSearch, nnUNetTrainerSCNASSearch
+import torch
+
+from nnunet_nas.config import DiNTSSearchConfig, IACSearchConfig, SCNASSearchConfig
+from nnunet_nas.nnunet.trainers import (_ShortSchedule, nnUNetTrainerDiNTSSearch, nnUNetTrainerIACSearch,
+                                        nnUNetTrainerSCNASSearch)
 from nnunet_nas.strategies.jsd_pruning import JSDRule
 
 
@@ -72,3 +76,44 @@ class nnUNetTrainerSCNASSearchHippo2D_20x10_JSD(nnUNetTrainerSCNASSearchHippo2D_
     """The same search with IAC-LTH's JSD stability pruning and early stop at JSDRule's defaults (window 5,
     threshold 1e-3, top 3, gamma 0.5); 20 epochs stay the cap (benchmarks/jsd_saving.py)."""
     search_config = replace(nnUNetTrainerSCNASSearchHippo2D_20x10.search_config, jsd=JSDRule())
+
+
+class nnUNetTrainerIACSearchHippo2D_40x5(nnUNetTrainerIACSearch):
+    """CPU IAC search for MSD Hippocampus 2d_bs32 (benchmarks/iac_hippocampus.py), on the benchmark's trained
+    baseline (nnUNetTrainerNAS_20x50), frozen. The default IAC cell (4 nodes, 8 DARTS ops, K=4 partial channels, edge
+    normalisation, one shared genotype, fusion mode) and split; budget deviations forced by 2 CPU cores (about 8 s per
+    weight + architecture iteration at batch 32): 40 epochs x 5 iterations stand for IAC's 200 epochs ("full"
+    length on the CPU), the first 3 (7.5 %, as 15 of 200) without architecture steps; arch_lr 0.03 instead of
+    PC-DARTS's 6e-4 (as the other CPU searches: about 185 architecture steps)."""
+    search_config = replace(IACSearchConfig(), arch_lr=0.03)
+    host_trainer = "nnUNetTrainerNAS_20x50"
+    num_epochs_default = 40
+    iterations_per_epoch = 5
+    val_iterations_per_epoch = 1
+    save_every_default = 1
+
+
+class nnUNetTrainerIACLTHSearchHippo2D_40x5(nnUNetTrainerIACSearchHippo2D_40x5):
+    """IAC-LTH: the same search with JSD stability pruning and early stop at JSDRule's defaults (window 5, threshold
+    1e-3, top 3, gamma 0.5); the 40 epochs of the full search are the cap."""
+    search_config = replace(nnUNetTrainerIACSearchHippo2D_40x5.search_config, jsd=JSDRule())
+
+
+class nnUNetTrainerNAS_10x50(_ShortSchedule):
+    """Fine-tuning budget of the IAC benchmark: 10 epochs x 50 iterations (half the baseline's), nnU-Net's default
+    trainer otherwise. An IAC configuration starts from its trained host (IACUNet loads it)."""
+    schedule = (10, 50, 10)
+
+
+class nnUNetTrainerNAS_10x50_FromModel(nnUNetTrainerNAS_10x50):
+    """The control of the IAC benchmark: nnU-Net's network fine-tuned with the same budget, starting from every
+    weight of the checkpoint in NNUNET_NAS_BENCH_INIT (segmentation heads included, which nnU-Net's
+    -pretrained_weights would re-initialise), so that it starts where the IAC configurations start."""
+
+    def initialize(self):
+        super().initialize()
+        path = os.environ["NNUNET_NAS_BENCH_INIT"]
+        weights = torch.load(path, map_location="cpu", weights_only=False)["network_weights"]
+        net = self.network.module if hasattr(self.network, "module") else self.network
+        getattr(net, "_orig_mod", net).load_state_dict(weights)
+        self.print_to_log_file(f"initialised from {path}")

@@ -5,7 +5,10 @@ disjoint by construction).
 ``[..., N]`` over the op set; ``alive_ops`` (same shape, bool) exists only once something was pruned, so an
 unpruned search's state dict holds the logits alone. Pruned ops get probability 0 in :meth:`op_probs`.
 
-:class:`CellArchParams` (SCNAS, IAC): ``op_logits`` [T, E, N] per cell type and edge.
+:class:`CellArchParams` (SCNAS): ``op_logits`` [T, E, N] per cell type and edge.
+
+:class:`CellEdgeArchParams` (IAC, PC-DARTS): ``op_logits`` [T, E, N] and ``edge_logits`` [T, E] (beta of edge
+normalisation), both initialised 1e-3 * N(0, 1) [PC-DARTS].
 
 :class:`GridArchParams` (DiNTS / DAST):
 ``edge_logits`` [L, E]: p_e = sigmoid (paper Eq. 2), initialised N(0, 0.01) [paper section 4.1].
@@ -79,3 +82,11 @@ class CellArchParams(ArchParams):
     def __init__(self, num_cell_types: int, num_edges: int, num_ops: int):
         super().__init__()
         self.op_logits = nn.Parameter(torch.randn(num_cell_types, num_edges, num_ops) * 1e-3)
+
+
+class CellEdgeArchParams(CellArchParams):
+    """PC-DARTS cells: ``op_logits`` ``[T, E, N]`` and the edge-normalisation logits ``edge_logits`` ``[T, E]``."""
+
+    def __init__(self, num_cell_types: int, num_edges: int, num_ops: int):
+        super().__init__(num_cell_types, num_edges, num_ops)
+        self.edge_logits = nn.Parameter(torch.randn(num_cell_types, num_edges) * 1e-3)

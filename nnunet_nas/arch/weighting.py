@@ -11,6 +11,8 @@ uninterrupted one would.
 * :class:`GumbelSoftmaxWeighting` (GDAS-style relaxation): ``softmax((alpha + g) / tau)``, g ~ Gumbel(0, 1).
 * :class:`GumbelPairWeighting` (SCNAS Algorithm 1): one sampled pair of ops per edge with renormalised
   Gumbel-softmax weights, returned as :class:`SampledOpWeights` (weights plus which ops run).
+* :class:`EdgeNormalisedWeighting` (PC-DARTS, IAC): ``softmax(alpha)`` per edge and a softmax of ``beta`` over each
+  node's incoming edges, returned as :class:`EdgeNormalisedWeights`.
 """
 
 from typing import NamedTuple, Optional
@@ -18,6 +20,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from nnunet_nas.arch.grid_probs import edge_marginals
+from nnunet_nas.spaces.cell import cell_num_nodes, node_softmax
 
 
 class Weighting:
@@ -141,3 +144,22 @@ class GumbelPairWeighting(GumbelSoftmaxWeighting):
         second = torch.multinomial(others.double(), 1, generator=self.generator).squeeze(-1)
         shape = z.shape[:-1]
         return first.view(shape), second.view(shape)
+
+
+class EdgeNormalisedWeights(NamedTuple):
+    """Per-op weights ``[..., E, N]`` and per-edge weights ``[..., E]`` (PC-DARTS edge normalisation: an edge's
+    whole output, bypassed channels included, is multiplied by its edge weight)."""
+    ops: torch.Tensor
+    edges: torch.Tensor
+
+    def detach(self) -> "EdgeNormalisedWeights":
+        return EdgeNormalisedWeights(self.ops.detach(), self.edges.detach())
+
+
+class EdgeNormalisedWeighting(Weighting):
+    """PC-DARTS: ``softmax(alpha)`` over the alive ops of each edge, and ``softmax(beta)`` over the incoming edges
+    of each cell node (:func:`~nnunet_nas.spaces.cell.node_softmax`)."""
+
+    def __call__(self, arch) -> EdgeNormalisedWeights:
+        num_nodes = cell_num_nodes(arch.edge_logits.shape[-1])
+        return EdgeNormalisedWeights(arch.op_probs(), node_softmax(arch.edge_logits, num_nodes))

@@ -31,7 +31,7 @@ def search_strides(num_depths: int, spatial_dims: int):
 
 
 def build_supernet(cfg: DiNTSSearchConfig, op_set: str, input_channels: int, num_classes: int, spatial_dims: int,
-                   deep_supervision: bool):
+                   deep_supervision: bool, planned=None):
     return DiNTSNet(input_channels, num_classes, None, cfg.num_blocks, cfg.num_depths, spatial_dims, cfg.channel_mul,
                     op_set=op_set, strides=search_strides(cfg.num_depths, spatial_dims),
                     deep_supervision=deep_supervision, recompute_norms=cfg.recompute_norms)
@@ -53,7 +53,7 @@ def regularizers(net, cfg: DiNTSSearchConfig):
             "memory": memory}
 
 
-def discretize(arch_state, op_set: str, provenance=None) -> GridGenotype:
+def discretize(arch_state, op_set: str, provenance=None, cfg=None) -> GridGenotype:
     """Topology-guaranteed discretisation (Eq. 3-4) of ``arch.edge_logits`` / ``arch.op_logits``."""
     node_a, code_a, code_c = decode_grid_codes(arch_state["edge_logits"],
                                                _alive_logits(arch_state["op_logits"], arch_state.get("alive_ops")))
@@ -88,7 +88,8 @@ def describe(net, cfg: DiNTSSearchConfig):
     }
 
 
-def fixed_network_kwargs(genotype: GridGenotype, channel_mul: float, base_channels: int = 32) -> dict:
+def fixed_network_kwargs(genotype: GridGenotype, channel_mul: float, base_channels: int = 32,
+                         planned=None) -> dict:
     """``arch_kwargs`` of an exported grid architecture: deep supervision at every decoder resolution
     1/2^0 .. 1/2^(k+1) (k = deepest active level of the last block)."""
     dims = genotype.spatial_dims

@@ -17,7 +17,7 @@ from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.networks.scnas_net import CELL_TYPES, DEFAULT_OP_SETS, NUM_LEVELS, SCNASNet
 from nnunet_nas.ops.catalog import op_names
 from nnunet_nas.registry import SearchMethod, register_method
-from nnunet_nas.spaces.cell import cell_edges
+from nnunet_nas.spaces.cell import cell_edges, cell_num_nodes
 from nnunet_nas.strategies.temperature import TemperatureAnnealing
 
 HISTORY_KEYS = ("arch_entropy_alpha",)
@@ -29,7 +29,7 @@ def output_strides(spatial_dims: int):
 
 
 def build_supernet(cfg: SCNASSearchConfig, op_set: str, input_channels: int, num_classes: int, spatial_dims: int,
-                   deep_supervision: bool) -> SCNASNet:
+                   deep_supervision: bool, planned=None) -> SCNASNet:
     return SCNASNet(input_channels, num_classes, None, spatial_dims, cfg.channel_mul, num_nodes=cfg.num_nodes,
                     op_set=op_set, strides=output_strides(spatial_dims), deep_supervision=deep_supervision)
 
@@ -62,19 +62,12 @@ def discretize_cell(probs: np.ndarray, names, num_nodes: int):
     return ops
 
 
-def discretize(arch_state, op_set: str, provenance=None) -> CellGenotype:
+def discretize(arch_state, op_set: str, provenance=None, cfg=None) -> CellGenotype:
     probs = masked_op_probs(arch_state["op_logits"].detach().float().cpu(), arch_state.get("alive_ops")).numpy()
     names = list(op_names(op_set))
-    num_nodes = _num_nodes(probs.shape[1])
+    num_nodes = cell_num_nodes(probs.shape[1])
     return CellGenotype.from_edge_ops(op_set, {t: discretize_cell(probs[i], names, num_nodes)
                                                for i, t in enumerate(CELL_TYPES)}, num_nodes, provenance)
-
-
-def _num_nodes(num_edges: int) -> int:
-    for n in range(1, 16):
-        if len(cell_edges(n)) == num_edges:
-            return n
-    raise ValueError(f"{num_edges} edges per cell is no DARTS cell (2 + 3 + ... edges).")
 
 
 def kept_edges(genotype: CellGenotype) -> np.ndarray:
@@ -89,7 +82,8 @@ def describe(net, cfg: SCNASSearchConfig):
     return {"arch_entropy_alpha": float(entropy), "op_probs": probs.numpy().round(5).tolist()}
 
 
-def fixed_network_kwargs(genotype: CellGenotype, channel_mul: float, base_channels: int = 32) -> dict:
+def fixed_network_kwargs(genotype: CellGenotype, channel_mul: float, base_channels: int = 32,
+                         planned=None) -> dict:
     return {"genotype": genotype.to_dict(), "channel_mul": float(channel_mul), "base_channels": int(base_channels),
             "strides": output_strides(genotype.spatial_dims)}
 

@@ -14,6 +14,12 @@ cell may run its mixed ops on 1/K of the channels (``partial_channels``, PC-DART
 
 The host's modules keep the host's names (``encoder.*``, ``decoder.*``), so a trained host's weights load by name
 (:meth:`IACUNet.load_host_weights`) and :meth:`IACUNet.host_parameters` are what a search freezes.
+
+Fine-tuning starts from the trained host: an exported configuration names the host's checkpoint
+(``host_checkpoint``), and :meth:`IACUNet.initialize`, which nnU-Net calls on every network it builds for training
+(``get_network_from_plans(..., allow_init=True)``), loads it; the cells start with their zero output, so the
+fine-tuned network starts as the trained host. nnU-Net's ``-pretrained_weights`` cannot do this: it requires every
+key of the new network in the old checkpoint and never transfers the segmentation heads.
 """
 
 from typing import List, Optional, Sequence
@@ -21,20 +27,32 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from nnunet_nas.arch.weighting import SampledOpWeights
+import os
+import warnings
+
+from nnunet_nas.arch.weighting import EdgeNormalisedWeights, SampledOpWeights
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.ops.catalog import get_op_set
 from nnunet_nas.ops.conv import conv_nd
 from nnunet_nas.spaces.cell import Cell
 
 MODES = ("fusion", "skip_only")
-SHARED_CELL = "skip"
 DEFAULT_OP_SETS = {2: "darts_2d", 3: "darts_3d"}
 
 
-def iac_cell_types(num_levels: int, shared: bool) -> List[str]:
-    """Cell types of an IAC genotype: one shared type, or one per skip level (finest first)."""
-    return [SHARED_CELL] if shared else [f"{SHARED_CELL}_{level}" for level in range(num_levels)]
+def iac_cell_types(num_levels: int, shared: bool, mode: str = "fusion") -> List[str]:
+    """Cell types of an IAC genotype, named by the cell's inputs: one shared type (``"fusion"``), or one per skip
+    level, finest first (``"fusion_0"``, ``"fusion_1"`` ...); ``"skip_only"`` likewise."""
+    return [mode] if shared else [f"{mode}_{level}" for level in range(num_levels)]
+
+
+def iac_layout(cell_types: Sequence[str]):
+    """``(mode, shared)`` of an IAC genotype from its cell type names (:func:`iac_cell_types`)."""
+    mode = next((m for m in MODES if cell_types and cell_types[0].startswith(m)), None)
+    if mode is None:
+        raise ValueError(f"cell types {list(cell_types)} are not an IAC genotype's (expected {MODES[0]!r} or "
+                         f"'{MODES[0]}_0', '{MODES[0]}_1', ..., or the same with {MODES[1]!r}).")
+    return mode, list(cell_types) == [mode]
 
 
 def build_host(host_class: str, host_kwargs: dict, host_kwargs_requires_import: Sequence[str], input_channels: int,
@@ -58,7 +76,8 @@ class IACUNet(nn.Module):
     def __init__(self, input_channels: int, num_classes: int, host_class: str, host_kwargs: dict,
                  host_kwargs_requires_import: Sequence[str] = (), genotype=None, op_set: Optional[str] = None,
                  num_nodes: int = 4, cell_channel_mul: float = 1.0, mode: str = "fusion", shared_cell: bool = True,
-                 partial_channels: int = 1, deep_supervision: bool = False, **unused):
+                 partial_channels: int = 1, deep_supervision: bool = False, strides=None,
+                 host_checkpoint: Optional[str] = None, **unused):
         super().__init__()
         if unused:
             raise TypeError(f"IACUNet got unexpected arguments {sorted(unused)}.")
@@ -68,15 +87,21 @@ class IACUNet(nn.Module):
                             host_kwargs=host_kwargs, host_kwargs_requires_import=list(host_kwargs_requires_import),
                             genotype=genotype, op_set=op_set, num_nodes=num_nodes, cell_channel_mul=cell_channel_mul,
                             mode=mode, shared_cell=shared_cell, partial_channels=partial_channels,
-                            deep_supervision=deep_supervision)
+                            deep_supervision=deep_supervision, strides=strides, host_checkpoint=host_checkpoint)
         host = build_host(host_class, host_kwargs, host_kwargs_requires_import, input_channels, num_classes,
                           deep_supervision)
         self.encoder, self.decoder = host.encoder, host.decoder
+        self.strides = [list(st) for st in host_kwargs["strides"]]  # nnU-Net's deep-supervision convention
+        if strides is not None and [list(st) for st in strides] != self.strides:
+            raise ValueError(f"IACUNet: strides {strides} differ from the host's {self.strides}.")
+        self.host_checkpoint = host_checkpoint
         dims = 3 if issubclass(host.encoder.conv_op, nn.Conv3d) else 2
         skip_channels = list(host.encoder.output_channels[:-1])  # per level, finest first; the bottleneck has none
-        self.cell_types = iac_cell_types(len(skip_channels), shared_cell)
-        if genotype is not None:
+        if genotype is not None:  # its cell types say mode and sharing
             genotype = genotype if isinstance(genotype, CellGenotype) else CellGenotype.from_dict(genotype)
+            mode, shared_cell = iac_layout(genotype.cell_types)
+        self.cell_types = iac_cell_types(len(skip_channels), shared_cell, mode)
+        if genotype is not None:
             genotype.validate("IACUNet genotype", self.cell_types)
             if genotype.spatial_dims != dims:
                 raise ValueError(f"IACUNet: a {genotype.spatial_dims}-D genotype for a {dims}-D host.")
@@ -101,9 +126,11 @@ class IACUNet(nn.Module):
     def forward(self, x: torch.Tensor, weights=None):
         if self.genotype is None and weights is None:
             raise ValueError("IACUNet: searchable cells need op weights [cell types, edges, ops].")
-        active = None
+        active = edge_weights = None
         if isinstance(weights, SampledOpWeights):
             weights, active = weights.weights, weights.active
+        elif isinstance(weights, EdgeNormalisedWeights):
+            weights, edge_weights = weights.ops, weights.edges
         skips = self.encoder(x)
         dec = self.decoder
         lres, outputs = skips[-1], []
@@ -112,7 +139,8 @@ class IACUNet(nn.Module):
             level = len(skips) - 2 - s
             skip, t = skips[level], self.level_type[level]
             fused = self.cells[level](skip, up if self.mode == "fusion" else skip,
-                                      None if weights is None else weights[t], None if active is None else active[t])
+                                      None if weights is None else weights[t], None if active is None else active[t],
+                                      None if edge_weights is None else edge_weights[t])
             lres = stage(torch.cat((up, skip + self.outs[level](fused)), 1))
             if dec.deep_supervision:
                 outputs.append(dec.seg_layers[s](lres))
@@ -121,7 +149,37 @@ class IACUNet(nn.Module):
         outputs = outputs[::-1]  # highest resolution first, as nnU-Net expects
         return outputs if dec.deep_supervision else outputs[0]
 
+    def remove_ops(self, alive) -> int:
+        """Operation pruning of the search cells: delete the op modules that ``alive`` ``[cell types, edges, ops]``
+        marks dead (in every cell of a shared type); returns how many were removed."""
+        if self.genotype is not None:
+            raise ValueError("IACUNet.remove_ops: fixed cells have no candidate operations to prune.")
+        removed = 0
+        for level, cell in enumerate(self.cells):
+            flags = alive[self.level_type[level]]
+            removed += sum(op.remove_ops([bool(a) for a in flags[e]]) for e, op in enumerate(cell.edge_ops))
+        return removed
+
     # ------------------------------------------------------------------ the host
+    def initialize(self, module: nn.Module) -> None:
+        """nnU-Net's init hook (``network.apply(network.initialize)``, called once per module, this network last):
+        the host was initialised when it was built; here the trained host's weights are loaded where the
+        configuration names a checkpoint (fine-tuning starts from it)."""
+        if module is not self or self.host_checkpoint is None:
+            return
+        if not os.path.isfile(self.host_checkpoint):
+            # nnU-Net also builds (and initialises) the network for prediction, where the trained IAC checkpoint
+            # replaces every weight next; a training run must start from the host, so it is told loudly.
+            message = (f"IACUNet: the trained host {self.host_checkpoint} named by this configuration does not exist; "
+                       f"the backbone starts from nnU-Net's random initialisation. Fine-tuning an IAC configuration "
+                       f"needs it: restore the file, or re-export the search with nnunet-nas export.")
+            if self.decoder.deep_supervision:  # training (nnU-Net predicts without deep supervision)
+                raise FileNotFoundError(message)
+            warnings.warn(message)
+            return
+        checkpoint = torch.load(self.host_checkpoint, map_location="cpu", weights_only=False)
+        self.load_host_weights(checkpoint["network_weights"], source=self.host_checkpoint)
+
     def host_parameters(self) -> List[nn.Parameter]:
         """The trained host's parameters (encoder and decoder): what the IAC search freezes."""
         return list(self.encoder.parameters()) + list(self.decoder.parameters())

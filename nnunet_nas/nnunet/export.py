@@ -8,24 +8,30 @@ from typing import Optional
 from nnunet_nas.genotypes.schema import Genotype
 from nnunet_nas.nnunet.plans_io import free_configuration_name, load_plans, register_configuration
 from nnunet_nas.patch import round_up_patch
+from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import SearchMethod, get_method
 
 
-def architecture_block(method: SearchMethod, genotype: Genotype, channel_mul: float) -> dict:
+def architecture_block(method: SearchMethod, genotype: Genotype, channel_mul: Optional[float],
+                       planned: Optional[PlannedNetwork] = None) -> dict:
     """The plans ``architecture`` block of ``genotype`` (nnU-Net builds the network from it by dotted path)."""
     return {"network_class_name": method.network_class_name,
-            "arch_kwargs": method.fixed_network_kwargs(genotype, channel_mul),
+            "arch_kwargs": method.fixed_network_kwargs(genotype, channel_mul, planned=planned),
             "_kw_requires_import": []}
 
 
 def register_searched_configuration(plans_path: str, base_config: str, method: SearchMethod, genotype: Genotype,
                                     channel_mul: Optional[float] = None, name: Optional[str] = None,
-                                    overwrite: bool = False, auto_rename: bool = False, log=print) -> str:
+                                    overwrite: bool = False, auto_rename: bool = False,
+                                    host_checkpoint: Optional[str] = None, log=print) -> str:
     """Register ``genotype`` as configuration ``name`` (default ``<base>_<method>``) and return the name used.
 
     The patch size of the base configuration is rounded up to what the architecture needs. ``channel_mul=None``
-    fits the width to the memory nnU-Net planned for the base configuration (:mod:`nnunet_nas.nnunet.width`). The
-    training memory of the fixed network at that patch and the base batch size is estimated and printed.
+    fits the width to the memory nnU-Net planned for the base configuration (:mod:`nnunet_nas.nnunet.width`) for a
+    method whose network replaces nnU-Net's (``fits_width``); a method that adds to nnU-Net's network (IAC) keeps
+    its own default and the added memory is printed. ``host_checkpoint``: the trained model of the base
+    configuration's network the search built on (IAC; the fixed network starts from it). The training memory of
+    the fixed network at that patch and the base batch size is estimated and printed.
     """
     plans = load_plans(plans_path)
     base = _resolved(plans, base_config)
@@ -37,9 +43,13 @@ def register_searched_configuration(plans_path: str, base_config: str, method: S
     if patch != list(base["patch_size"]):
         log(f"patch size {list(base['patch_size'])} -> {patch} (this architecture needs multiples of {divisor})")
     channels, classes = _dataset_channels_and_classes(plans_path)
-    if channel_mul is None:
-        channel_mul = _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, log)
-    arch = architecture_block(method, genotype, channel_mul)
+    planned = PlannedNetwork.from_block(base["architecture"], host_checkpoint)
+    if channel_mul is None and method.fits_width:
+        channel_mul = _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, planned,
+                                          log)
+    arch = architecture_block(method, genotype, channel_mul, planned)
+    if not method.fits_width:
+        _log_added_memory(plans_path, base_config, method, arch, patch, channels, classes, log)
     name = name or f"{base_config}_{method.name}"
     if auto_rename:
         new = free_configuration_name(plans_path, name, arch)
@@ -64,18 +74,28 @@ def _resolved(plans: dict, name: str) -> dict:
     return c
 
 
-def _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, log) -> float:
+def _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, planned, log) -> float:
     from nnunet_nas.nnunet.width import fit_channel_mul, planned_network_elements
     target = planned_network_elements(plans_path, base_config, channels, classes)
 
     def build(mul):
         return method.network_class(channels, classes, deep_supervision=True,
-                                    **method.fixed_network_kwargs(genotype, mul))
+                                    **method.fixed_network_kwargs(genotype, mul, planned=planned))
     mul, elements = fit_channel_mul(build, channels, patch, target)
     log(f"width fitted to nnU-Net's planned network for {base_config!r}: channel_mul {mul} (conv feature maps "
         f"{elements / 1e6:.2f} M elements at patch {patch} vs {target / 1e6:.2f} M planned; pass --channel-mul to "
         f"choose another width)")
     return mul
+
+
+def _log_added_memory(plans_path, base_config, method, arch, patch, channels, classes, log) -> None:
+    from nnunet_nas.nnunet.width import planned_network_elements
+    planned = planned_network_elements(plans_path, base_config, channels, classes)
+    net = method.network_class(channels, classes, deep_supervision=True, **arch["arch_kwargs"])
+    elements = net.compute_conv_feature_map_size(patch)
+    log(f"{method.name} adds to nnU-Net's planned network for {base_config!r} (width not fitted): conv feature maps "
+        f"{elements / 1e6:.2f} M elements at patch {patch} vs {planned / 1e6:.2f} M planned "
+        f"({elements / planned:.2f}x); pass --channel-mul to choose the cells' width")
 
 
 def _dataset_channels_and_classes(plans_path: str):
@@ -149,14 +169,15 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
                   "checkpoint": os.path.abspath(checkpoint_path), "search_config": config,
                   "stopped_early": bool(state.get("stopped_early", False)), "nnunet_nas_version": _version()}
     arch_state = {k[len("arch."):]: v for k, v in ckpt["network_weights"].items() if k.startswith("arch.")}
-    genotype = method.discretize(arch_state, op_set, provenance)
+    genotype = method.discretize(arch_state, op_set, provenance, cfg=method.config_class.from_dict(config))
     write_genotype_files(method, genotype, os.path.dirname(os.path.abspath(checkpoint_path)), log=log)
     if nnUNet_preprocessed is None:
         raise EnvironmentError("nnUNet_preprocessed is not set; nnU-Net needs it to find the plans file.")
     path = plans_file(os.path.join(nnUNet_preprocessed, plans["dataset_name"]), plans["plans_name"])
     mul = config.get("export_channel_mul") if channel_mul is None else channel_mul  # None: fitted
     return register_searched_configuration(path, base_config or searched, method, genotype, mul, name=name,
-                                           overwrite=overwrite, auto_rename=name is None and not overwrite, log=log)
+                                           overwrite=overwrite, auto_rename=name is None and not overwrite,
+                                           host_checkpoint=state.get("host_checkpoint"), log=log)
 
 
 def _version() -> str:

@@ -38,6 +38,7 @@ from nnunet_nas.nnunet.data import make_arch_dataloader, split_weight_arch
 from nnunet_nas.nnunet.rng import get_rng_state, seed_everything, set_rng_state
 from nnunet_nas.nnunet.search_network import SearchNetwork, unwrap_network
 from nnunet_nas.patch import round_up_patch
+from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import SearchMethod, get_method
 from nnunet_nas.strategies.base import SearchProgress, SearchStrategy
 from nnunet_nas.strategies.jsd_pruning import JSDStabilityPruning
@@ -58,6 +59,7 @@ class NASSearchTrainer(nnUNetTrainer):
     iterations_per_epoch = None  # None: nnU-Net's (250 / 50)
     val_iterations_per_epoch = None
     save_every_default = None
+    host_trainer = "nnUNetTrainer"  # methods that build on a trained model (IAC): the trainer that trained it
     search_seed = 12345  # [ours] searches are seeded (seed + fold): the same command finds the same architecture
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -73,6 +75,7 @@ class NASSearchTrainer(nnUNetTrainer):
         self.arch_steps_done = 0
         self.arch_history: Dict[str, list] = {}
         self.dataloader_arch = None
+        self.host_checkpoint = None  # the trained model the search builds on (methods with trained_host)
         self.stopped_early = False
         self._stop_reasons: List[str] = []
         self._pending_rng_state = None
@@ -108,7 +111,7 @@ class NASSearchTrainer(nnUNetTrainer):
         the method's mask of the edges that genotype uses (None: the method does not say)."""
         state = {k: v.detach().cpu() for k, v in net.arch.state_dict().items()}
         genotype = self.method.discretize(state, self.method.op_set_for(self.cfg, len(
-            self.configuration_manager.patch_size)))
+            self.configuration_manager.patch_size)), cfg=self.cfg)
         d = genotype.to_dict()
         d.pop("provenance", None)
         kept = self.method.kept_edges(genotype) if self.method.kept_edges is not None else None
@@ -141,7 +144,8 @@ class NASSearchTrainer(nnUNetTrainer):
         dims = len(configuration_manager.patch_size)
         op_set = method.op_set_for(cfg, dims)
         supernet = method.build_supernet(cfg, op_set, num_input_channels, num_output_channels, dims,
-                                         enable_deep_supervision)
+                                         enable_deep_supervision,
+                                         planned=PlannedNetwork.from_configuration_manager(configuration_manager))
         return SearchNetwork(supernet, method.build_arch_params(cfg, supernet, op_set), method.make_weighting(cfg))
 
     def _build_loss(self):
@@ -171,6 +175,23 @@ class NASSearchTrainer(nnUNetTrainer):
     def _unwrap(self) -> SearchNetwork:
         return unwrap_network(self.network)
 
+    def load_trained_host(self, net: SearchNetwork) -> None:
+        """For a method that builds on a trained model of the planned network (IAC): find it
+        (:mod:`nnunet_nas.nnunet.host`), load its weights into the supernet's host and freeze them."""
+        from nnunet_nas.nnunet.host import find_host_checkpoint, load_host_checkpoint
+        dataset = self.plans_manager.dataset_name
+        path = find_host_checkpoint(dataset, self.plans_manager.plans_name, self.configuration_name, self.fold,
+                                    self.host_trainer)
+        weights = load_host_checkpoint(path, self.configuration_name, dataset, self.fold)
+        try:
+            net.supernet.load_host_weights(weights, source=path)
+        except ValueError as e:
+            raise ValueError(f"{e} Command: nnUNetv2_train {dataset} {self.configuration_name} {self.fold}") from None
+        for p in net.supernet.host_parameters():
+            p.requires_grad_(False)
+        self.host_checkpoint = path
+        self.print_to_log_file(f"trained host loaded and frozen: {path}")
+
     def prepare_search_network(self, net: SearchNetwork) -> None:
         """Called once the network exists, before any optimiser is built: load and freeze a trained part here
         (``requires_grad_(False)``); frozen weights reach no optimiser."""
@@ -191,6 +212,8 @@ class NASSearchTrainer(nnUNetTrainer):
 
     def configure_optimizers(self):
         net = unwrap_network(self.network)
+        if self.method.trained_host:
+            self.load_trained_host(net)
         self.prepare_search_network(net)
         params = list(net.weight_parameters())  # alpha and frozen weights are excluded by construction
         if self.cfg.weight_optimizer == "adam":
@@ -230,6 +253,12 @@ class NASSearchTrainer(nnUNetTrainer):
             self.print_to_log_file(line)
         for s in self.strategies:
             s.on_search_start(net, self.progress())
+        if self.local_rank == 0 and self.method.plot_supernet is not None:
+            try:
+                self.method.plot_supernet(net.supernet, os.path.join(self.output_folder,
+                                                                     self.method.output_file("network")))
+            except Exception as e:  # noqa: BLE001 - a picture must never stop a search
+                self.print_to_log_file(f"could not draw the searched network: {e}")
         if self.stopped_early:
             raise SearchStopped("the search in this checkpoint had already stopped; nothing left to do")
 
@@ -413,6 +442,7 @@ class NASSearchTrainer(nnUNetTrainer):
             "weighting": net.weighting.state_dict(),
             "strategies": [s.state_dict() for s in self.strategies],
             "stopped_early": self.stopped_early,
+            "host_checkpoint": self.host_checkpoint,
             "rng": get_rng_state(),
         }
 

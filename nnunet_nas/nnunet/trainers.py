@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_nas.config import DiNTSSearchConfig, SCNASSearchConfig
+from nnunet_nas.config import DiNTSSearchConfig, IACSearchConfig, SCNASSearchConfig
 from nnunet_nas.nnunet.search_trainer import NASSearchTrainer
 from nnunet_nas.strategies.jsd_pruning import JSDRule
 
@@ -64,6 +64,26 @@ class nnUNetTrainerSCNASSearch_JSD(nnUNetTrainerSCNASSearch):
     search_config = replace(SCNASSearchConfig(), jsd=JSDRule())
 
 
+class nnUNetTrainerIACSearch(NASSearchTrainer):
+    """IAC: one searchable PC-DARTS cell (4 nodes, 8 DARTS ops, K=4 partial channels, edge normalisation) implanted
+    into every skip connection of the trained nnUNetTrainer model of the same dataset, plans, configuration and fold
+    (``NNUNET_NAS_HOST`` points elsewhere), which stays frozen; one shared genotype; 200 epochs, the first 15 without
+    architecture steps. Exports ``<configuration>_iac``, fine-tuned from the trained model by plain nnUNetv2_train."""
+    nas_method = "iac"
+    num_epochs_default = 200
+
+
+class nnUNetTrainerIACSearch_perLevel(nnUNetTrainerIACSearch):
+    """IAC with one genotype per skip level instead of one shared genotype."""
+    search_config = replace(IACSearchConfig(), shared_cell=False)
+
+
+class nnUNetTrainerIACLTHSearch(nnUNetTrainerIACSearch):
+    """IAC-LTH: IAC with Jensen-Shannon stability pruning and early stop (JSDRule's defaults); the 200 epochs of IAC
+    are the cap."""
+    search_config = replace(IACSearchConfig(), jsd=JSDRule())
+
+
 class _ShortSchedule(nnUNetTrainer):
     schedule = (1000, 250, 50)  # epochs, iterations per epoch, validation iterations per epoch
 
@@ -86,5 +106,6 @@ class nnUNetTrainerNAS_20x50(_ShortSchedule):
 
 __all__ = ["nnUNetTrainerDiNTSSearch", "nnUNetTrainerDiNTSSearch_sigma05", "nnUNetTrainerDiNTSSearch_sigma02",
            "nnUNetTrainerDiNTSSearchDemo", "nnUNetTrainerDiNTSSearch_JSD", "nnUNetTrainerSCNASSearch",
-           "nnUNetTrainerSCNASSearchDemo", "nnUNetTrainerSCNASSearch_JSD",
+           "nnUNetTrainerSCNASSearchDemo", "nnUNetTrainerSCNASSearch_JSD", "nnUNetTrainerIACSearch",
+           "nnUNetTrainerIACSearch_perLevel", "nnUNetTrainerIACLTHSearch",
            "nnUNetTrainerNASDemo", "nnUNetTrainerNAS_20x50"]

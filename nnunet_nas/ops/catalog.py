@@ -32,6 +32,8 @@ class OpSpec:
     # tensors of the output size autograd really keeps for the op in a discrete network (its nonlinearity's output,
     # which is also the first conv's input, and each conv's output); None: memory_cost
     saved: Optional[float] = None
+    # no convolution (identity, pooling, zero): what DARTS-style caps on "parameter-free operations" count
+    parameter_free: bool = False
 
     @property
     def saved_cost(self) -> float:
@@ -94,7 +96,7 @@ def _zero(ci, co, d, stride=1, style=DINTS_STYLE):
 
 # [paper] DiNTS section 3.2: skip, 3x3x3, P3D 3x3x1, 3x1x3, 1x3x3. Order = MONAI's op index 0..4.
 DINTS_3D = OpSet("dints_3d", 3, (
-    OpSpec("skip", _skip, 0.0),
+    OpSpec("skip", _skip, 0.0, parameter_free=True),
     OpSpec("conv_3x3x3", _conv(3), 3.0, saved=2.0),
     OpSpec("p3d_3x3x1", _p3d((3, 3, 1), (1, 1, 3)), 4.0, saved=3.0),
     OpSpec("p3d_3x1x3", _p3d((3, 1, 3), (1, 3, 1)), 4.0, saved=3.0),
@@ -104,7 +106,7 @@ DINTS_3D = OpSet("dints_3d", 3, (
 # [ours] 2-D analogue for nnU-Net's 2d configuration: the same five roles with 2-D kernels; the factorised
 # ops become 3x1 -> 1x3 and 1x3 -> 3x1, and a dilated 3x3 replaces the third axis' variant.
 DINTS_2D = OpSet("dints_2d", 2, (
-    OpSpec("skip", _skip, 0.0),
+    OpSpec("skip", _skip, 0.0, parameter_free=True),
     OpSpec("conv_3x3", _conv(3), 3.0, saved=2.0),
     OpSpec("p2d_3x1", _p3d((3, 1), (1, 3)), 4.0, saved=3.0),
     OpSpec("p2d_1x3", _p3d((1, 3), (3, 1)), 4.0, saved=3.0),
@@ -116,10 +118,10 @@ def _darts(name: str, dims: int) -> OpSet:
     """The eight DARTS / PC-DARTS primitives (zero, pools, skip, separable and dilated separable convs) in 2-D or
     3-D. Costs: stored tensors per output size (nonlinearity output, conv outputs, norm output)."""
     return OpSet(name, dims, (
-        OpSpec("zero", _zero, 0.0),
-        OpSpec("max_pool_3", _pool("max"), 2.0),
-        OpSpec("avg_pool_3", _pool("avg"), 2.0),
-        OpSpec("skip", _skip, 0.0),
+        OpSpec("zero", _zero, 0.0, parameter_free=True),
+        OpSpec("max_pool_3", _pool("max"), 2.0, parameter_free=True),
+        OpSpec("avg_pool_3", _pool("avg"), 2.0, parameter_free=True),
+        OpSpec("skip", _skip, 0.0, parameter_free=True),
         OpSpec("sep_conv_3", _sep(3, repeats=2), 8.0),
         OpSpec("sep_conv_5", _sep(5, repeats=2), 8.0),
         OpSpec("dil_conv_3", _sep(3, dilation=2), 4.0),
@@ -133,14 +135,14 @@ def _scnas(dims: int) -> OpSet:
     kernels; LeakyReLU's slope is PyTorch's (and nnU-Net's) 0.01."""
     k = "3x3x3" if dims == 3 else "3x3"
     return OpSet(f"scnas_{dims}d", dims, (
-        OpSpec("zero", _zero, 0.0),
-        OpSpec("skip", _skip, 0.0),
+        OpSpec("zero", _zero, 0.0, parameter_free=True),
+        OpSpec("skip", _skip, 0.0, parameter_free=True),
         OpSpec(f"conv_{k}", _conv(3), 3.0, saved=2.0),
         OpSpec(f"dil_sep_conv_{k}_r2", _sep(3, dilation=2), 4.0, saved=3.0),
         OpSpec(f"dil_sep_conv_{k}_r3", _sep(3, dilation=3), 4.0, saved=3.0),
         OpSpec(f"dil_sep_conv_{k}_r4", _sep(3, dilation=4), 4.0, saved=3.0),
-        OpSpec("max_pool_3", _pool("max"), 2.0),
-        OpSpec("avg_pool_3", _pool("avg"), 2.0),
+        OpSpec("max_pool_3", _pool("max"), 2.0, parameter_free=True),
+        OpSpec("avg_pool_3", _pool("avg"), 2.0, parameter_free=True),
     ), style=SCNAS_STYLE)
 
 

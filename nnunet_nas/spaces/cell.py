@@ -54,6 +54,14 @@ def cell_edges(num_nodes: int) -> List[Tuple[int, int]]:
     return [(src, node) for node in range(num_nodes) for src in range(node + 2)]
 
 
+def cell_num_nodes(num_edges: int) -> int:
+    """The number of intermediate nodes of a cell with ``num_edges`` edges (2 + 3 + ... + (n + 1))."""
+    for n in range(1, 64):
+        if len(cell_edges(n)) == num_edges:
+            return n
+    raise ValueError(f"{num_edges} edges per cell is no DARTS cell (2 + 3 + ... edges).")
+
+
 class Cell(nn.Module):
     """One cell. ``in_channels``: channels of ``(s0, s1)``; ``in_scales``: their resolution relative to the
     cell's input resolution (0: the same, -1: twice as fine, +1: half as fine), e.g. DARTS's "previous-previous

@@ -27,7 +27,7 @@ from nnunet_nas.strategies.jsd_pruning import JSDRule, JSDStabilityPruning
 from nnunet_nas.strategies.pruning import prune_search_network
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tiny_configs import TINY_CONFIGS  # noqa: E402
+from tiny_configs import TINY_CONFIGS, tiny_planned, tiny_planned_block  # noqa: E402
 
 CASES = [(name, dims) for name in method_names() for dims in (2, 3)]
 IDS = [f"{n}-{d}d" for n, d in CASES]
@@ -36,13 +36,13 @@ IDS = [f"{n}-{d}d" for n, d in CASES]
 def _search_network(name, dims, in_ch=1, classes=3):
     method, cfg = get_method(name), TINY_CONFIGS[name]
     op_set = method.op_set_for(cfg, dims)
-    supernet = method.build_supernet(cfg, op_set, in_ch, classes, dims, True)
+    supernet = method.build_supernet(cfg, op_set, in_ch, classes, dims, True, planned=tiny_planned(dims))
     net = SearchNetwork(supernet, method.build_arch_params(cfg, supernet, op_set), method.make_weighting(cfg))
     return method, cfg, op_set, net
 
 
 def _patch(method, cfg, dims):
-    return [2 * method.search_patch_divisor(cfg)] * dims
+    return [max(2 * method.search_patch_divisor(cfg), 16)] * dims
 
 
 def test_every_method_has_a_tiny_config_and_a_config_extending_the_base():
@@ -88,13 +88,13 @@ def test_discretised_genotype_round_trips_through_json(name, dims, tmp_path):
         for p in net.arch_parameters():
             p.normal_(0, 2)
     state = net.arch.state_dict()
-    g = method.discretize(state, op_set, {"method": name})
+    g = method.discretize(state, op_set, {"method": name}, cfg=cfg)
     assert isinstance(g, method.genotype_class) and g.spatial_dims == dims
     back = genotype_from_dict(json.loads(json.dumps(g.to_dict())))
     assert back == g and back.spatial_dims == dims
     g.save(str(tmp_path / "g.json"))
     assert type(g).load(str(tmp_path / "g.json")) == g
-    assert method.discretize(state, op_set, {"method": name}) == g  # deterministic
+    assert method.discretize(state, op_set, {"method": name}, cfg=cfg) == g  # deterministic
 
 
 @pytest.mark.parametrize("name,dims", CASES, ids=IDS)
@@ -127,7 +127,7 @@ def test_export_registers_a_configuration_the_stock_trainer_builds(name, dims, t
     base = "3d_fullres" if dims == 3 else "2d"
     plans = {"dataset_name": "Dataset999_Contract", "plans_name": "nnUNetPlans", "configurations": {
         base: {"patch_size": [20] * dims, "batch_size": 2, "data_identifier": "x",
-               "architecture": {"network_class_name": "x", "arch_kwargs": {}, "_kw_requires_import": []}}}}
+               "architecture": tiny_planned_block(dims)}}}
     path = tmp_path / "nnUNetPlans.json"
     path.write_text(json.dumps(plans))
     used = register_searched_configuration(str(path), base, method, g, 0.125, log=lambda *a: None)
@@ -136,7 +136,7 @@ def test_export_registers_a_configuration_the_stock_trainer_builds(name, dims, t
     assert all(p % method.genotype_patch_divisor(g) == 0 for p in cm.patch_size)
     fixed = nnUNetTrainer.build_network_architecture(PlansManager(str(path)), cm, 1, 3, True)
     assert isinstance(fixed, method.network_class)
-    strides = cm.network_arch_init_kwargs["strides"]
+    strides = cm.network_arch_init_kwargs["strides"]  # what nnU-Net's deep supervision reads
     outs = fixed(torch.randn(1, 1, *cm.patch_size))
     assert len(outs) == len(strides) - 1 and all(torch.isfinite(o).all() for o in outs)
     assert list(outs[0].shape) == [1, 3] + list(cm.patch_size)

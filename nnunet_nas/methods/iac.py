@@ -1,0 +1,186 @@
+"""IAC (implantable adaptive cells) and, with the JSD stability strategy, IAC-LTH: searched cells implanted into the
+skip connections of a trained nnU-Net U-Net (NAS_METHODS.md sections 1.3 and 2.2).
+
+The record composes: the implanted network (:class:`~nnunet_nas.networks.iac_net.IACUNet` with ``genotype=None``,
+built around the network nnU-Net planned for the searched configuration), PC-DARTS architecture parameters (alpha per
+cell type, edge and op; beta per cell type and edge: :class:`~nnunet_nas.arch.params.CellEdgeArchParams`), the
+edge-normalised softmax weighting (:class:`~nnunet_nas.arch.weighting.EdgeNormalisedWeighting`), no regulariser, the
+PC-DARTS discretisation below and :class:`~nnunet_nas.genotypes.cell.CellGenotype`. The search starts from a trained
+model of the planned network (``trained_host``: the trainer finds, loads and freezes it); the export keeps nnU-Net's
+width for the host and adds the cells (``fits_width=False``).
+"""
+
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from nnunet_nas.arch.params import CellEdgeArchParams, masked_op_probs
+from nnunet_nas.arch.weighting import EdgeNormalisedWeighting
+from nnunet_nas.config import IACSearchConfig
+from nnunet_nas.genotypes.cell import CellGenotype
+from nnunet_nas.networks.iac_net import DEFAULT_OP_SETS, IACUNet, iac_cell_types, iac_layout
+from nnunet_nas.ops.catalog import get_op_set
+from nnunet_nas.planned_network import PlannedNetwork
+from nnunet_nas.registry import SearchMethod, register_method
+from nnunet_nas.spaces.cell import cell_edges, cell_num_nodes, node_softmax
+
+HISTORY_KEYS = ("arch_entropy_alpha", "arch_entropy_beta")
+
+
+def _require_planned(planned: Optional[PlannedNetwork]) -> PlannedNetwork:
+    if planned is None:
+        raise ValueError("IAC builds on the network nnU-Net planned for the configuration; none was given.")
+    return planned
+
+
+def build_supernet(cfg: IACSearchConfig, op_set: str, input_channels: int, num_classes: int, spatial_dims: int,
+                   deep_supervision: bool, planned: Optional[PlannedNetwork] = None) -> IACUNet:
+    planned = _require_planned(planned)
+    return IACUNet(input_channels, num_classes, planned.class_name, planned.kwargs, planned.requires_import,
+                   op_set=op_set, num_nodes=cfg.num_nodes, cell_channel_mul=cfg.cell_channel_mul, mode=cfg.mode,
+                   shared_cell=cfg.shared_cell, partial_channels=cfg.partial_channels,
+                   deep_supervision=deep_supervision)
+
+
+def build_arch_params(cfg: IACSearchConfig, supernet: IACUNet, op_set: str) -> CellEdgeArchParams:
+    return CellEdgeArchParams(len(supernet.cell_types), len(cell_edges(cfg.num_nodes)),
+                              len(get_op_set(op_set).ops))
+
+
+def edge_scores(probs: np.ndarray, edge_weights: np.ndarray, names: List[str]) -> np.ndarray:
+    """PC-DARTS's edge score ``max_{o != zero} softmax(alpha)_o * softmax_node(beta)`` per edge, ``[E]``."""
+    nonzero = probs.copy()
+    if "zero" in names:
+        nonzero[:, names.index("zero")] = -1.0
+    return nonzero.max(axis=1) * edge_weights
+
+
+def discretize_cell(probs: np.ndarray, edge_weights: np.ndarray, op_set: str, num_nodes: int,
+                    edges_per_node: int = 2, max_parameter_free_ops: Optional[int] = 2) -> List[Optional[str]]:
+    """Ops of one cell in edge order from op probabilities ``[E, N]`` (pruned ops at 0) and edge weights ``[E]``.
+
+    PC-DARTS's rule: each node keeps its ``edges_per_node`` incoming edges of highest :func:`edge_scores`, each with
+    its most probable op other than ``zero``; the rest are dropped (``None``). [ours, P-DARTS's cap] Where more than
+    ``max_parameter_free_ops`` kept edges carry a parameter-free op (skip, pooling), the weakest of them (lowest op
+    probability) take their most probable op with parameters instead, as far as the pruned set allows."""
+    spec = get_op_set(op_set)
+    names = [o.name for o in spec.ops]
+    free = np.array([o.parameter_free for o in spec.ops])
+    scores = edge_scores(probs, edge_weights, names)
+    ops: List[Optional[str]] = [None] * len(probs)
+    best: List[Optional[int]] = [None] * len(probs)
+    edges = cell_edges(num_nodes)
+    for node in range(num_nodes):
+        incoming = [e for e, (_, dst) in enumerate(edges) if dst == node]
+        for e in sorted(incoming, key=lambda e: -scores[e])[:edges_per_node]:
+            p = probs[e].copy()
+            if "zero" in names:
+                p[names.index("zero")] = -1.0
+            best[e] = int(np.argmax(p))
+    if max_parameter_free_ops is not None:
+        free_edges = sorted((e for e, o in enumerate(best) if o is not None and free[o]),
+                            key=lambda e: probs[e, best[e]])
+        excess = len(free_edges) - max_parameter_free_ops
+        for e in free_edges:
+            if excess <= 0:
+                break
+            with_params = np.where(free | (probs[e] <= 0), -1.0, probs[e])
+            if with_params.max() > 0:  # an op with parameters is still alive on this edge
+                best[e] = int(np.argmax(with_params))
+                excess -= 1
+    for e, o in enumerate(best):
+        ops[e] = None if o is None else names[o]
+    return ops
+
+
+def discretize(arch_state, op_set: str, provenance=None, cfg: Optional[IACSearchConfig] = None) -> CellGenotype:
+    cfg = cfg if cfg is not None else IACSearchConfig()
+    probs = masked_op_probs(arch_state["op_logits"].detach().float().cpu(), arch_state.get("alive_ops")).numpy()
+    num_nodes = cell_num_nodes(probs.shape[1])
+    edge_weights = node_softmax(arch_state["edge_logits"].detach().float().cpu(), num_nodes).numpy()
+    types = iac_cell_types(probs.shape[0], probs.shape[0] == 1, cfg.mode)
+    return CellGenotype.from_edge_ops(op_set, {t: discretize_cell(probs[i], edge_weights[i], op_set, num_nodes,
+                                                                  cfg.edges_per_node, cfg.max_parameter_free_ops)
+                                               for i, t in enumerate(types)}, num_nodes, provenance)
+
+
+def kept_edges(genotype: CellGenotype) -> np.ndarray:
+    """``[cell types, edges]``: the edges the genotype keeps, in ``op_logits``' order."""
+    return np.array([[op is not None for op in genotype.edge_ops(t)] for t in genotype.cell_types])
+
+
+@torch.no_grad()
+def describe(net, cfg: IACSearchConfig):
+    probs = net.arch.op_probs().float().cpu()
+    edges = node_softmax(net.arch.edge_logits.float().cpu(), cfg.num_nodes)
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+    edge_entropy = -(edges * edges.clamp_min(1e-12).log()).sum(-1).mean() / cfg.num_nodes  # per node
+    return {"arch_entropy_alpha": float(entropy), "arch_entropy_beta": float(edge_entropy),
+            "op_probs": probs.numpy().round(5).tolist(), "edge_weights": edges.numpy().round(5).tolist()}
+
+
+def fixed_network_kwargs(genotype: CellGenotype, channel_mul: Optional[float],
+                         planned: Optional[PlannedNetwork] = None) -> dict:
+    """The implanted network's ``arch_kwargs``: the planned host, the genotype (which names mode and sharing), the
+    cell width relative to each skip (None: 1) and the trained host's checkpoint, loaded when nnU-Net builds it for
+    fine-tuning."""
+    planned = _require_planned(planned)
+    mode, shared = iac_layout(genotype.cell_types)
+    return {"host_class": planned.class_name, "host_kwargs": dict(planned.kwargs),
+            "host_kwargs_requires_import": list(planned.requires_import), "genotype": genotype.to_dict(),
+            "cell_channel_mul": 1.0 if channel_mul is None else float(channel_mul), "mode": mode,
+            "shared_cell": shared, "strides": [list(s) for s in planned.kwargs["strides"]],
+            "host_checkpoint": planned.checkpoint}
+
+
+def search_notes(net, cfg: IACSearchConfig):
+    sn = net.supernet
+    return [f"IAC: {len(sn.cells)} cells implanted into the skips of {type(sn.encoder).__module__} host "
+            f"({'one shared genotype' if cfg.shared_cell else 'one genotype per level'}, mode {cfg.mode}), "
+            f"{len(cell_edges(cfg.num_nodes))} edges x {net.arch.op_logits.shape[-1]} ops, partial channels "
+            f"K={cfg.partial_channels}, edge normalisation; host frozen"]
+
+
+def plot_genotype(genotype: CellGenotype, path: str) -> str:
+    from nnunet_nas.viz_cells import plot_cell_genotype
+    return plot_cell_genotype(genotype, path, title="IAC cell(s), implanted into every skip connection")
+
+
+def plot_history(history: dict, path: str, net, cfg: IACSearchConfig) -> str:
+    from nnunet_nas.viz_cells import plot_cell_trajectories
+    return plot_cell_trajectories(history, path, [o.name for o in get_op_set(net.supernet.op_set).ops],
+                                  list(net.supernet.cell_types))
+
+
+def plot_supernet(supernet: IACUNet, path: str) -> str:
+    from nnunet_nas.viz_cells import plot_implanted_cells
+    return plot_implanted_cells(list(supernet.encoder.output_channels[:-1]), list(supernet.cell_types), path)
+
+
+IAC = register_method(SearchMethod(
+    name="iac",
+    paper="Benedykciuk et al., implantable adaptive cells (IAC, arXiv 2405.03420; IAC-LTH with JSD stability "
+          "pruning, arXiv 2604.14849)",
+    config_class=IACSearchConfig,
+    genotype_class=CellGenotype,
+    network_class=IACUNet,
+    default_op_sets=DEFAULT_OP_SETS,
+    build_supernet=build_supernet,
+    build_arch_params=build_arch_params,
+    make_weighting=lambda cfg: EdgeNormalisedWeighting(),
+    regularizers=lambda net, cfg: {},
+    discretize=discretize,
+    describe=describe,
+    fixed_network_kwargs=fixed_network_kwargs,
+    search_patch_divisor=lambda cfg: 1,
+    genotype_patch_divisor=lambda genotype: 1,
+    history_keys=HISTORY_KEYS,
+    kept_edges=kept_edges,
+    fits_width=False,
+    trained_host=True,
+    plot_genotype=plot_genotype,
+    plot_history=plot_history,
+    plot_supernet=plot_supernet,
+    search_notes=search_notes,
+))
