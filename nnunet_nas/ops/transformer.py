@@ -1,0 +1,149 @@
+"""DAST's transformer operation (Yang et al., MICCAI 2023, Eq. 1-2), on HR-NAS's recipe, in 2-D and 3-D.
+
+``x [B, C_in, *S]`` -> tokens -> encoder-decoder transformer -> segmentation attention -> ``[B, C_out, *S']``
+(``S' = S / stride``):
+
+1. **projector** (Eq. 1): the features are resized to a fixed token grid ``g^dims`` (``token_grid``; ``g = 8`` in
+   3-D gives the paper's 512 tokens, NAS_METHODS.md section 4), concatenated with a learnable ``dims``-channel
+   positional map initialised to normalised coordinates ``(i + 0.5) / g`` (Eq. 2), and projected by a 1x1 conv and
+   a norm to ``d_model = C_out`` channels; each grid cell is one token;
+2. **transformer**: one post-norm encoder layer (self-attention, FFN of width ``d_model``) over the tokens (the
+   memory), one post-norm decoder layer whose inputs are learned query embeddings (self-attention, cross-attention
+   to the memory, FFN);
+3. **segmentation attention** without residual: multi-head attention with queries from the decoder output and keys
+   and values from the memory; its weights are what :meth:`TransformerOp.attention_maps` returns (the paper's
+   Fig. 4);
+4. **reverse projector**: tokens back to the grid, a 1x1 conv and a norm, resized to ``S'``.
+
+Attention runs through PyTorch's fused ``scaled_dot_product_attention``; only :meth:`attention_maps` forms the
+attention weights. ``d_model`` must be divisible by ``num_heads`` (8, the paper's). A feature map smaller than the
+token grid on any axis is refused (the op would invent tokens): the space gives such levels a smaller grid.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nnunet_nas.ops.conv import DINTS_STYLE, OpStyle, conv_nd
+
+NUM_HEADS = 8  # [paper]
+TOKEN_GRID = 8  # [ours, NAS_METHODS.md 4] 8^3 = 512 tokens in 3-D (the paper's 512), 8^2 = 64 in 2-D
+
+
+def coordinate_map(grid: int, spatial_dims: int) -> torch.Tensor:
+    """``[dims, g, ..., g]``: channel ``a`` holds ``(i_a + 0.5) / g`` along axis ``a`` (Eq. 2's i/h, j/w, k/d, at cell
+    centres)."""
+    axis = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    return torch.stack(torch.meshgrid(*[axis] * spatial_dims, indexing="ij"))
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate query / key / value / output projections; fused attention unless the
+    weights are asked for."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        return x.view(b, t, self.num_heads, c // self.num_heads).transpose(1, 2)  # [B, h, T, c/h]
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                need_weights: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        q, k, v = self._heads(self.q(query)), self._heads(self.k(key)), self._heads(self.v(value))
+        if need_weights:
+            weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)  # [B, h, Tq, Tk]
+            y = weights @ v
+        else:
+            weights, y = None, F.scaled_dot_product_attention(q, k, v)
+        b, _, t, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, -1)), weights
+
+
+class _FFN(nn.Sequential):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+
+class TransformerOp(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int, stride: int = 1,
+                 style: OpStyle = DINTS_STYLE, token_grid: int = TOKEN_GRID, num_heads: int = NUM_HEADS):
+        super().__init__()
+        if out_channels % num_heads:
+            raise ValueError(f"TransformerOp: {out_channels} channels are not divisible by {num_heads} attention "
+                             f"heads; use a channel count that is a multiple of {num_heads} (a wider channel_mul) or "
+                             f"fewer heads.")
+        if token_grid < 1 or stride not in (1, 2):
+            raise ValueError(f"TransformerOp: token_grid {token_grid} must be >= 1 and stride {stride} 1 or 2.")
+        d = out_channels
+        self.spatial_dims, self.stride, self.token_grid = spatial_dims, stride, token_grid
+        self.num_tokens = token_grid ** spatial_dims
+        self.pos = nn.Parameter(coordinate_map(token_grid, spatial_dims))
+        self.project = nn.Sequential(conv_nd(spatial_dims)(in_channels + spatial_dims, d, 1, bias=False),
+                                     style.make_norm(spatial_dims, d))
+        self.enc_attn, self.enc_ffn = MultiHeadAttention(d, num_heads), _FFN(d, d)
+        self.enc_norm1, self.enc_norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.queries = nn.Parameter(torch.randn(self.num_tokens, d) * 0.02)
+        self.dec_self, self.dec_cross, self.dec_ffn = MultiHeadAttention(d, num_heads), \
+            MultiHeadAttention(d, num_heads), _FFN(d, d)
+        self.dec_norm1, self.dec_norm2, self.dec_norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.seg_attn = MultiHeadAttention(d, num_heads)
+        self.reverse = nn.Sequential(conv_nd(spatial_dims)(d, d, 1, bias=False), style.make_norm(spatial_dims, d))
+
+    def _grid_size(self, shape) -> list:
+        size = [int(s) for s in shape]
+        if len(size) != self.spatial_dims:
+            raise ValueError(f"TransformerOp: a {len(size)}-D feature map for a {self.spatial_dims}-D op.")
+        if min(size) < self.token_grid:
+            raise ValueError(f"TransformerOp: its token grid ({self.token_grid} per axis, {self.num_tokens} tokens) is "
+                             f"larger than the feature map {'x'.join(map(str, size))} it reads; use a smaller "
+                             f"token_grid for this level or a larger patch.")
+        return size
+
+    def _transform(self, x: torch.Tensor, need_weights: bool):
+        size = self._grid_size(x.shape[2:])
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        grid = F.adaptive_avg_pool2d(x, self.token_grid) if self.spatial_dims == 2 else \
+            F.adaptive_avg_pool3d(x, self.token_grid)
+        pos = self.pos.unsqueeze(0).expand(x.shape[0], *self.pos.shape)
+        tokens = self.project(torch.cat((grid, pos.to(grid.dtype)), dim=1)).flatten(2).transpose(1, 2)  # [B, T, d]
+        memory = self.enc_norm1(tokens + self.enc_attn(tokens, tokens, tokens)[0])
+        memory = self.enc_norm2(memory + self.enc_ffn(memory))
+        q = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1).to(memory.dtype)
+        q = self.dec_norm1(q + self.dec_self(q, q, q)[0])
+        q = self.dec_norm2(q + self.dec_cross(q, memory, memory)[0])
+        q = self.dec_norm3(q + self.dec_ffn(q))
+        y, weights = self.seg_attn(q, memory, memory, need_weights=need_weights)  # no residual [paper]
+        y = y.transpose(1, 2).reshape(x.shape[0], -1, *[self.token_grid] * self.spatial_dims)
+        out_size = [s // self.stride for s in size]
+        return F.interpolate(self.reverse(y), size=out_size, mode=mode, align_corners=False), weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._transform(x, need_weights=False)[0]
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The segmentation attention's weights ``[B, heads, tokens (queries), tokens (memory)]``; each row sums to
+        one. Memory token ``t`` is the token-grid cell ``unravel(t, (g,) * dims)`` of the input."""
+        return self._transform(x, need_weights=True)[1]
+
+
+def transformer_memory_elements(out_shape, token_grid: int = TOKEN_GRID, num_heads: int = NUM_HEADS,
+                                token_tensors: int = 33) -> float:
+    """Activation elements training keeps for one sample of the op with output ``(C, *S)``: DAST's Eq. 3,
+    ``N x C x l'^3`` (``l'^3`` the tokens), plus what the paper leaves out. Counted, not guessed (CPU, autograd's saved
+    tensors, ``tests/test_transformer_op.py``): ``N = 33`` token-sized tensors of ``C`` channels (the paper's N of
+    about 15 counts operations; the attention layers, norms and FFNs keep two to three tensors each), one tensor of
+    the feature map's size (the input the pooling and the interpolation need), and ``6 x heads`` token-length
+    vectors (the fused attention's row statistics). The ``heads x tokens^2`` attention matrix is not kept: the fused
+    kernel recomputes it in the backward pass."""
+    c, spatial = int(out_shape[0]), [int(s) for s in out_shape[1:]]
+    tokens = token_grid ** len(spatial)
+    voxels = 1.0
+    for s in spatial:
+        voxels *= s
+    return float(token_tensors * c * tokens + 6 * num_heads * tokens + c * voxels)
