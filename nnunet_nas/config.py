@@ -130,8 +130,8 @@ class IACSearchConfig(SearchConfig):
     num_nodes: int = 4  # intermediate nodes per cell [PC-DARTS]
     partial_channels: int = 4  # K of PC-DARTS: the mixed ops see 1/K of the channels during the search
     cell_channel_mul: float = 1.0  # cell width / skip channels, during the search [NAS_METHODS 1.3]
-    # width of the exported cells / skip channels; None: cell_channel_mul (the cells add to nnU-Net's planned network,
-    # so there is no memory fit: the host keeps nnU-Net's width)
+    # width of the exported cells / skip channels; None: 1 (cells as wide as the skips). The cells add to nnU-Net's
+    # planned network, so there is no memory fit: the host keeps nnU-Net's width
     export_channel_mul: Optional[float] = None
     mode: str = "fusion"  # the cell reads (encoder skip, up-sampled decoder feature); "skip_only": (skip, skip)
     shared_cell: bool = True  # one genotype for every skip level; False: one per level

@@ -37,6 +37,10 @@ def test_pc_darts_rule_keeps_the_two_strongest_incoming_edges_with_their_best_no
     np.testing.assert_allclose(edge_scores(probs, edges, NAMES)[2:], [0.12, 0.035, 0.05])
     ops = discretize_cell(probs, edges, "darts_2d", 2, edges_per_node=2, max_parameter_free_ops=None)
     assert ops == ["sep_conv_3", "dil_conv_5", "sep_conv_5", None, "dil_conv_3"]  # zero is never chosen
+    # an edge pruned down to "zero" alone is dropped even where its node could keep two
+    zero_only = probs.copy()
+    zero_only[0] = np.eye(len(NAMES))[NAMES.index("zero")]
+    assert discretize_cell(zero_only, edges, "darts_2d", 2, 2, None)[:2] == [None, "dil_conv_5"]
     # one edge per node: the strongest only
     assert discretize_cell(probs, edges, "darts_2d", 2, 1, None) == [None, "dil_conv_5", "sep_conv_5", None, None]
 

@@ -61,7 +61,8 @@ def discretize_cell(probs: np.ndarray, edge_weights: np.ndarray, op_set: str, nu
     """Ops of one cell in edge order from op probabilities ``[E, N]`` (pruned ops at 0) and edge weights ``[E]``.
 
     PC-DARTS's rule: each node keeps its ``edges_per_node`` incoming edges of highest :func:`edge_scores`, each with
-    its most probable op other than ``zero``; the rest are dropped (``None``). [ours, P-DARTS's cap] Where more than
+    its most probable op other than ``zero``; the rest are dropped (``None``), and so is an edge pruned down to
+    ``zero`` alone (unless its node has nothing else). [ours, P-DARTS's cap] Where more than
     ``max_parameter_free_ops`` kept edges carry a parameter-free op (skip, pooling), the weakest of them (lowest op
     probability) take their most probable op with parameters instead, as far as the pruned set allows."""
     spec = get_op_set(op_set)
@@ -72,8 +73,9 @@ def discretize_cell(probs: np.ndarray, edge_weights: np.ndarray, op_set: str, nu
     best: List[Optional[int]] = [None] * len(probs)
     edges = cell_edges(num_nodes)
     for node in range(num_nodes):
-        incoming = [e for e, (_, dst) in enumerate(edges) if dst == node]
-        for e in sorted(incoming, key=lambda e: -scores[e])[:edges_per_node]:
+        incoming = sorted((e for e, (_, dst) in enumerate(edges) if dst == node), key=lambda e: -scores[e])
+        # an edge pruned down to "zero" has nothing to offer (score 0); a node keeps one edge in any case
+        for e in [e for e in incoming if scores[e] > 0][:edges_per_node] or incoming[:1]:
             p = probs[e].copy()
             if "zero" in names:
                 p[names.index("zero")] = -1.0
