@@ -59,8 +59,14 @@ def search_record(env, trainer):
     out["alive_ops"] = None if alive is None else int(alive.sum())
     out["candidate_ops"] = int(ckpt["network_weights"]["arch.op_logits"].numel())
     for s in state.get("strategies", []):
-        if isinstance(s, dict) and "events" in s:
-            out["pruning_events"] = s["events"]
+        if isinstance(s, dict) and "events" in s:  # the JSD rule: its decisions and the scores behind them
+            scores = sorted(x for row in s["trajectory"]["score"] for x in row if x == x)
+            out["jsd"] = {"stop_epoch": s["stop_epoch"], "pruning_events": s["events"],
+                          "recorded_epochs": len(s["trajectory"]["epoch"]),
+                          "edge_epochs_at_or_below_1e-3": round(sum(x <= 1e-3 for x in scores) / len(scores), 3)
+                          if scores else None,
+                          "median_score": scores[len(scores) // 2] if scores else None,
+                          "max_score": scores[-1] if scores else None}
     out["genotype"] = json.load(open(os.path.join(fold, "iac_genotype.json")))
     return out
 

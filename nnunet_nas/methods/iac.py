@@ -138,7 +138,7 @@ def fixed_network_kwargs(genotype: CellGenotype, channel_mul: Optional[float],
 
 def search_notes(net, cfg: IACSearchConfig):
     sn = net.supernet
-    return [f"IAC: {len(sn.cells)} cells implanted into the skips of {type(sn.encoder).__module__} host "
+    return [f"IAC: {len(sn.cells)} cells implanted into the skips of the trained {sn.host_class.rsplit('.', 1)[-1]} "
             f"({'one shared genotype' if cfg.shared_cell else 'one genotype per level'}, mode {cfg.mode}), "
             f"{len(cell_edges(cfg.num_nodes))} edges x {net.arch.op_logits.shape[-1]} ops, partial channels "
             f"K={cfg.partial_channels}, edge normalisation; host frozen"]

@@ -94,7 +94,7 @@ class IACUNet(nn.Module):
         self.strides = [list(st) for st in host_kwargs["strides"]]  # nnU-Net's deep-supervision convention
         if strides is not None and [list(st) for st in strides] != self.strides:
             raise ValueError(f"IACUNet: strides {strides} differ from the host's {self.strides}.")
-        self.host_checkpoint = host_checkpoint
+        self.host_checkpoint, self.host_class = host_checkpoint, host_class
         dims = 3 if issubclass(host.encoder.conv_op, nn.Conv3d) else 2
         skip_channels = list(host.encoder.output_channels[:-1])  # per level, finest first; the bottleneck has none
         if genotype is not None:  # its cell types say mode and sharing
