@@ -229,7 +229,7 @@ def search_epoch_info(fold):
     for _, message in _fold_log(fold):
         if _epoch_time(message) is not None:
             times.append(_epoch_time(message))
-        m = re.match(r"search: (\d+) warm-up epochs", message)
+        m = re.search(r"search: (\d+) warm-up epochs", message)
         if m:
             warmup = int(m.group(1))
     return {"epoch_times_s": times, "warmup_epochs": warmup}

@@ -9,7 +9,7 @@ skip becomes ``E + out(cell(E, U))`` ("fusion", the default) or ``E + out(cell(E
 the DARTS cell of :mod:`nnunet_nas.spaces.cell` (a searchable one, or fixed by a genotype) at ``cell_channel_mul``
 times the skip's channels; ``out`` is a 1x1 conv back to the skip's channels, initialised to zero, so an implanted
 network computes exactly its host's function until training moves it. One cell per skip level; one shared
-genotype (cell type ``"skip"``) by default, one per level (``"skip_0"`` finest ...) as the option. A searchable
+genotype (cell type ``"fusion"``) by default, one per level (``"fusion_0"`` finest ...) as the option. A searchable
 cell may run its mixed ops on 1/K of the channels (``partial_channels``, PC-DARTS).
 
 The host's modules keep the host's names (``encoder.*``, ``decoder.*``), so a trained host's weights load by name
@@ -22,13 +22,12 @@ fine-tuned network starts as the trained host. nnU-Net's ``-pretrained_weights``
 key of the new network in the old checkpoint and never transfers the segmentation heads.
 """
 
+import os
+import warnings
 from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
-
-import os
-import warnings
 
 from nnunet_nas.arch.weighting import EdgeNormalisedWeights, SampledOpWeights
 from nnunet_nas.genotypes.cell import CellGenotype
