@@ -100,7 +100,8 @@ def plot_cell_trajectories(history: dict, path: str, op_names: List[str], cell_t
 
 
 @default_style
-def plot_implanted_cells(skip_channels: List[int], cell_types: List[str], path: str, title: Optional[str] = None) -> str:
+def plot_implanted_cells(skip_channels: List[int], cell_types: List[str], path: str,
+                         title: Optional[str] = None) -> str:
     """Where IAC's cells sit: the host U-Net's encoder and decoder stages (channels written in), and on every skip
     connection the implanted cell (its genotype's cell type), finest level at the top."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
