@@ -82,15 +82,23 @@ def genotype_agreement(a: dict, b: dict) -> dict:
 
 def render_table(res) -> str:
     rows = res["table"]
-    lines = ["| run | search | search wall-clock | fine-tune wall-clock | parameters | Dice anterior / posterior / "
-             "mean |", "|---|---|---|---|---|---|"]
+    lines = ["| run | search | search wall-clock | training wall-clock (incl. final validation) | mean epoch | "
+             "parameters | Dice anterior / posterior / mean |", "|---|---|---|---|---|---|---|"]
     for key, r in rows.items():
         d = r.get("dice") or {}
         dice = " / ".join(f"{d[k]:.4f}" for k in ("anterior", "posterior", "mean")) if d else "n/a"
         search = r.get("search_text", "-")
         sw = f"{r['search_wall_s']:.0f} s" if r.get("search_wall_s") else "-"
         fw = f"{r['train_wall_s']:.0f} s" if r.get("train_wall_s") else "-"
-        lines.append(f"| {key} | {search} | {sw} | {fw} | {r.get('params', 0):,} | {dice} |")
+        ep = f"{r['mean_epoch_s']:.0f} s" if r.get("mean_epoch_s") else "-"
+        lines.append(f"| {key} | {search} | {sw} | {fw} | {ep} | {r.get('params', 0):,} | {dice} |")
+    lth = res["search"]["iac_lth"].get("jsd", {})
+    g = res["genotype_agreement"]
+    lines += ["", f"IAC-LTH against IAC: search-time saving {res['speedup']['wall_clock']}x (wall-clock), "
+              f"{res['speedup']['epochs']}x (epochs); stop epoch {lth.get('stop_epoch')}; pruning events "
+              f"{len(lth.get('pruning_events', []))}; edge-epochs with S_e <= 1e-3: "
+              f"{lth.get('edge_epochs_at_or_below_1e-3')}; genotype: {g['same_op_or_both_dropped']} of {g['edges']} "
+              f"edges the same (kept with the same op or dropped by both)."]
     return "\n".join(lines)
 
 
