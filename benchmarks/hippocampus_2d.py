@@ -78,16 +78,30 @@ def parse_time_file(path):
     return out
 
 
+def prepare_work(work, data=DATA):
+    """nnU-Net's environment for the scratch folder ``work``, its folders, and the raw dataset copied into it once."""
+    env = env_for(work)
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(env[k], exist_ok=True)
+    raw = os.path.join(env["nnUNet_raw"], DATASET)
+    if not os.path.isfile(os.path.join(raw, "dataset.json")):
+        shutil.copytree(data, raw, dirs_exist_ok=True)
+    return env
+
+
 class Runner:
-    def __init__(self, work, env):
-        self.work, self.env = work, env
+    def __init__(self, work, env, only_report=False):
+        self.work, self.env, self.only_report = work, env, only_report
         self.logs = os.path.join(work, "logs")
         os.makedirs(self.logs, exist_ok=True)
 
     def step(self, name, cmd, done, resume_cmd=None, resumable=None):
-        """Run ``cmd`` unless ``done()``; returns the step's timing record (from this run or an earlier one)."""
+        """Run ``cmd`` unless ``done()`` (or the runner only reports); returns the step's timing record (from this
+        run or an earlier one)."""
         tfile = os.path.join(self.logs, f"{name}.time")
-        if done():
+        if self.only_report:
+            pass
+        elif done():
             print(f"[{name}] already done: skipped", flush=True)
         else:
             use = resume_cmd if (resume_cmd and resumable and resumable()) else cmd
@@ -363,18 +377,8 @@ def main():
     args.out = args.out or os.path.join(REPO, "benchmarks", "results", f"{stem}.json")
     found_config = f"2d_bs32_{method}"
 
-    env = env_for(args.work)
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.makedirs(env[k], exist_ok=True)
-    raw = os.path.join(env["nnUNet_raw"], DATASET)
-    if not os.path.isfile(os.path.join(raw, "dataset.json")):
-        shutil.copytree(args.data, raw, dirs_exist_ok=True)
-    r = Runner(args.work, env)
-    if args.only_report:
-        r.step = lambda name, cmd, done, **kw: dict(parse_time_file(os.path.join(r.logs, f"{name}.time")),
-                                                    command=cmd, **{k: open(os.path.join(r.logs, f"{name}.{k}")).read().strip()
-                                                                    for k in ("uptime_start", "uptime_end")
-                                                                    if os.path.isfile(os.path.join(r.logs, f"{name}.{k}"))})
+    env = prepare_work(args.work, args.data)
+    r = Runner(args.work, env, only_report=args.only_report)
     res = {"machine": machine(), "work": args.work, "method": method, "search_trainer": args.search_trainer,
            "steps": {}}
 

@@ -111,16 +111,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(h.REPO, "benchmarks", "results", "iac_hippocampus.json"))
     args = ap.parse_args()
 
-    env = h.env_for(args.work)
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.makedirs(env[k], exist_ok=True)
-    raw = os.path.join(env["nnUNet_raw"], h.DATASET)
-    if not os.path.isfile(os.path.join(raw, "dataset.json")):
-        shutil.copytree(args.data, raw, dirs_exist_ok=True)
-    r = h.Runner(args.work, env)
-    if args.only_report:
-        r.step = lambda name, cmd, done, **kw: dict(h.parse_time_file(os.path.join(r.logs, f"{name}.time")),
-                                                    command=cmd)
+    env = h.prepare_work(args.work, args.data)
+    r = h.Runner(args.work, env, only_report=args.only_report)
     res = {"machine": h.machine(), "work": args.work, "steps": {}}
     pre = os.path.join(env["nnUNet_preprocessed"], h.DATASET)
     res["steps"]["plan_preprocess"] = r.step(
@@ -141,10 +133,8 @@ def main():
     base_fold, res["steps"]["baseline"] = train("baseline", "2d_bs32", BASE_TR)
     _, res["steps"]["search_iac"] = train("search_iac", "2d_bs32", IAC_TR, search=True)
     _, res["steps"]["search_iac_lth"] = train("search_iac_lth", "2d_bs32", LTH_TR, search=True)
-    control_runner = h.Runner(args.work, dict(env, NNUNET_NAS_BENCH_INIT=os.path.join(base_fold,
-                                                                                        "checkpoint_final.pth")))
-    if args.only_report:
-        control_runner.step = r.step
+    host_checkpoint = os.path.join(base_fold, "checkpoint_final.pth")
+    control_runner = h.Runner(args.work, dict(env, NNUNET_NAS_BENCH_INIT=host_checkpoint), only_report=args.only_report)
     control_fold, res["steps"]["control"] = train("finetune_control", "2d_bs32", CONTROL_TR, control_runner)
     iac_config, lth_config = found_configuration(env, IAC_TR), found_configuration(env, LTH_TR)
     iac_fold, res["steps"]["finetune_iac"] = train("finetune_iac", iac_config, FT_TR)

@@ -16,6 +16,7 @@ from nnunet_nas.arch.params import GridArchParams
 from nnunet_nas.arch.weighting import GridEdgeOpWeighting
 from nnunet_nas.networks.dints_net import DiNTSNet
 from nnunet_nas.nnunet.search_network import SearchNetwork
+from nnunet_nas.strategies.base import SearchProgress
 
 
 def _start(rank, world, port):
@@ -48,6 +49,16 @@ def _train_under_nnunets_ddp(net, input_shape):
         opt.zero_grad()
         sum(o.square().mean() for o in ddp(torch.randn(*input_shape))).backward()
         opt.step()
+
+
+def _prune_by_jsd(jsd, model, step, steps):
+    """The JSD rule's decision at the end of epoch ``step``, applied to the alpha mask as the trainer applies it;
+    ``[flat mask]`` when it pruned, ``[]`` otherwise."""
+    alive = jsd.on_epoch_end(model, SearchProgress(step, steps, 0, step + 1, steps))
+    if alive is None:
+        return []
+    model.arch.set_alive_ops(alive)
+    return [alive.flatten().float()]
 
 
 def _finish():
@@ -121,7 +132,6 @@ def _scnas_worker(rank, world, port, out):
     from nnunet_nas.config import SCNASSearchConfig
     from nnunet_nas.methods.scnas import build_arch_params, build_supernet, discretize, fixed_network_kwargs
     from nnunet_nas.networks.scnas_net import SCNASNet
-    from nnunet_nas.strategies.base import SearchProgress
     from nnunet_nas.strategies.jsd_pruning import JSDRule, JSDStabilityPruning
     _start(rank, world, port)
     torch.manual_seed(100 + rank)
@@ -141,10 +151,7 @@ def _scnas_worker(rank, world, port, out):
         arch_opt.zero_grad()
         ddp(torch.randn(2, 1, 16, 16) * (rank + 1)).square().mean().backward()
         arch_opt.step()
-        alive = jsd.on_epoch_end(model, SearchProgress(step, 3, 0, step + 1, 3))
-        if alive is not None:
-            model.arch.set_alive_ops(alive)
-            pruned.append(alive.flatten().float())
+        pruned += _prune_by_jsd(jsd, model, step, 3)
     assert pruned  # the rule pruned something: the comparison below covers its masks
     gathered = _gathered(torch.cat(masks + pruned + [p.detach().flatten() for p in model.arch_parameters()]), world)
     genotype = discretize({"op_logits": model.arch.op_logits}, "scnas_2d")
@@ -173,7 +180,6 @@ def _iac_worker(rank, world, port, out):
     from nnunet_nas.arch.weighting import EdgeNormalisedWeighting
     from nnunet_nas.methods.iac import build_arch_params, build_supernet, discretize, fixed_network_kwargs
     from nnunet_nas.networks.iac_net import IACUNet
-    from nnunet_nas.strategies.base import SearchProgress
     from nnunet_nas.strategies.jsd_pruning import JSDRule, JSDStabilityPruning
     _start(rank, world, port)
     torch.manual_seed(0)  # same initial weights on every rank, as nnU-Net's DDP broadcast makes them
@@ -192,10 +198,7 @@ def _iac_worker(rank, world, port, out):
         opt.zero_grad()
         ddp(torch.randn(2, 1, 16, 16) * (rank + 1)).square().mean().backward()
         opt.step()
-        alive = jsd.on_epoch_end(model, SearchProgress(step, 3, 0, step + 1, 3))
-        if alive is not None:
-            model.arch.set_alive_ops(alive)
-            pruned.append(alive.flatten().float())
+        pruned += _prune_by_jsd(jsd, model, step, 3)
     assert pruned and all(torch.equal(a, b) for a, b in zip(host_before, supernet.host_parameters()))
     trained = [p.detach().flatten() for p in model.parameters() if p.requires_grad]
     gathered = _gathered(torch.cat(pruned + trained), world)

@@ -28,6 +28,11 @@ def masked_op_probs(op_logits: torch.Tensor, alive=None) -> torch.Tensor:
     return torch.softmax(op_logits.masked_fill(~alive.bool().to(op_logits.device), float("-inf")), dim=-1)
 
 
+def mean_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean over the leading axes of the entropy of ``probs`` along the last axis (0 log 0 = 0)."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+
+
 class ArchParams(nn.Module):
     """Base: ``op_logits`` ``[..., N]`` (set by the subclass) and the optional alive-op mask."""
     op_logits: nn.Parameter

@@ -15,7 +15,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from nnunet_nas.arch.params import CellEdgeArchParams, masked_op_probs
+from nnunet_nas.arch.params import CellEdgeArchParams, masked_op_probs, mean_entropy
 from nnunet_nas.arch.weighting import EdgeNormalisedWeighting
 from nnunet_nas.config import IACSearchConfig
 from nnunet_nas.genotypes.cell import CellGenotype
@@ -116,9 +116,9 @@ def kept_edges(genotype: CellGenotype) -> np.ndarray:
 def describe(net, cfg: IACSearchConfig):
     probs = net.arch.op_probs().float().cpu()
     edges = node_softmax(net.arch.edge_logits.float().cpu(), cfg.num_nodes)
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
-    edge_entropy = -(edges * edges.clamp_min(1e-12).log()).sum(-1).mean() / cfg.num_nodes  # per node
-    return {"arch_entropy_alpha": float(entropy), "arch_entropy_beta": float(edge_entropy),
+    # beta: the entropies of the node softmaxes sum over a cell's edges; reported per node
+    return {"arch_entropy_alpha": float(mean_entropy(probs)),
+            "arch_entropy_beta": float(mean_entropy(edges) / cfg.num_nodes),
             "op_probs": probs.numpy().round(5).tolist(), "edge_weights": edges.numpy().round(5).tolist()}
 
 

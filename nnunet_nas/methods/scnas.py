@@ -10,7 +10,7 @@ is the segmentation loss), the per-edge discretisation below and :class:`~nnunet
 import numpy as np
 import torch
 
-from nnunet_nas.arch.params import CellArchParams, masked_op_probs
+from nnunet_nas.arch.params import CellArchParams, masked_op_probs, mean_entropy
 from nnunet_nas.arch.weighting import GumbelPairWeighting
 from nnunet_nas.config import SCNASSearchConfig
 from nnunet_nas.genotypes.cell import CellGenotype
@@ -78,7 +78,7 @@ def kept_edges(genotype: CellGenotype) -> np.ndarray:
 @torch.no_grad()
 def describe(net, cfg: SCNASSearchConfig):
     probs = net.arch.op_probs().float().cpu()
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+    entropy = mean_entropy(probs)
     return {"arch_entropy_alpha": float(entropy), "op_probs": probs.numpy().round(5).tolist()}
 
 

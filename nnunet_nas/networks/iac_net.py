@@ -153,11 +153,7 @@ class IACUNet(nn.Module):
         marks dead (in every cell of a shared type); returns how many were removed."""
         if self.genotype is not None:
             raise ValueError("IACUNet.remove_ops: fixed cells have no candidate operations to prune.")
-        removed = 0
-        for level, cell in enumerate(self.cells):
-            flags = alive[self.level_type[level]]
-            removed += sum(op.remove_ops([bool(a) for a in flags[e]]) for e, op in enumerate(cell.edge_ops))
-        return removed
+        return sum(cell.remove_ops(alive[self.level_type[level]]) for level, cell in enumerate(self.cells))
 
     # ------------------------------------------------------------------ the host
     def initialize(self, module: nn.Module) -> None:

@@ -141,11 +141,8 @@ class SCNASNet(nn.Module):
         marks dead, in every cell of each type (cells of one type share alpha); returns how many were removed."""
         if self.genotype is not None:
             raise ValueError("SCNASNet.remove_ops: a fixed network has no candidate operations to prune.")
-        removed = 0
-        for (cell_type, *_), cell in zip(self.plan, self.cells):
-            flags = alive[CELL_TYPES.index(cell_type)]
-            removed += sum(op.remove_ops([bool(a) for a in flags[e]]) for e, op in enumerate(cell.edge_ops))
-        return removed
+        return sum(cell.remove_ops(alive[CELL_TYPES.index(cell_type)])
+                   for (cell_type, *_), cell in zip(self.plan, self.cells))
 
     def compute_conv_feature_map_size(self, input_size) -> int:
         """Elements of every conv output of one forward at batch 1 (dynamic_network_architectures' convention,

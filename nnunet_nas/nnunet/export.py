@@ -48,8 +48,10 @@ def register_searched_configuration(plans_path: str, base_config: str, method: S
         channel_mul = _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, planned,
                                           log)
     arch = architecture_block(method, genotype, channel_mul, planned)
+    # the fixed network as nnU-Net trains it (deep supervision on), built once for the memory figures below
+    fixed = method.network_class(channels, classes, deep_supervision=True, **arch["arch_kwargs"])
     if not method.fits_width:
-        _log_added_memory(plans_path, base_config, method, arch, patch, channels, classes, log)
+        _log_added_memory(plans_path, base_config, method.name, fixed, patch, channels, classes, log)
     name = name or f"{base_config}_{method.name}"
     if auto_rename:
         new = free_configuration_name(plans_path, name, arch)
@@ -58,7 +60,7 @@ def register_searched_configuration(plans_path: str, base_config: str, method: S
         name = new
     used = register_configuration(plans_path, base_config, name, arch, patch_size=patch, overwrite=overwrite)
     log(f"registered configuration {used!r} in {plans_path}; estimated training memory of the fixed network "
-        f"{_memory_text(method, arch['arch_kwargs'], patch, base.get('batch_size', 2), channels, classes)}")
+        f"{_memory_text(fixed, patch, base.get('batch_size', 2))}")
     return used
 
 
@@ -88,12 +90,11 @@ def _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channe
     return mul
 
 
-def _log_added_memory(plans_path, base_config, method, arch, patch, channels, classes, log) -> None:
+def _log_added_memory(plans_path, base_config, method_name, net, patch, channels, classes, log) -> None:
     from nnunet_nas.nnunet.width import planned_network_elements
     planned = planned_network_elements(plans_path, base_config, channels, classes)
-    net = method.network_class(channels, classes, deep_supervision=True, **arch["arch_kwargs"])
     elements = net.compute_conv_feature_map_size(patch)
-    log(f"{method.name} adds to nnU-Net's planned network for {base_config!r} (width not fitted): conv feature maps "
+    log(f"{method_name} adds to nnU-Net's planned network for {base_config!r} (width not fitted): conv feature maps "
         f"{elements / 1e6:.2f} M elements at patch {patch} vs {planned / 1e6:.2f} M planned "
         f"({elements / planned:.2f}x); pass --channel-mul to choose the cells' width")
 
@@ -108,9 +109,8 @@ def _dataset_channels_and_classes(plans_path: str):
         return 1, 2
 
 
-def _memory_text(method: SearchMethod, arch_kwargs: dict, patch, batch_size, channels, classes) -> str:
+def _memory_text(net, patch, batch_size) -> str:
     from nnunet_nas.arch.memory import estimate_training_memory_bytes
-    net = method.network_class(channels, classes, deep_supervision=True, **arch_kwargs)  # as nnU-Net trains it
     fp32 = estimate_training_memory_bytes(net, patch, batch_size, amp=False) / 2 ** 30
     amp = estimate_training_memory_bytes(net, patch, batch_size, amp=True) / 2 ** 30
     params = sum(p.numel() for p in net.parameters()) / 1e6

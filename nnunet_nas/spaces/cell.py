@@ -132,6 +132,11 @@ class Cell(nn.Module):
         return self.project(torch.cat(states[2:], dim=1))
 
 
+    def remove_ops(self, alive) -> int:
+        """Operation pruning of a search cell: delete the op modules that ``alive`` ``[E, N]`` marks dead; returns how
+        many were removed."""
+        return sum(op.remove_ops([bool(a) for a in alive[e]]) for e, op in enumerate(self.edge_ops))
+
     def _search_edge(self, op: MixedOp, x: torch.Tensor, w: torch.Tensor, run) -> torch.Tensor:
         k = self.partial_channels
         if k == 1:
