@@ -40,7 +40,8 @@ DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "Dataset004_Hippoca
 DATASET = "Dataset004_Hippocampus"
 TRAIN_TR = "nnUNetTrainerNAS_20x50"
 SEARCH_TRAINERS = {"dints": "nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25",
-                   "scnas": "nnUNetTrainerSCNASSearchHippo2D_20x10"}
+                   "scnas": "nnUNetTrainerSCNASSearchHippo2D_20x10",
+                   "dast": "nnUNetTrainerDASTSearchHippo2D_L8D3_20x25"}
 LABELS = {"1": "anterior", "2": "posterior"}
 
 
@@ -202,10 +203,14 @@ def genotype_summary(method, search_fold):
                 "edges_kept": {t: sum(o is not None for o in ops) for t, ops in cells.items()},
                 "edges_per_cell": len(next(iter(cells.values()))),
                 "op_counts": {t: _op_counts(ops) for t, ops in cells.items()}}
+    from nnunet_nas.spaces.grid_topology import grid_topology
     edges = g["edges"]
+    target = grid_topology(g["num_depths"]).edge_out
+    per_level = {f"level {d}": _op_counts(o for row in g["ops"] for e, o in enumerate(row) if int(target[e]) == d)
+                 for d in range(g["num_depths"])}
     return {"num_blocks": g.get("num_blocks"), "num_depths": g.get("num_depths"), "op_set": g.get("op_set"),
             "active_edges": int(sum(sum(r) for r in edges)), "total_edges": int(sum(len(r) for r in edges)),
-            "op_counts": _op_counts(o for row in g["ops"] for o in row),
+            "op_counts": _op_counts(o for row in g["ops"] for o in row), "op_counts_per_level": per_level,
             "active_edges_per_block": [int(sum(r)) for r in edges],
             "node_a": g.get("node_a")}
 
@@ -277,7 +282,7 @@ def _has_dist(name):
         return False
 
 
-METHOD_LABELS = {"dints": "DiNTS", "scnas": "SCNAS"}
+METHOD_LABELS = {"dints": "DiNTS", "scnas": "SCNAS", "dast": "DAST"}
 # widths whose memory the report compares with nnU-Net's planned network, besides the exported one
 PAPER_WIDTHS = {"scnas": {"paper search width (stem 48)": 1.5, "paper retraining width (stem 68)": 2.125}}
 
@@ -288,15 +293,17 @@ def width_memory(env, method, genotype_file, exported_mul):
     from nnunet_nas.genotypes.schema import load_genotype
     from nnunet_nas.nnunet.width import conv_output_elements, planned_network_elements
     from nnunet_nas.patch import round_up_patch
+    from nnunet_nas.planned_network import PlannedNetwork
     from nnunet_nas.registry import get_method
     m, g = get_method(method), load_genotype(genotype_file)
     planned = planned_network_elements(plans_path(env), "2d_bs32", 1, 3)
-    patch = round_up_patch(json.load(open(plans_path(env)))["configurations"]["2d"]["patch_size"],
-                           m.genotype_patch_divisor(g))
+    base = json.load(open(plans_path(env)))["configurations"]["2d"]
+    patch = round_up_patch(base["patch_size"], m.genotype_patch_divisor(g))
+    network = PlannedNetwork.from_block(base["architecture"], patch_size=patch)
     out = {"planned_elements": planned, "patch": patch}
     for label, mul in {"exported": exported_mul, **PAPER_WIDTHS.get(method, {})}.items():
         e = conv_output_elements(lambda: m.network_class(1, 3, deep_supervision=True,
-                                                         **m.fixed_network_kwargs(g, mul)), 1, patch)
+                                                         **m.fixed_network_kwargs(g, mul, planned=network)), 1, patch)
         out[label] = {"channel_mul": mul, "elements": e, "ratio_to_planned": round(e / planned, 2)}
     return out
 

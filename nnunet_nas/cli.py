@@ -4,6 +4,7 @@
     nnunet-nas methods                        the registered NAS methods and their search trainers
     nnunet-nas export CHECKPOINT              discretise a search checkpoint, register <config>_<method>
     nnunet-nas add-arch DATASET               register a genotype without search (default: published DiNTS)
+    nnunet-nas attention -i IMAGE -o OUT ...  DAST: transformer attention of a trained model for one case
     nnunet-nas demo                           search, train and predict on real data; Dice against nnU-Net's
 """
 
@@ -76,6 +77,14 @@ def _cmd_add_arch(args) -> None:
     print(f"Train it with: nnUNetv2_train {dataset} {used} FOLD")
 
 
+def _cmd_attention(args) -> None:
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    from nnunet_nas.nnunet.attention_export import export_attention
+    folder = get_output_folder(args.dataset, args.trainer, args.plans, args.configuration)
+    fold = args.fold if args.fold == "all" else int(args.fold)
+    export_attention(folder, args.input, args.output, fold, args.checkpoint, args.center)
+
+
 def _cmd_demo(args) -> None:
     from nnunet_nas.demo import run_demo
     run_demo(args.workdir, fresh=args.fresh)
@@ -117,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host-checkpoint", help="IAC: a trained model of the configuration's network; training the "
                                              "registered configuration starts from it (default: no trained start)")
     s.set_defaults(func=_cmd_add_arch)
+
+    s = sub.add_parser("attention", help="DAST: export the segmentation attention of a trained model's transformer "
+                                         "cells for one case (NIfTI overlay aligned with the input, and a PNG)")
+    s.add_argument("-i", "--input", nargs="+", required=True, help="the case's image files, one per input channel "
+                                                                   "(CASE_0000.nii.gz ...)")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    s.add_argument("-c", "--configuration", required=True, help="the trained configuration (e.g. 3d_fullres_dast)")
+    s.add_argument("-tr", "--trainer", default="nnUNetTrainer", help="trainer it was trained with")
+    s.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
+    s.add_argument("-f", "--fold", default="0", help="fold of the trained model (default 0)")
+    s.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    s.add_argument("--center", type=int, nargs="+", help="patch centre in preprocessed voxels (z y x; default: the "
+                                                       "image centre; 2-D configurations: z is the slice)")
+    s.set_defaults(func=_cmd_attention)
 
     s = sub.add_parser("demo", help="DiNTS end to end on 24 real MSD Hippocampus cases against nnU-Net's own "
                                     "configuration (CPU, under 15 minutes)")

@@ -87,6 +87,8 @@ class DiNTSSearchConfig(SearchConfig):
     export_channel_mul: Optional[float] = None
     memory_budget: float = 0.8  # sigma of Eq. 10 [paper]: a share of memory_reference
     memory_reference: str = "max_discrete"  # [ours] largest discrete architecture; "paper": Eq. 9's M_a, see README
+    # Eq. 10 holds the ratio at sigma from both sides [paper]; "upper": only memory above sigma costs (a cap)
+    memory_penalty: str = "two_sided"
     topology_weight: float = 0.001  # lambda of Eq. 11 [paper]
     warmup_fraction: float = 0.5  # [paper: 11k of 21k iterations]
     arch_lr: float = 0.008  # Adam [paper 4.1]
@@ -94,6 +96,33 @@ class DiNTSSearchConfig(SearchConfig):
     arch_weight_decay: float = 0.0  # [paper]
     arch_grad_clip: Optional[float] = 0.5  # [Auto3DSeg]
     recompute_norms: bool = True  # [ours] search-memory saving, see spaces/grid.py
+
+
+@dataclass(frozen=True)
+class DASTSearchConfig(DiNTSSearchConfig):
+    """DAST (Yang et al., MICCAI 2023): the DiNTS search (its grid, budget, losses and decoder) with the transformer in
+    the op set; NAS_METHODS.md section 4 for the token grid."""
+    # tokens per axis of every transformer: None [ours, default] = min(8, the level's extent) per axis, i.e. the
+    # paper's 512 tokens (8^3) wherever a level is that large and every cell of a smaller level; an int: that grid at
+    # every level (one clear error where a level is smaller)
+    token_grid: Optional[int] = None
+    num_heads: int = 8  # [paper]; every grid level's channels are rounded down to a multiple of it
+    # [ours, the issue's option] the DiNTS set's factorised (P3D / 2-D analogue) ops beside skip, conv, transformer
+    factorised_ops: bool = False
+    # [ours] the budget is a cap: Eq. 10's two-sided term pushed a search at sigma 0.8 to transformers on 41 of 55
+    # edges (the costliest op: memory below sigma is pushed up), 2.1x nnU-Net's planned memory at the narrowest width
+    # (BENCHMARKS.md); memory_penalty="two_sided" is the paper's literal reading
+    memory_penalty: str = "upper"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.token_grid is not None and self.token_grid < 1 or self.num_heads < 1:
+            raise ValueError(f"DASTSearchConfig: token_grid {self.token_grid} and num_heads {self.num_heads} must be "
+                             f"positive (token_grid None: fitted to each level).")
+
+    def op_options(self) -> dict:
+        """The transformer's options (``OpSpec.options``), as the space and the fixed network take them."""
+        return {"token_grid": self.token_grid, "num_heads": self.num_heads}
 
 
 @dataclass(frozen=True)

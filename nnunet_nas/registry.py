@@ -44,7 +44,9 @@ class SearchMethod:
       (optional; the JSD strategy's stop rule looks at those only, at every edge without it);
     * ``plot_genotype(genotype, path)``, ``plot_history(history, path, net, cfg)``: pictures (optional);
     * ``plot_supernet(supernet, path)``: a picture of the searched network, drawn when the search starts (optional);
-    * ``search_notes(net, cfg)`` -> lines logged when the search starts (optional).
+    * ``search_notes(net, cfg)`` -> lines logged when the search starts (optional);
+    * ``choose_op_set(cfg, spatial_dims)`` -> the op set where a config option picks it (optional; default:
+      ``default_op_sets``); ``cfg.op_set`` wins over both.
     """
     name: str  # registry key, file stem and configuration suffix: "dints" -> dints_genotype.json, 3d_fullres_dints
     paper: str
@@ -70,6 +72,7 @@ class SearchMethod:
     plot_history: Optional[Callable] = None
     plot_supernet: Optional[Callable] = None
     search_notes: Optional[Callable] = None
+    choose_op_set: Optional[Callable] = None
 
     @property
     def network_class_name(self) -> str:
@@ -83,6 +86,8 @@ class SearchMethod:
         """The op set a search with ``cfg`` uses in ``spatial_dims`` (``cfg.op_set`` or the method's default)."""
         if cfg.op_set is not None:
             return cfg.op_set
+        if self.choose_op_set is not None:
+            return self.choose_op_set(cfg, spatial_dims)
         if spatial_dims not in self.default_op_sets:
             raise ValueError(f"method {self.name!r} has no op set for {spatial_dims}-D configurations (it has "
                              f"{sorted(self.default_op_sets)}-D).")

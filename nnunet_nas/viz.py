@@ -5,7 +5,7 @@ backend switch), so importing this module is cheap and safe in headless training
 atomically (temporary file in the same folder, then ``os.replace``).
 """
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -50,12 +50,13 @@ def op_colour_map(op_names) -> dict:
 
 
 @default_style
-def plot_grid_genotype(genotype, path: str, title: Optional[str] = None) -> str:
+def plot_grid_genotype(genotype, path: str, title: Optional[str] = None, marked_ops: Sequence[str] = ()) -> str:
     """Draw a grid genotype as in the DiNTS paper's Fig. 7 and save it as a PNG at ``path``.
 
     Nodes sit at x = block boundary 0..L (column 0: the inputs of block 0) and y = level 0..D-1 (finest at the
-    top); inactive nodes are grey. Active edge (b, e) joins (b, in) and (b+1, out) and is coloured by its op.
-    Stems and the tail are not drawn. Returns ``path``.
+    top); inactive nodes are grey. Active edge (b, e) joins (b, in) and (b+1, out) and is coloured by its op; an edge
+    whose op is in ``marked_ops`` also gets a labelled square at its middle (DAST's transformer cells: "T", as in
+    the DAST paper's Fig. 3). Stems and the tail are not drawn. Returns ``path``.
     """
     from matplotlib.lines import Line2D
 
@@ -78,6 +79,10 @@ def plot_grid_genotype(genotype, path: str, title: Optional[str] = None) -> str:
             ax.plot([b, b + 1], [topo.edge_in[e], topo.edge_out[e]], color=colours.get(op, "black"),
                     lw=2.6 if op != "skip" else 1.8, ls="-" if op != "skip" else "--", zorder=1,
                     solid_capstyle="round")
+            if op in marked_ops:
+                ax.text(b + 0.5, (topo.edge_in[e] + topo.edge_out[e]) / 2, op[0].upper(), ha="center", va="center",
+                        fontsize=8, fontweight="bold", color="white", zorder=4,
+                        bbox=dict(boxstyle="square,pad=0.2", fc=colours.get(op, "black"), ec="black", lw=0.8))
     node_a = np.asarray(genotype.node_a).astype(bool)
     xs, ys = np.meshgrid(np.arange(L + 1), np.arange(D), indexing="ij")
     active = node_a[xs, ys]
@@ -93,7 +98,8 @@ def plot_grid_genotype(genotype, path: str, title: Optional[str] = None) -> str:
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     handles = [Line2D([], [], color=colours[n], lw=2.6 if n != "skip" else 1.8, ls="-" if n != "skip" else "--",
-                      label=n) for n in names if n in used]
+                      marker="s" if n in marked_ops else None, ms=8, mec="black",
+                      label=f"{n} ({n[0].upper()})" if n in marked_ops else n) for n in names if n in used]
     handles += [Line2D([], [], ls="", marker="o", ms=9, mfc="gold", mec="black", label="active node"),
                 Line2D([], [], ls="", marker="o", ms=7, mfc="lightgrey", mec="grey", label="inactive node")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8,

@@ -38,6 +38,18 @@ def run_search(env, trainer, extra=(), crash_after=None):
                    env, check=crash_after is None)
 
 
+def fold_folder(env, trainer, config="3d_fullres"):
+    """nnU-Net's fold-0 output folder of ``trainer`` on the tiny dataset."""
+    return os.path.join(env["nnUNet_results"], DATASET_NAME, f"{trainer}__nnUNetPlans__{config}", "fold_0")
+
+
+def search_on_copy(planned_dataset, root, trainer):
+    """``(env, completed process)`` of one search on a private copy of the planned dataset in ``root``."""
+    shutil.copytree(planned_dataset[0], root, dirs_exist_ok=True)
+    env = nnunet_env(root)
+    return env, run_search(env, trainer)
+
+
 @pytest.fixture(scope="session")
 def planned_dataset(tmp_path_factory):
     """A tiny generated 3-D dataset (10 cases of 32^3), planned and preprocessed (2d, 3d_fullres) by nnU-Net's

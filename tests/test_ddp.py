@@ -215,3 +215,39 @@ def test_iac_search_keeps_every_rank_identical_with_the_host_frozen(tmp_path):
     _spawn(_iac_worker, out)
     res = torch.load(out)
     assert torch.equal(res["gathered"][0], res["gathered"][1])
+
+
+def _dast_worker(rank, world, port, out):
+    """DAST search steps under DDP (the transformer beside the lean conv edges): alpha identical on every rank; then a
+    fixed network with a transformer on every active edge under nnU-Net's DDP wrapping (every parameter used)."""
+    from nnunet_nas.config import DASTSearchConfig
+    from nnunet_nas.planned_network import PlannedNetwork
+    from nnunet_nas.registry import get_method
+    _start(rank, world, port)
+    torch.manual_seed(100 + rank)
+    method, cfg = get_method("dast"), DASTSearchConfig(num_blocks=2, num_depths=2, channel_mul=0.125)
+    planned = PlannedNetwork("none", patch_size=(16, 16))
+    supernet = method.build_supernet(cfg, "dast_2d", 1, 2, 2, False, planned=planned)
+    model = SearchNetwork(supernet, method.build_arch_params(cfg, supernet, "dast_2d"), method.make_weighting(cfg))
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    arch_opt = torch.optim.Adam(model.arch_parameters(), lr=0.05, betas=(0.5, 0.999))
+    for step in range(2):
+        arch_opt.zero_grad()
+        ddp(torch.randn(2, 1, 16, 16) * (rank + 1)).square().mean().backward()
+        arch_opt.step()
+    gathered = _gathered(torch.cat([p.detach().flatten() for p in model.arch_parameters()]), world)
+    genotype = method.discretize(model.arch.state_dict(), "dast_2d")
+    genotype.ops = [["transformer" if on else None for on in row] for row in genotype.arch_code_a]
+    net = method.network_class(1, 2, deep_supervision=True, **method.fixed_network_kwargs(genotype, 0.125,
+                                                                                           planned=planned))
+    _train_under_nnunets_ddp(net, (2, 1, 16, 16))
+    if rank == 0:
+        torch.save({"gathered": gathered}, out)
+    _finish()
+
+
+def test_dast_search_keeps_alpha_identical_and_its_transformer_export_trains_under_ddp(tmp_path):
+    out = str(tmp_path / "dast.pt")
+    _spawn(_dast_worker, out)
+    gathered = torch.load(out)["gathered"]
+    assert torch.equal(gathered[0], gathered[1])

@@ -128,6 +128,33 @@ def test_recomputed_norms_give_identical_gradients(batch, size, frozen_weights):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("op_set,dims", [("dast_3d", 3), ("dast_2d", 2), ("dast_2d_p2d", 2), ("darts_2d", 2)])
+def test_ops_outside_the_lean_path_join_its_sum_with_the_plain_mixed_ops_values_and_gradients(op_set, dims):
+    """DAST's transformer (and pools, zero, two-block separable convs) run beside the lean conv edges; the sum, and
+    every gradient, equal the plain mixed op's over all ops."""
+    torch.manual_seed(0)
+    patch = [16] * dims
+    net = DiNTSNet(1, 2, None, num_blocks=2, num_depths=2, spatial_dims=dims, channel_mul=0.25, op_set=op_set,
+                   patch_size=patch)
+    assert net.space.conv_chain_ops and net.space.other_ops
+    arch = GridArchParams(2, 2, len(op_names(op_set)))
+    x = torch.randn(2, 1, *patch)
+    params = list(net.parameters()) + list(arch.parameters())
+    results = []
+    for lean, recompute in ((True, True), (True, False), (False, False)):
+        net.space.conv_chain_ops, net.space.recompute_norms = lean, recompute
+        for p in params:
+            p.grad = None
+        y = net(x, GridEdgeOpWeighting()(arch))
+        y.square().mean().backward()
+        results.append([y.detach()] + [p.grad.clone() for p in params])
+    ref_out, ref_grad = results[2][0], torch.cat([g.flatten() for g in results[2][1:]])
+    for other in results[:2]:  # float32 summation order; some gradients (biases before a norm) are zero in theory
+        torch.testing.assert_close(other[0], ref_out, rtol=1e-4, atol=1e-5 * float(ref_out.abs().max()))
+        grad = torch.cat([g.flatten() for g in other[1:]])
+        assert float((grad - ref_grad).norm() / ref_grad.norm()) < 1e-4
+
+
 def test_incompatible_patch_gives_a_clear_error():
     net = DiNTSNet(1, 2, None, num_blocks=1, num_depths=3, channel_mul=0.125)
     with pytest.raises(ValueError, match=r"divisible by 2\^D=8.*\[40, 40, 40\]"):
@@ -162,7 +189,8 @@ def test_grid_runs_any_op_set_through_the_generic_mixed_op(dims):
     weight and architecture parameter still gets a gradient."""
     net = DiNTSNet(1, 2, None, num_blocks=2, num_depths=2, spatial_dims=dims, channel_mul=0.125,
                    op_set=f"darts_{dims}d")
-    assert not net.space.conv_chain_ops
+    names = op_names(f"darts_{dims}d")
+    assert [names[n] for n in net.space.other_ops] == ["zero", "max_pool_3", "avg_pool_3", "sep_conv_3", "sep_conv_5"]
     arch = GridArchParams(2, 2, len(op_names(f"darts_{dims}d")))
     net(torch.randn(1, 1, *([16] * dims)), GridEdgeOpWeighting()(arch)).square().mean().backward()
     missing = [n for n, p in list(net.named_parameters()) + list(arch.named_parameters()) if p.grad is None]

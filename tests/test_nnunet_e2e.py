@@ -7,15 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, run_cli, run_search
+from conftest import DATASET_ID, DATASET_NAME, fold_folder, run_cli, run_search
 from nnunet_nas.genotypes.grid import GridGenotype
 
 SEARCH = "nnUNetTrainerDiNTSSearchTest"
 PLAIN = "nnUNetTrainerNASTest"
 
-
-def _fold(env, trainer, config="3d_fullres"):
-    return os.path.join(env["nnUNet_results"], DATASET_NAME, f"{trainer}__nnUNetPlans__{config}", "fold_0")
 
 
 def _plans(env):
@@ -41,7 +38,7 @@ def searched(planned_dataset, tmp_path_factory):
 
 def test_search_exports_a_dropin_configuration(searched):
     env, out = searched
-    fold = _fold(env, SEARCH)
+    fold = fold_folder(env, SEARCH)
     assert "Found class nnUNetTrainerDiNTSSearchTest" in out.stdout
     g = GridGenotype.load(os.path.join(fold, "dints_genotype.json"))
     assert (g.num_blocks, g.num_depths) == (3, 2) and g.provenance["epoch"] == 4
@@ -62,7 +59,7 @@ def test_search_exports_a_dropin_configuration(searched):
 
 def test_export_on_demand_from_a_checkpoint(searched):
     env, _ = searched
-    fold = _fold(env, SEARCH)
+    fold = fold_folder(env, SEARCH)
     res = run_cli(["nnunet-nas", "export", fold, "--name", "3d_fullres_dints_wide", "--channel-mul", "0.25"], env)
     assert "registered configuration '3d_fullres_dints_wide'" in res.stdout
     configs = _plans(env)["configurations"]
@@ -85,7 +82,7 @@ def trained(searched):
 
 def test_exported_configuration_trains_predicts_and_ensembles_with_stock_nnunet(trained, tmp_path):
     env = trained
-    summary = json.load(open(os.path.join(_fold(env, PLAIN, "3d_fullres_dints"), "validation", "summary.json")))
+    summary = json.load(open(os.path.join(fold_folder(env, PLAIN, "3d_fullres_dints"), "validation", "summary.json")))
     assert "foreground_mean" in summary
     images = os.path.join(env["nnUNet_raw"], DATASET_NAME, "imagesTr")
     inp = tmp_path / "in"
@@ -111,20 +108,21 @@ def test_resume_after_kill_gives_the_uninterrupted_result(searched, planned_data
     import shutil
     from conftest import nnunet_env
     env_done, _ = searched
-    reference = GridGenotype.load(os.path.join(_fold(env_done, SEARCH), "dints_genotype.json"))
-    ref_ckpt = torch.load(os.path.join(_fold(env_done, SEARCH), "checkpoint_final.pth"), map_location="cpu",
+    reference = GridGenotype.load(os.path.join(fold_folder(env_done, SEARCH), "dints_genotype.json"))
+    ref_ckpt = torch.load(os.path.join(fold_folder(env_done, SEARCH), "checkpoint_final.pth"), map_location="cpu",
                           weights_only=False)
     root = str(tmp_path / "resume")
     shutil.copytree(planned_dataset[0], root)
     env = nnunet_env(root)
     killed = _search(env, crash_after=2)  # dies after epoch 2 (the first epoch with architecture steps)
     assert killed.returncode == 17
-    assert os.path.isfile(os.path.join(_fold(env, SEARCH), "checkpoint_latest.pth"))
+    assert os.path.isfile(os.path.join(fold_folder(env, SEARCH), "checkpoint_latest.pth"))
     _search(env, extra=("--c",))
-    resumed = GridGenotype.load(os.path.join(_fold(env, SEARCH), "dints_genotype.json"))
+    resumed = GridGenotype.load(os.path.join(fold_folder(env, SEARCH), "dints_genotype.json"))
     assert resumed.to_dict()["edges"] == reference.to_dict()["edges"]
     assert resumed.to_dict()["ops"] == reference.to_dict()["ops"]
-    ckpt = torch.load(os.path.join(_fold(env, SEARCH), "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(os.path.join(fold_folder(env, SEARCH), "checkpoint_final.pth"), map_location="cpu",
+                      weights_only=False)
     for key in ("arch.edge_logits", "arch.op_logits"):
         assert torch.equal(ckpt["network_weights"][key], ref_ckpt["network_weights"][key]), key
     state, ref_state = ckpt["nnunet_nas_search_state"], ref_ckpt["nnunet_nas_search_state"]
@@ -156,7 +154,7 @@ def test_published_architecture_is_added_with_one_command(fresh_dataset):
 def test_2d_search_registers_a_2d_configuration(fresh_dataset):
     root, env = fresh_dataset
     run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", SEARCH, "-device", "cpu"], env)
-    g = GridGenotype.load(os.path.join(_fold(env, SEARCH, "2d"), "dints_genotype.json"))
+    g = GridGenotype.load(os.path.join(fold_folder(env, SEARCH, "2d"), "dints_genotype.json"))
     assert g.op_set == "dints_2d" and g.spatial_dims == 2
     config = _plans(env)["configurations"]["2d_dints"]
     assert config["inherits_from"] == "2d" and len(config["patch_size"]) == 2

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, nnunet_env, run_cli, run_search
+from conftest import DATASET_ID, DATASET_NAME, fold_folder, nnunet_env, run_cli, run_search, search_on_copy
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.ops.catalog import op_names
 
@@ -16,21 +16,14 @@ SEARCH = "nnUNetTrainerSCNASSearchTest"
 PLAIN = "nnUNetTrainerNASTest"
 
 
-def _fold(env, trainer, config="3d_fullres"):
-    return os.path.join(env["nnUNet_results"], DATASET_NAME, f"{trainer}__nnUNetPlans__{config}", "fold_0")
-
-
 @pytest.fixture(scope="module")
 def searched(planned_dataset, tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("scnas"))
-    shutil.copytree(planned_dataset[0], root, dirs_exist_ok=True)
-    env = nnunet_env(root)
-    return env, run_search(env, SEARCH)
+    return search_on_copy(planned_dataset, str(tmp_path_factory.mktemp("scnas")), SEARCH)
 
 
 def test_search_writes_genotype_pictures_and_a_dropin_configuration(searched, tmp_path):
     env, out = searched
-    fold = _fold(env, SEARCH)
+    fold = fold_folder(env, SEARCH)
     g = CellGenotype.load(os.path.join(fold, "scnas_genotype.json"))
     assert g.cell_types == ["encoder_normal", "reduction", "decoder_normal", "expansion"] and g.spatial_dims == 3
     for picture in ("scnas_architecture.png", "scnas_arch_trajectories.png", "progress.png"):
@@ -56,14 +49,15 @@ def test_search_writes_genotype_pictures_and_a_dropin_configuration(searched, tm
 
 def test_resumed_search_samples_as_the_uninterrupted_one(searched, planned_dataset, tmp_path):
     env_done, _ = searched
-    ref = torch.load(os.path.join(_fold(env_done, SEARCH), "checkpoint_final.pth"), map_location="cpu",
+    ref = torch.load(os.path.join(fold_folder(env_done, SEARCH), "checkpoint_final.pth"), map_location="cpu",
                      weights_only=False)
     root = str(tmp_path / "resume")
     shutil.copytree(planned_dataset[0], root)
     env = nnunet_env(root)
     assert run_search(env, SEARCH, crash_after=1).returncode == 17
     run_search(env, SEARCH, ("--c",))
-    ckpt = torch.load(os.path.join(_fold(env, SEARCH), "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(os.path.join(fold_folder(env, SEARCH), "checkpoint_final.pth"), map_location="cpu",
+                      weights_only=False)
     assert torch.equal(ckpt["network_weights"]["arch.op_logits"], ref["network_weights"]["arch.op_logits"])
     state, ref_state = ckpt["nnunet_nas_search_state"], ref["nnunet_nas_search_state"]
     assert torch.equal(state["weighting"]["generator"], ref_state["weighting"]["generator"])
@@ -79,7 +73,7 @@ def test_found_cells_transfer_to_another_planned_dataset(searched):
     plan_env = {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}
     run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(other), "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
             plan_env)
-    genotype = os.path.join(_fold(env, SEARCH), "scnas_genotype.json")
+    genotype = os.path.join(fold_folder(env, SEARCH), "scnas_genotype.json")
     res = run_cli(["nnunet-nas", "add-arch", str(other), "-c", "3d_fullres", "--genotype", genotype,
                    "--name", "3d_fullres_scnas_brats", "--channel-mul", "0.125"], env)
     assert "registered configuration '3d_fullres_scnas_brats'" in res.stdout
@@ -100,7 +94,7 @@ def test_jsd_stability_prunes_and_stops_the_scnas_search(planned_dataset, tmp_pa
     assert "search stopped early at epoch 1" in log and "jsd_max_score" in log
     pruned = re.search(r"operation pruning: (\d+) candidate ops pruned, (\d+) op modules removed", log)
     assert pruned and int(pruned.group(1)) > 0 and int(pruned.group(2)) > int(pruned.group(1))  # in every cell
-    fold = _fold(env, trainer)
+    fold = fold_folder(env, trainer)
     ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     alive = ckpt["network_weights"]["arch.alive_ops"]
     assert alive.any(-1).all() and 0 < int((~alive).sum(-1).max()) <= 4  # at most half of 8 ops per edge
@@ -129,7 +123,7 @@ def test_jsd_pruning_resumes_to_the_uninterrupted_search(planned_dataset, tmp_pa
             run_search(env, trainer, ("--c",))
         else:
             run_search(env, trainer)
-        final[run] = torch.load(os.path.join(_fold(env, trainer), "checkpoint_final.pth"), map_location="cpu",
+        final[run] = torch.load(os.path.join(fold_folder(env, trainer), "checkpoint_final.pth"), map_location="cpu",
                                 weights_only=False)
     full, resumed = final["full"], final["resumed"]
     for key in ("arch.op_logits", "arch.alive_ops"):

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import torch
 
-from nnunet_nas.config import DiNTSSearchConfig, IACSearchConfig, SCNASSearchConfig
-from nnunet_nas.nnunet.trainers import (_ShortSchedule, nnUNetTrainerDiNTSSearch, nnUNetTrainerIACSearch,
-                                        nnUNetTrainerSCNASSearch)
+from nnunet_nas.config import DASTSearchConfig, DiNTSSearchConfig, IACSearchConfig, SCNASSearchConfig
+from nnunet_nas.nnunet.trainers import (_ShortSchedule, nnUNetTrainerDASTSearch, nnUNetTrainerDiNTSSearch,
+                                        nnUNetTrainerIACSearch, nnUNetTrainerSCNASSearch)
 from nnunet_nas.strategies.jsd_pruning import JSDRule
 
 
@@ -33,6 +33,26 @@ class nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25(nnUNetTrainerDiNTSSearchHippo2D
     (500 weight-only, 500 weight+architecture iterations)."""
     num_epochs_default = 40
     iterations_per_epoch = 25
+
+
+class nnUNetTrainerDiNTSSearchHippo2D_L8D3_20x25_fit(nnUNetTrainerDiNTSSearchHippo2D_L8D3):
+    """The DiNTS row of the DAST benchmark: the L8D3 space with half the 40x25 budget (20 epochs x 25 iterations,
+    10 warm-up epochs), exported at the width fitted to nnU-Net's planned memory (the default export rule)."""
+    search_config = replace(nnUNetTrainerDiNTSSearchHippo2D_L8D3.search_config, export_channel_mul=None)
+    num_epochs_default = 20
+    iterations_per_epoch = 25
+
+
+class nnUNetTrainerDASTSearchHippo2D_L8D3_20x25(nnUNetTrainerDASTSearch):
+    """DAST with the settings of the DiNTS row above (L=8, D=3, patch 56x40, search width 0.125, i.e. 8 / 16 / 32
+    channels at the three levels, one channel per head at level 0; 20 epochs x 25 iterations, half warm-up, arch_lr
+    0.03, sigma 0.8), ops skip, conv 3x3, transformer (token grids 8x8, 8x8, 7x5 at the levels of 28x20, 14x10,
+    7x5); exported at the width fitted to nnU-Net's planned memory."""
+    search_config = replace(DASTSearchConfig(), num_blocks=8, num_depths=3, channel_mul=0.125, arch_lr=0.03)
+    num_epochs_default = 20
+    iterations_per_epoch = 25
+    val_iterations_per_epoch = 2
+    save_every_default = 1
 
 
 class nnUNetTrainerDiNTSBudget02(nnUNetTrainerDiNTSSearch):

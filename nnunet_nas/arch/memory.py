@@ -42,7 +42,7 @@ kept per input voxel ("unit patch") and scaled at the end. Sizes are exact when 
 by 2^D, which DiNTSNet requires.
 """
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -57,6 +57,9 @@ from nnunet_nas.spaces.grid_topology import check_num_blocks, grid_topology
 # larger sigma means larger networks. "paper": Eq. 9's M_a (every edge on, every op weight at one), under which the
 # attainable ratios end at max_ratio("paper"), about 0.25.
 MEMORY_REFERENCES = ("max_discrete", "paper")
+# How the ratio is held to sigma: "two_sided" (Eq. 10, |ratio - sigma|: memory below the budget is pushed up too) or
+# "upper" (max(0, ratio - sigma): the budget is a cap)
+MEMORY_PENALTIES = ("two_sided", "upper")
 
 
 def _voxels(patch_size, spatial_dims: int) -> float:
@@ -76,18 +79,24 @@ class GridMemoryModel:
         channels_per_level: ``[D]`` channels of the grid nodes, finest first (``DiNTSNet.filters[1:]``).
         spatial_dims: 2 or 3.
         op_set_name: op set in :mod:`nnunet_nas.ops.catalog` (default: the one for ``spatial_dims``).
+        patch_size: the patch the network is trained at; needed (and only used) when an op's memory is not a
+            multiple of its output size (DAST's transformer: its token-grid term is per op, not per voxel). Its cost
+            at that patch enters the per-voxel tables, so ratios then hold for that patch; :meth:`expected`,
+            :meth:`full` and :meth:`genotype_elements` at another patch recompute the tables for it.
+        op_options: options of such ops (``OpSpec.options``: the transformer's ``token_grid``, ``num_heads``).
 
     Attributes (torch float64):
         unit_size: ``[E]`` output elements of edge e per input voxel and batch item,
             ``channels[out] / 2^((out+1) * dims)``.
         pre_cost: ``[E]`` preprocess cost of edge e (output-size tensors).
-        op_cost: ``[N]`` op costs (output-size tensors).
+        op_cost: ``[E, N]`` op costs (output-size tensors; the same on every edge for linear ops).
         out_cost: ``[E]`` ``unit_size`` (the "1": the cell output itself).
-        op_edge_cost: ``[E, N]`` ``unit_size * (pre_cost + op_cost_n)``.
+        op_edge_cost: ``[E, N]`` ``unit_size * (pre_cost + op_cost)``.
     """
 
     def __init__(self, num_blocks: int, num_depths: int, channels_per_level: Sequence[int], spatial_dims: int = 3,
-                 op_set_name: Optional[str] = None):
+                 op_set_name: Optional[str] = None, patch_size: Optional[Sequence[int]] = None,
+                 op_options: Optional[Mapping] = None):
         check_num_blocks(num_blocks)
         topo = grid_topology(num_depths)
         channels = [int(c) for c in channels_per_level]
@@ -96,40 +105,63 @@ class GridMemoryModel:
         if spatial_dims not in (2, 3):
             raise ValueError(f"GridMemoryModel: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         self.op_set_name = op_set_name or default_grid_op_set(spatial_dims)
-        specs = op_set(self.op_set_name)
-        nonlinear = [s.name for s in specs if not s.linear]
-        if nonlinear:
-            raise ValueError(f"GridMemoryModel keeps per-voxel cost tables, exact only for ops whose memory is a "
-                             f"multiple of their output size; {nonlinear} of {self.op_set_name} are not. Extend the "
-                             f"model with OpSpec.memory_elements at the real patch size for them.")
+        self.specs = specs = op_set(self.op_set_name)
+        self.nonlinear = tuple(s.name for s in specs if not s.linear)
+        if self.nonlinear and patch_size is None:
+            raise ValueError(f"GridMemoryModel: the memory of {list(self.nonlinear)} (op set {self.op_set_name}) is "
+                             f"not a multiple of the output size; give the patch size the network is trained at.")
+        self.patch_size = None if patch_size is None else [int(p) for p in patch_size]
+        self.op_options = dict(op_options or {})
         self.num_blocks, self.num_depths, self.spatial_dims = num_blocks, num_depths, spatial_dims
         self.num_edges, self.num_ops = topo.num_edges, len(specs)
         self.channels = channels
         self.op_names = tuple(s.name for s in specs)
+        self._topo = topo
         f64 = torch.float64
         self.pre_cost = torch.tensor(
             [edge_preprocess_cost(channels[i], channels[o], int(d), spatial_dims)
              for i, o, d in zip(topo.edge_in, topo.edge_out, topo.edge_dir)], dtype=f64)
-        self.op_cost = torch.tensor([s.memory_cost for s in specs], dtype=f64)
+        self._pre_saved = torch.tensor(
+            [edge_preprocess_saved_cost(channels[i], channels[o], int(d), spatial_dims)
+             for i, o, d in zip(topo.edge_in, topo.edge_out, topo.edge_dir)], dtype=f64)
         self.unit_size = torch.tensor([channels[o] * 2.0 ** (-(int(o) + 1) * spatial_dims) for o in topo.edge_out],
                                       dtype=f64)
         self.out_cost = self.unit_size.clone()
-        self.op_edge_cost = self.unit_size[:, None] * (self.pre_cost[:, None] + self.op_cost[None, :])
-        # what autograd really keeps in a discrete network (no "1": a cell's norm output is saved by nobody)
-        self.saved_edge_cost = self.unit_size[:, None] * (
-            torch.tensor([edge_preprocess_saved_cost(channels[i], channels[o], int(d), spatial_dims)
-                          for i, o, d in zip(topo.edge_in, topo.edge_out, topo.edge_dir)], dtype=f64)[:, None]
-            + torch.tensor([s.saved_cost for s in specs], dtype=f64)[None, :])
-        # constants per input voxel and batch item
-        self._full_unit = float(num_blocks * (self.out_cost.sum() + self.op_edge_cost.sum()))
-        self._max_unit = float(num_blocks * (self.out_cost.sum() + self.op_edge_cost.max(dim=1).values.sum()))
+        self._tables_by_patch = {}
+        self.op_cost, self.op_edge_cost, self.saved_edge_cost, self._full_unit, self._max_unit = \
+            self._unit_tables(self.patch_size)
         self._cache = {}
+
+    def _unit_tables(self, patch_size):
+        """(op_cost [E, N] in output-size tensors, op_edge_cost [E, N], saved_edge_cost [E, N], full and max units)
+        for ``patch_size``; the same for every patch when all ops are linear."""
+        key = tuple(patch_size) if self.nonlinear else None
+        if key in self._tables_by_patch:
+            return self._tables_by_patch[key]
+        f64, E = torch.float64, self.num_edges
+        cost = torch.tensor([[s.memory_cost for s in self.specs]] * E, dtype=f64)
+        saved = torch.tensor([[s.saved_cost for s in self.specs]] * E, dtype=f64)
+        for n, spec in enumerate(self.specs):
+            if spec.linear:
+                continue
+            for e, o in enumerate(self._topo.edge_out):
+                shape = [self.channels[o]] + [int(p) >> (int(o) + 1) for p in patch_size]
+                per_output = spec.memory_elements(shape, self.op_options) / float(np.prod(shape, dtype=np.float64))
+                cost[e, n] = saved[e, n] = per_output  # measured on autograd's saved tensors (ops/transformer.py)
+        op_edge_cost = self.unit_size[:, None] * (self.pre_cost[:, None] + cost)
+        # what autograd really keeps in a discrete network (no "1": a cell's norm output is saved by nobody)
+        saved_edge_cost = self.unit_size[:, None] * (self._pre_saved[:, None] + saved)
+        # constants per input voxel and batch item
+        full_unit = float(self.num_blocks * (self.out_cost.sum() + op_edge_cost.sum()))
+        max_unit = float(self.num_blocks * (self.out_cost.sum() + op_edge_cost.max(dim=1).values.sum()))
+        self._tables_by_patch[key] = (cost, op_edge_cost, saved_edge_cost, full_unit, max_unit)
+        return self._tables_by_patch[key]
 
     @classmethod
     def from_network(cls, net) -> "GridMemoryModel":
         """The model of a :class:`~nnunet_nas.networks.dints_net.DiNTSNet`'s grid (supernet or fixed)."""
         s = net.space
-        return cls(s.num_blocks, s.num_depths, s.channels, s.spatial_dims, s.op_set_name)
+        return cls(s.num_blocks, s.num_depths, s.channels, s.spatial_dims, s.op_set_name, net.patch_size, s.op_options)
 
     # ------------------------------------------------------------------ helpers
     def _tables(self, like: torch.Tensor):
@@ -148,9 +180,13 @@ class GridMemoryModel:
             raise ValueError(f"GridMemoryModel: op probabilities have shape {list(op_probs.shape)}, "
                              f"expected [L, E, N] = [{L}, {E}, {N}] ({self.op_set_name}: {list(self.op_names)}).")
 
-    def _unit_expected(self, edge_marginals: torch.Tensor, op_probs: torch.Tensor) -> torch.Tensor:
+    def _unit_expected(self, edge_marginals: torch.Tensor, op_probs: torch.Tensor, patch_size=None) -> torch.Tensor:
         self._check(edge_marginals, op_probs)
-        out_cost, op_edge_cost = self._tables(edge_marginals)
+        if patch_size is not None and self.nonlinear and list(patch_size) != self.patch_size:
+            op_edge_cost = self._unit_tables(patch_size)[1].to(device=edge_marginals.device, dtype=edge_marginals.dtype)
+            out_cost = self._tables(edge_marginals)[0]
+        else:
+            out_cost, op_edge_cost = self._tables(edge_marginals)
         per_cell = out_cost + (op_probs * op_edge_cost).sum(-1)  # [L, E]
         return (edge_marginals * per_cell).sum()
 
@@ -166,11 +202,11 @@ class GridMemoryModel:
             batch_size: batch size.
         """
         scale = batch_size * _voxels(patch_size, self.spatial_dims)
-        return self._unit_expected(edge_marginals, op_probs) * scale
+        return self._unit_expected(edge_marginals, op_probs, patch_size) * scale
 
     def full(self, patch_size, batch_size: int = 1) -> float:
         """``M_a`` (Eq. 9) in elements: every edge on, every op weight 1 (a constant; no gradient)."""
-        return self._full_unit * batch_size * _voxels(patch_size, self.spatial_dims)
+        return self._unit_tables(patch_size)[3] * batch_size * _voxels(patch_size, self.spatial_dims)
 
     def _reference_unit(self, reference: str) -> float:
         if reference not in MEMORY_REFERENCES:
@@ -187,9 +223,14 @@ class GridMemoryModel:
         return self._unit_expected(edge_marginals, op_probs) / self._reference_unit(reference)
 
     def memory_loss(self, edge_marginals: torch.Tensor, op_probs: torch.Tensor, sigma: float,
-                    reference: str = "paper") -> torch.Tensor:
-        """``L_m = |M_e / M_ref - sigma|`` (Eq. 10; ``M_ref = M_a`` with ``reference="paper"``)."""
-        return (self.ratio(edge_marginals, op_probs, reference) - float(sigma)).abs()
+                    reference: str = "paper", penalty: str = "two_sided") -> torch.Tensor:
+        """``L_m = |M_e / M_ref - sigma|`` (Eq. 10; ``M_ref = M_a`` with ``reference="paper"``); with
+        ``penalty="upper"`` only memory above the budget costs, ``max(0, M_e / M_ref - sigma)`` (a cap: below it the
+        term does not push towards costlier operations)."""
+        if penalty not in MEMORY_PENALTIES:
+            raise ValueError(f"memory penalty {penalty!r} is not one of {MEMORY_PENALTIES}.")
+        excess = self.ratio(edge_marginals, op_probs, reference) - float(sigma)
+        return excess.abs() if penalty == "two_sided" else excess.clamp(min=0)
 
     # ------------------------------------------------------------------ discrete networks
     def genotype_elements(self, genotype, patch_size, batch_size: int = 1, saved: bool = False) -> float:
@@ -199,10 +240,11 @@ class GridMemoryModel:
         if (L, D) != (self.num_blocks, self.num_depths) or genotype.op_set != self.op_set_name:
             raise ValueError(f"GridMemoryModel: genotype has L={L}, D={D}, op set {genotype.op_set}; the model was "
                              f"built for L={self.num_blocks}, D={self.num_depths}, op set {self.op_set_name}.")
+        _voxels(patch_size, self.spatial_dims)
         on = torch.as_tensor(np.asarray(genotype.arch_code_a), dtype=torch.float64)
         onehot = torch.nn.functional.one_hot(torch.as_tensor(genotype.op_indices()), self.num_ops).to(torch.float64)
-        unit = float((on * (onehot * self.saved_edge_cost).sum(-1)).sum()) if saved else \
-            float(self._unit_expected(on, onehot))
+        unit = float((on * (onehot * self._unit_tables(patch_size)[2]).sum(-1)).sum()) if saved else \
+            float(self._unit_expected(on, onehot, patch_size))
         return unit * batch_size * _voxels(patch_size, self.spatial_dims)
 
 

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from nnunet_nas.genotypes.schema import Genotype, GenotypeError, register_schema
-from nnunet_nas.ops.catalog import OP_SETS, get_op_set, op_names
+from nnunet_nas.ops.catalog import OP_SETS, get_op_set, op_names, op_sets_with
 from nnunet_nas.spaces.grid_topology import check_num_blocks, check_num_depths, grid_topology
 
 SCHEMA = "nnunet_nas.grid"
@@ -108,8 +108,11 @@ class GridGenotype(Genotype):
             for e in range(E):
                 o = self.ops[b][e]
                 if self.arch_code_a[b, e] and o not in names:
+                    holders = op_sets_with(o, get_op_set(self.op_set).spatial_dims) if isinstance(o, str) else ()
+                    hint = f" It is an op of {list(holders)}: set \"op_set\" to the space it was searched in." \
+                        if holders else ""
                     raise GenotypeError(f"{source}: block {b} edge {e} is active but its op {o!r} is not in op set "
-                                        f"{self.op_set} {list(names)}.")
+                                        f"{self.op_set} {list(names)}.{hint}")
                 if not self.arch_code_a[b, e] and o is not None and o not in names:
                     raise GenotypeError(f"{source}: block {b} edge {e}: unknown op {o!r}.")
         for b in range(L):

@@ -2,3 +2,4 @@
 from nnunet_nas.methods import dints  # noqa: F401
 from nnunet_nas.methods import scnas  # noqa: F401
 from nnunet_nas.methods import iac  # noqa: F401
+from nnunet_nas.methods import dast  # noqa: F401

@@ -46,7 +46,7 @@ def regularizers(net, cfg: DiNTSSearchConfig):
     arch = net.arch
     eta = grid_probs.pattern_probs(arch.edge_logits)
     memory = net.supernet.memory_model.memory_loss(grid_probs.edge_marginals(arch.edge_logits), arch.op_probs(),
-                                                   cfg.memory_budget, cfg.memory_reference)
+                                                   cfg.memory_budget, cfg.memory_reference, cfg.memory_penalty)
     return {"entropy_alpha": grid_probs.entropy_loss_ops(arch.op_logits),
             "entropy_eta": grid_probs.entropy_loss_patterns(eta),
             "topology": cfg.topology_weight * grid_probs.topology_loss(eta, net.supernet.num_depths),

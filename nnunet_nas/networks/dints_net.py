@@ -7,6 +7,10 @@ from a plans ``architecture`` block::
     "network_class_name": "nnunet_nas.networks.dints_net.DiNTSNet",
     "arch_kwargs": {"genotype": {...}, "channel_mul": 1.0, "strides": [[1,1,1],[2,2,2],...]}
 
+An op set with ops that fit themselves to the feature maps (DAST's transformer: its token grid) needs
+``patch_size`` (level d is ``patch >> (d + 1)``) and takes their settings in ``op_options``; ``channel_multiple``
+rounds the grid's channels down to a multiple (DAST: of the attention heads). DAST's export writes all three.
+
 Stems and tail follow MONAI's layout (parameter counts agree): level d of the grid lives at 1/2^(d+1) of the
 input resolution with ``f[d+1]`` channels, ``f[i] = int(base_channels * 2^i * channel_mul)``.
 
@@ -34,6 +38,7 @@ from torch.nn import functional as F
 
 from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.networks.common import DecoderSwitch, drop_head_weights, with_deep_supervision
+from nnunet_nas.ops.catalog import op_set as op_set_specs
 from nnunet_nas.ops.conv import ActConvNorm, conv_nd, norm_nd
 from nnunet_nas.patch import check_patch_divisible
 from nnunet_nas.spaces.grid import GridSpace, default_grid_op_set
@@ -44,7 +49,8 @@ class DiNTSNet(nn.Module):
     def __init__(self, input_channels: int, num_classes: int, genotype=None, num_blocks: int = 12,
                  num_depths: int = 4, spatial_dims: int = 3, channel_mul: float = 1.0, base_channels: int = 32,
                  op_set: Optional[str] = None, strides: Optional[Sequence] = None, deep_supervision: bool = False,
-                 recompute_norms: bool = True, **unused):
+                 recompute_norms: bool = True, patch_size: Optional[Sequence[int]] = None,
+                 op_options: Optional[dict] = None, channel_multiple: int = 1, **unused):
         super().__init__()
         if unused:
             raise TypeError(f"DiNTSNet got unexpected arguments {sorted(unused)}.")
@@ -56,19 +62,31 @@ class DiNTSNet(nn.Module):
         op_set = op_set or default_grid_op_set(spatial_dims)
         self.genotype = genotype
         self.num_blocks, self.num_depths, self.spatial_dims = num_blocks, num_depths, spatial_dims
+        # the grid levels' channels are rounded down to a multiple of channel_multiple (DAST: the attention heads)
         self.filters = [int(base_channels * 2 ** i * channel_mul) for i in range(num_depths + 1)]
+        self.filters[1:] = [f // channel_multiple * channel_multiple for f in self.filters[1:]]
         if min(self.filters) < 2:
             raise ValueError(f"DiNTSNet: channel_mul={channel_mul} gives {self.filters} channels; use a larger one.")
         f, conv = self.filters, conv_nd(spatial_dims)
+        self.patch_size = None if patch_size is None else [int(p) for p in patch_size]
+        shaped = [s.name for s in op_set_specs(op_set) if "feature_shape" in s.options]
+        if shaped and self.patch_size is None:
+            raise ValueError(f"DiNTSNet: the ops {shaped} of op set {op_set} fit themselves to the feature maps; give "
+                             f"patch_size (the configuration's patch, as the export writes it into arch_kwargs).")
+        if self.patch_size is not None and len(self.patch_size) != spatial_dims:
+            raise ValueError(f"DiNTSNet: patch_size {self.patch_size} is not {spatial_dims}-D.")
+        grid = dict(feature_shapes=None if self.patch_size is None else
+                    [[p >> (d + 1) for p in self.patch_size] for d in range(num_depths)], op_options=op_options)
         if genotype is None:
             self.input_nodes = np.ones(num_depths, dtype=bool)
             self.deepest = num_depths - 1
-            self.space = GridSpace(num_blocks, num_depths, f[1:], spatial_dims, op_set, recompute_norms=recompute_norms)
+            self.space = GridSpace(num_blocks, num_depths, f[1:], spatial_dims, op_set, recompute_norms=recompute_norms,
+                                   **grid)
         else:
             self.input_nodes = genotype.node_a[0].astype(bool)
             self.deepest = int(np.flatnonzero(genotype.node_a[-1]).max())
             self.space = GridSpace(num_blocks, num_depths, f[1:], spatial_dims, op_set,
-                                   edge_mask=genotype.arch_code_a, op_index=genotype.op_indices())
+                                   edge_mask=genotype.arch_code_a, op_index=genotype.op_indices(), **grid)
         self.input_channels = input_channels
         self.stem_down = nn.ModuleDict({str(d): nn.Sequential(
             conv(input_channels, f[d], 3, padding=1, bias=False), norm_nd(spatial_dims, f[d]), nn.ReLU(),

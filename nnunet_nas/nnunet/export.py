@@ -43,7 +43,7 @@ def register_searched_configuration(plans_path: str, base_config: str, method: S
     if patch != list(base["patch_size"]):
         log(f"patch size {list(base['patch_size'])} -> {patch} (this architecture needs multiples of {divisor})")
     channels, classes = _dataset_channels_and_classes(plans_path)
-    planned = PlannedNetwork.from_block(base["architecture"], host_checkpoint)
+    planned = PlannedNetwork.from_block(base["architecture"], host_checkpoint, patch)
     if channel_mul is None and method.fits_width:
         channel_mul = _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, planned,
                                           log)
@@ -77,7 +77,7 @@ def _resolved(plans: dict, name: str) -> dict:
 
 
 def _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, planned, log) -> float:
-    from nnunet_nas.nnunet.width import fit_channel_mul, planned_network_elements
+    from nnunet_nas.nnunet.width import FIT_TOLERANCE, fit_channel_mul, planned_network_elements
     target = planned_network_elements(plans_path, base_config, channels, classes)
 
     def build(mul):
@@ -87,6 +87,10 @@ def _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channe
     log(f"width fitted to nnU-Net's planned network for {base_config!r}: channel_mul {mul} (conv feature maps "
         f"{elements / 1e6:.2f} M elements at patch {patch} vs {target / 1e6:.2f} M planned; pass --channel-mul to "
         f"choose another width)")
+    if elements > target * (1 + FIT_TOLERANCE):
+        log(f"warning: this architecture does not fit nnU-Net's planned memory for {base_config!r} at any width it "
+            f"can be built at: {elements / target:.2f}x the planned conv feature maps at channel_mul {mul}. Search "
+            f"with a smaller memory budget, or lower the configuration's batch size.")
     return mul
 
 

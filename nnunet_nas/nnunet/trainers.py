@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_nas.config import DiNTSSearchConfig, IACSearchConfig, SCNASSearchConfig
+from nnunet_nas.config import DASTSearchConfig, DiNTSSearchConfig, IACSearchConfig, SCNASSearchConfig
 from nnunet_nas.nnunet.search_trainer import NASSearchTrainer
 from nnunet_nas.strategies.jsd_pruning import JSDRule
 
@@ -84,6 +84,34 @@ class nnUNetTrainerIACLTHSearch(nnUNetTrainerIACSearch):
     search_config = replace(IACSearchConfig(), jsd=JSDRule())
 
 
+class nnUNetTrainerDASTSearch(NASSearchTrainer):
+    """DAST: the DiNTS search (L=12, D=4, sigma=0.8, search width channel_mul 0.5) with the ops skip, conv and
+    transformer (8 heads, token grid min(8, extent) per axis at each level). Exports ``<configuration>_dast``."""
+    nas_method = "dast"
+
+
+class nnUNetTrainerDASTSearch_sigma05(nnUNetTrainerDASTSearch):
+    search_config = replace(DASTSearchConfig(), memory_budget=0.5)
+
+
+class nnUNetTrainerDASTSearch_sigma02(nnUNetTrainerDASTSearch):
+    search_config = replace(DASTSearchConfig(), memory_budget=0.2)
+
+
+class nnUNetTrainerDASTSearch_P3D(nnUNetTrainerDASTSearch):
+    """DAST with the DiNTS set's factorised ops (P3D in 3-D, their 2-D analogues) beside skip, conv, transformer."""
+    search_config = replace(DASTSearchConfig(), factorised_ops=True)
+
+
+class nnUNetTrainerDASTSearchDemo(nnUNetTrainerDASTSearch):
+    """A few-minute CPU search on a small grid (L=4, D=3, channel_mul 0.25): for trying things out."""
+    search_config = replace(DASTSearchConfig(), num_blocks=4, num_depths=3, channel_mul=0.25, arch_lr=0.03)
+    num_epochs_default = 6
+    iterations_per_epoch = 12
+    val_iterations_per_epoch = 3
+    save_every_default = 1
+
+
 class _ShortSchedule(nnUNetTrainer):
     schedule = (1000, 250, 50)  # epochs, iterations per epoch, validation iterations per epoch
 
@@ -107,5 +135,7 @@ class nnUNetTrainerNAS_20x50(_ShortSchedule):
 __all__ = ["nnUNetTrainerDiNTSSearch", "nnUNetTrainerDiNTSSearch_sigma05", "nnUNetTrainerDiNTSSearch_sigma02",
            "nnUNetTrainerDiNTSSearchDemo", "nnUNetTrainerDiNTSSearch_JSD", "nnUNetTrainerSCNASSearch",
            "nnUNetTrainerSCNASSearchDemo", "nnUNetTrainerSCNASSearch_JSD", "nnUNetTrainerIACSearch",
-           "nnUNetTrainerIACSearch_perLevel", "nnUNetTrainerIACLTHSearch",
+           "nnUNetTrainerIACSearch_perLevel", "nnUNetTrainerIACLTHSearch", "nnUNetTrainerDASTSearch",
+           "nnUNetTrainerDASTSearch_sigma05", "nnUNetTrainerDASTSearch_sigma02", "nnUNetTrainerDASTSearch_P3D",
+           "nnUNetTrainerDASTSearchDemo",
            "nnUNetTrainerNASDemo", "nnUNetTrainerNAS_20x50"]

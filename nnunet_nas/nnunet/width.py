@@ -8,7 +8,9 @@ multiplier at which the found network's estimate at the configuration's patch an
 the network nnU-Net planned for the base configuration, both by the same counter: :func:`conv_output_elements`
 (for nnU-Net's own U-Nets it returns exactly their ``compute_conv_feature_map_size``; tested). Batch and patch are
 the same on both sides, so they cancel. An explicit ``--channel-mul`` (or the search config's
-``export_channel_mul``) wins.
+``export_channel_mul``) wins. Linear-layer outputs count like conv outputs (nnU-Net's U-Nets have none): a DAST
+transformer op is then counted by its projections and attention outputs, 22 x C x tokens elements, where the
+conv op it replaces counts C x voxels.
 
 The counter runs the network on PyTorch's ``meta`` device: shapes only, no memory, no arithmetic.
 """
@@ -18,12 +20,13 @@ from typing import Callable, Sequence, Tuple
 import torch
 from torch import nn
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 FIT_TOLERANCE = 0.02  # relative: integer channel counts make the estimate a step function of the multiplier
 
 
 def conv_output_elements(build: Callable[[], nn.Module], input_channels: int, patch_size: Sequence[int]) -> int:
-    """Elements of every conv output of one forward of ``build()`` (built on the meta device) at batch 1."""
+    """Elements of every conv (and linear) output of one forward of ``build()`` (built on the meta device) at batch
+    1."""
     with torch.device("meta"):
         net = build()
     total = [0]
@@ -31,7 +34,7 @@ def conv_output_elements(build: Callable[[], nn.Module], input_channels: int, pa
     def count(module, inputs, output):
         total[0] += output.numel()
 
-    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, _CONVS)]
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, _COUNTED)]
     try:
         with torch.no_grad():
             net(torch.zeros((1, input_channels) + tuple(int(p) for p in patch_size), device="meta"))
@@ -47,7 +50,8 @@ def fit_channel_mul(build: Callable[[float], nn.Module], input_channels: int, pa
     :data:`FIT_TOLERANCE` below it, never above); returns ``(mul, elements at mul)``. Elements grow linearly
     with the multiplier, so a few secant steps from ``start`` suffice. Where integer channel counts allow no width
     within the tolerance (a narrow network: one channel more is a big step), the widest width tried that stays at
-    or below the target wins; only when every buildable width tried is above it is the narrowest one returned."""
+    or below the target wins; only when every buildable width tried is above it is the narrowest one returned (found by
+    bisection where a step fell below the narrowest buildable width)."""
     mul = float(start)
     elements = conv_output_elements(lambda: build(mul), input_channels, patch_size)
     tried = [(mul, elements)]
@@ -57,14 +61,15 @@ def fit_channel_mul(build: Callable[[float], nn.Module], input_channels: int, pa
         mul = mul * target / elements * (1.0 - FIT_TOLERANCE / 4)  # aim just below: flooring makes steps
         try:
             elements = conv_output_elements(lambda: build(mul), input_channels, patch_size)
-        except ValueError:  # below the narrowest buildable width: try a few between it and the narrowest tried
-            narrowest = min(t[0] for t in tried)
-            for f in (0.125, 0.25, 0.5, 0.75):
-                m = mul + f * (narrowest - mul)
+        except ValueError:  # below the narrowest buildable width: bisect for it, from the narrowest tried
+            lo, hi = mul, min(t[0] for t in tried)
+            for _ in range(8):
+                m = (lo + hi) / 2
                 try:
                     tried.append((m, conv_output_elements(lambda: build(m), input_channels, patch_size)))
+                    hi = m
                 except ValueError:
-                    pass
+                    lo = m
             break
         tried.append((mul, elements))
     below = [t for t in tried if t[1] <= target]

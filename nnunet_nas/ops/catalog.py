@@ -5,15 +5,20 @@ Each op has a stable name (used in genotypes, never indices), a builder
 The cost is a function of the op's output shape, ``memory_elements(out_shape)`` with ``out_shape = (C, *spatial)``:
 the activation elements training stores for its backward pass (the "tensor size" estimate of the DiNTS paper,
 section 3.5). For the convolutional ops it is ``memory_cost`` tensors of the output size (the same table as
-MONAI's ``ram_cost``, so figures stay comparable); an op whose cost is not a multiple of its output size (an
-attention op: quadratic in the tokens) passes its own ``memory_fn`` and is not ``linear``.
+MONAI's ``ram_cost``, so figures stay comparable); an op whose cost is not a multiple of its output size (DAST's
+transformer: a token-grid term besides the feature map) passes its own ``memory_fn`` and is not ``linear``.
+
+An op may take keyword options (``OpSpec.options``): ``feature_shape``, the spatial extents of the map it reads (a
+space that knows its patch passes them), and op settings a space forwards from its config (the transformer's
+``token_grid`` and ``num_heads``). :meth:`OpSpec.make` and :meth:`OpSpec.memory_elements` pass each op the options it
+names and no others.
 
 Every op set knows its ``spatial_dims``. Edge (topology-level) resolution changes of the DiNTS grid are in
 :func:`edge_preprocess` with their own costs.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from torch import nn
@@ -21,6 +26,7 @@ from torch import nn
 from nnunet_nas.ops.conv import (DINTS_STYLE, SCNAS_STYLE, ActConvNorm, FactorizedConv, FactorizedIncrease,
                                  FactorizedReduce, OpStyle, SepConv)
 from nnunet_nas.ops.pooling import Pool, Zero, skip_op
+from nnunet_nas.ops.transformer import NUM_HEADS, TransformerOp, resolve_token_grid, transformer_memory_elements
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class OpSpec:
     saved: Optional[float] = None
     # no convolution (identity, pooling, zero): what DARTS-style caps on "parameter-free operations" count
     parameter_free: bool = False
+    # keyword options of build (and, except feature_shape, of memory_fn): see the module docstring
+    options: Tuple[str, ...] = ()
 
     @property
     def saved_cost(self) -> float:
@@ -44,10 +52,21 @@ class OpSpec:
         """True when the memory is ``memory_cost`` x the output size (per-voxel cost tables are exact)."""
         return self.memory_fn is None
 
-    def memory_elements(self, out_shape: Sequence[int]) -> float:
+    def _options(self, options: Optional[Mapping]) -> dict:
+        return {k: v for k, v in (options or {}).items() if k in self.options and k != "feature_shape"}
+
+    def make(self, in_channels: int, out_channels: int, spatial_dims: int, stride: int = 1, style: OpStyle = None,
+             feature_shape: Optional[Sequence[int]] = None, options: Optional[Mapping] = None) -> nn.Module:
+        """``build`` with the options this op takes (``feature_shape``: spatial extents of the map it reads)."""
+        kwargs = self._options(options)
+        if "feature_shape" in self.options:
+            kwargs["feature_shape"] = feature_shape
+        return self.build(in_channels, out_channels, spatial_dims, stride, style or DINTS_STYLE, **kwargs)
+
+    def memory_elements(self, out_shape: Sequence[int], options: Optional[Mapping] = None) -> float:
         """Stored activation elements of one sample of this op with output shape ``(C, *spatial)``."""
         if self.memory_fn is not None:
-            return float(self.memory_fn(out_shape))
+            return float(self.memory_fn(out_shape, **self._options(options)))
         return self.memory_cost * float(np.prod([int(s) for s in out_shape], dtype=np.float64))
 
 
@@ -92,6 +111,15 @@ def _pool(kind):
 
 def _zero(ci, co, d, stride=1, style=DINTS_STYLE):
     return Zero(ci, co, d, stride)
+
+
+def _transformer(ci, co, d, stride=1, style=DINTS_STYLE, feature_shape=None, token_grid=None, num_heads=NUM_HEADS):
+    return TransformerOp(ci, co, d, stride, style, resolve_token_grid(token_grid, d, feature_shape), num_heads)
+
+
+# [paper] DAST's transformer (ops/transformer.py); its memory: Eq. 3 as measured (transformer_memory_elements)
+TRANSFORMER = OpSpec("transformer", _transformer, float("nan"), memory_fn=transformer_memory_elements,
+                     options=("feature_shape", "token_grid", "num_heads"))
 
 
 # [paper] DiNTS section 3.2: skip, 3x3x3, P3D 3x3x1, 3x1x3, 1x3x3. Order = MONAI's op index 0..4.
@@ -146,8 +174,24 @@ def _scnas(dims: int) -> OpSet:
     ), style=SCNAS_STYLE)
 
 
+
+
+def _dast(dints: OpSet, with_factorised: bool) -> OpSet:
+    """[paper] DAST section 3: skip, conv, transformer; ``with_factorised`` [ours, the issue's option] adds the
+    DiNTS set's factorised (P3D) ops back: the DiNTS set in its order, then the transformer."""
+    ops = dints.ops if with_factorised else dints.ops[:2]
+    suffix = {3: "_p3d", 2: "_p2d"}[dints.spatial_dims] if with_factorised else ""
+    return OpSet(f"dast_{dints.spatial_dims}d{suffix}", dints.spatial_dims, ops + (TRANSFORMER,), dints.style)
+
+
 OP_SETS: Dict[str, OpSet] = {s.name: s for s in (DINTS_3D, DINTS_2D, _darts("darts_2d", 2), _darts("darts_3d", 3),
-                                                  _scnas(2), _scnas(3))}
+                                                  _scnas(2), _scnas(3), _dast(DINTS_3D, False), _dast(DINTS_2D, False),
+                                                  _dast(DINTS_3D, True), _dast(DINTS_2D, True))}
+
+
+def op_sets_with(op_name: str, spatial_dims: int) -> Tuple[str, ...]:
+    """The op sets of ``spatial_dims`` that hold an op called ``op_name`` (for error messages)."""
+    return tuple(n for n, s in OP_SETS.items() if s.spatial_dims == spatial_dims and op_name in [o.name for o in s.ops])
 
 
 def get_op_set(name: str) -> OpSet:

@@ -16,11 +16,14 @@
 4. **reverse projector**: tokens back to the grid, a 1x1 conv and a norm, resized to ``S'``.
 
 Attention runs through PyTorch's fused ``scaled_dot_product_attention``; only :meth:`attention_maps` forms the
-attention weights. ``d_model`` must be divisible by ``num_heads`` (8, the paper's). A feature map smaller than the
-token grid on any axis is refused (the op would invent tokens): the space gives such levels a smaller grid.
+attention weights. ``d_model`` must be divisible by ``num_heads`` (8, the paper's). The token grid may differ per
+axis; a feature map smaller than the token grid on any axis is refused (the op would invent tokens).
+:func:`resolve_token_grid` gives each level of a space its grid: ``min(8, extent)`` per axis by default, so the op
+works at every level and for every patch the planner can produce (a 5 x 3 coarse level gets 15 tokens).
 """
 
-from typing import Optional, Tuple
+import math
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -32,11 +35,36 @@ NUM_HEADS = 8  # [paper]
 TOKEN_GRID = 8  # [ours, NAS_METHODS.md 4] 8^3 = 512 tokens in 3-D (the paper's 512), 8^2 = 64 in 2-D
 
 
-def coordinate_map(grid: int, spatial_dims: int) -> torch.Tensor:
-    """``[dims, g, ..., g]``: channel ``a`` holds ``(i_a + 0.5) / g`` along axis ``a`` (Eq. 2's i/h, j/w, k/d, at cell
-    centres)."""
-    axis = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
-    return torch.stack(torch.meshgrid(*[axis] * spatial_dims, indexing="ij"))
+TokenGrid = Union[None, int, Sequence[int]]
+
+
+def resolve_token_grid(token_grid: TokenGrid, spatial_dims: int, feature_shape: Optional[Sequence[int]] = None
+                       ) -> Tuple[int, ...]:
+    """The token grid per axis of an op reading a feature map of ``feature_shape`` (spatial extents).
+
+    ``None`` ("auto", the default of the spaces): ``min(TOKEN_GRID, extent)`` per axis (``TOKEN_GRID`` per axis when
+    the shape is unknown); an int ``g``: ``g`` on every axis; a sequence: one extent per axis. An explicit grid
+    larger than the feature map on some axis is one clear error."""
+    if token_grid is None:
+        if feature_shape is None:
+            return (TOKEN_GRID,) * spatial_dims
+        return tuple(min(TOKEN_GRID, int(s)) for s in feature_shape)
+    grid = (int(token_grid),) * spatial_dims if isinstance(token_grid, int) else tuple(int(g) for g in token_grid)
+    if len(grid) != spatial_dims or min(grid) < 1:
+        raise ValueError(f"token grid {token_grid!r}: give one positive extent, or {spatial_dims} of them.")
+    if feature_shape is not None and any(g > int(s) for g, s in zip(grid, feature_shape)):
+        raise ValueError(f"the token grid {'x'.join(map(str, grid))} is larger than the feature map "
+                         f"{'x'.join(str(int(s)) for s in feature_shape)} it reads; use token_grid=None (auto: "
+                         f"min({TOKEN_GRID}, extent) per axis), a smaller token_grid, or a larger patch.")
+    return grid
+
+
+def coordinate_map(grid: Union[int, Sequence[int]], spatial_dims: int) -> torch.Tensor:
+    """``[dims, g_1, ..., g_dims]``: channel ``a`` holds ``(i_a + 0.5) / g_a`` along axis ``a`` (Eq. 2's i/h, j/w,
+    k/d, at cell centres)."""
+    grid = (grid,) * spatial_dims if isinstance(grid, int) else tuple(grid)
+    axes = [(torch.arange(g, dtype=torch.float32) + 0.5) / g for g in grid]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
 class MultiHeadAttention(nn.Module):
@@ -71,18 +99,19 @@ class _FFN(nn.Sequential):
 
 class TransformerOp(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int, stride: int = 1,
-                 style: OpStyle = DINTS_STYLE, token_grid: int = TOKEN_GRID, num_heads: int = NUM_HEADS):
+                 style: OpStyle = DINTS_STYLE, token_grid: TokenGrid = TOKEN_GRID, num_heads: int = NUM_HEADS):
         super().__init__()
         if out_channels % num_heads:
             raise ValueError(f"TransformerOp: {out_channels} channels are not divisible by {num_heads} attention "
                              f"heads; use a channel count that is a multiple of {num_heads} (a wider channel_mul) or "
                              f"fewer heads.")
-        if token_grid < 1 or stride not in (1, 2):
-            raise ValueError(f"TransformerOp: token_grid {token_grid} must be >= 1 and stride {stride} 1 or 2.")
+        if stride not in (1, 2):
+            raise ValueError(f"TransformerOp: stride {stride} must be 1 or 2.")
         d = out_channels
-        self.spatial_dims, self.stride, self.token_grid = spatial_dims, stride, token_grid
-        self.num_tokens = token_grid ** spatial_dims
-        self.pos = nn.Parameter(coordinate_map(token_grid, spatial_dims))
+        self.spatial_dims, self.stride = spatial_dims, stride
+        self.token_grid = resolve_token_grid(token_grid, spatial_dims)
+        self.num_tokens = int(math.prod(self.token_grid))
+        self.pos = nn.Parameter(coordinate_map(self.token_grid, spatial_dims))
         self.project = nn.Sequential(conv_nd(spatial_dims)(in_channels + spatial_dims, d, 1, bias=False),
                                      style.make_norm(spatial_dims, d))
         self.enc_attn, self.enc_ffn = MultiHeadAttention(d, num_heads), _FFN(d, d)
@@ -98,17 +127,17 @@ class TransformerOp(nn.Module):
         size = [int(s) for s in shape]
         if len(size) != self.spatial_dims:
             raise ValueError(f"TransformerOp: a {len(size)}-D feature map for a {self.spatial_dims}-D op.")
-        if min(size) < self.token_grid:
-            raise ValueError(f"TransformerOp: its token grid ({self.token_grid} per axis, {self.num_tokens} tokens) is "
-                             f"larger than the feature map {'x'.join(map(str, size))} it reads; use a smaller "
-                             f"token_grid for this level or a larger patch.")
+        try:
+            resolve_token_grid(self.token_grid, self.spatial_dims, size)
+        except ValueError as e:
+            raise ValueError(f"TransformerOp ({self.num_tokens} tokens): {e}") from None
         return size
 
     def _transform(self, x: torch.Tensor, need_weights: bool):
         size = self._grid_size(x.shape[2:])
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         grid = F.adaptive_avg_pool2d(x, self.token_grid) if self.spatial_dims == 2 else \
-            F.adaptive_avg_pool3d(x, self.token_grid)
+            F.adaptive_avg_pool3d(x, self.token_grid)  # [B, C, *token_grid]
         pos = self.pos.unsqueeze(0).expand(x.shape[0], *self.pos.shape)
         tokens = self.project(torch.cat((grid, pos.to(grid.dtype)), dim=1)).flatten(2).transpose(1, 2)  # [B, T, d]
         memory = self.enc_norm1(tokens + self.enc_attn(tokens, tokens, tokens)[0])
@@ -118,7 +147,7 @@ class TransformerOp(nn.Module):
         q = self.dec_norm2(q + self.dec_cross(q, memory, memory)[0])
         q = self.dec_norm3(q + self.dec_ffn(q))
         y, weights = self.seg_attn(q, memory, memory, need_weights=need_weights)  # no residual [paper]
-        y = y.transpose(1, 2).reshape(x.shape[0], -1, *[self.token_grid] * self.spatial_dims)
+        y = y.transpose(1, 2).reshape(x.shape[0], -1, *self.token_grid)
         out_size = [s // self.stride for s in size]
         return F.interpolate(self.reverse(y), size=out_size, mode=mode, align_corners=False), weights
 
@@ -128,11 +157,11 @@ class TransformerOp(nn.Module):
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
         """The segmentation attention's weights ``[B, heads, tokens (queries), tokens (memory)]``; each row sums to
-        one. Memory token ``t`` is the token-grid cell ``unravel(t, (g,) * dims)`` of the input."""
+        one. Memory token ``t`` is the token-grid cell ``unravel(t, token_grid)`` of the input."""
         return self._transform(x, need_weights=True)[1]
 
 
-def transformer_memory_elements(out_shape, token_grid: int = TOKEN_GRID, num_heads: int = NUM_HEADS,
+def transformer_memory_elements(out_shape, token_grid: TokenGrid = None, num_heads: int = NUM_HEADS,
                                 token_tensors: int = 33) -> float:
     """Activation elements training keeps for one sample of the op with output ``(C, *S)``: DAST's Eq. 3,
     ``N x C x l'^3`` (``l'^3`` the tokens), plus what the paper leaves out. Counted, not guessed (CPU, autograd's saved
@@ -140,9 +169,10 @@ def transformer_memory_elements(out_shape, token_grid: int = TOKEN_GRID, num_hea
     about 15 counts operations; the attention layers, norms and FFNs keep two to three tensors each), one tensor of
     the feature map's size (the input the pooling and the interpolation need), and ``6 x heads`` token-length
     vectors (the fused attention's row statistics). The ``heads x tokens^2`` attention matrix is not kept: the fused
-    kernel recomputes it in the backward pass."""
+    kernel recomputes it in the backward pass. ``token_grid`` as in :func:`resolve_token_grid` (None: auto for the
+    output's extents)."""
     c, spatial = int(out_shape[0]), [int(s) for s in out_shape[1:]]
-    tokens = token_grid ** len(spatial)
+    tokens = math.prod(resolve_token_grid(token_grid, len(spatial), spatial))
     voxels = 1.0
     for s in spatial:
         voxels *= s

@@ -50,10 +50,11 @@ def default_grid_op_set(spatial_dims: int) -> str:
 
 
 class GridCell(nn.Module):
-    def __init__(self, in_channels, out_channels, direction, spatial_dims, specs):
+    def __init__(self, in_channels, out_channels, direction, spatial_dims, specs, feature_shape=None, op_options=None):
         super().__init__()
         self.pre = edge_preprocess(in_channels, out_channels, direction, spatial_dims)
-        self.ops = nn.ModuleDict({s.name: s.build(out_channels, out_channels, spatial_dims) for s in specs})
+        self.ops = nn.ModuleDict({s.name: s.make(out_channels, out_channels, spatial_dims, feature_shape=feature_shape,
+                                                 options=op_options) for s in specs})
 
 
 def _weighted_norm_sum(weights: torch.Tensor, skip_index: int, x: torch.Tensor, norms, *pre_norm):
@@ -145,7 +146,7 @@ class _EdgePlan:
 
     __slots__ = ("pre_kind", "pre", "pre_convs", "pre_norm", "chains", "norms", "skip_index", "params", "spatial_dims")
 
-    def __init__(self, cell: GridCell, skip_index: int, spatial_dims: int):
+    def __init__(self, cell: GridCell, skip_index: int, spatial_dims: int, other_names=frozenset()):
         pre = cell.pre
         self.pre, self.skip_index, self.spatial_dims = pre, skip_index, spatial_dims
         if isinstance(pre, nn.Identity):
@@ -159,7 +160,8 @@ class _EdgePlan:
         else:
             raise TypeError(type(pre).__name__)
         self.chains, self.norms = [], []
-        for op in cell.ops.values():
+        lean = [op for name, op in cell.ops.items() if name not in other_names]
+        for op in lean:
             if isinstance(op, nn.Identity):
                 continue
             children = list(op.children())
@@ -171,8 +173,8 @@ class _EdgePlan:
         norms = self.norms + ([self.pre_norm] if self.pre_norm is not None else [])
         if not all(isinstance(m, _NORM_TYPES) and m.affine and not m.track_running_stats for m in norms):
             raise TypeError("norm")
-        n_ops = len(cell.ops)
-        if not 0 <= skip_index < n_ops or not isinstance(list(cell.ops.values())[skip_index], nn.Identity) \
+        n_ops = len(lean)
+        if not 0 <= skip_index < n_ops or not isinstance(lean[skip_index], nn.Identity) \
                 or len(self.chains) != n_ops - 1:
             raise TypeError("skip")
         mods = list(self.pre_convs) + ([self.pre_norm] if self.pre_norm is not None else [])
@@ -180,9 +182,9 @@ class _EdgePlan:
         self.params = [p for m in mods for p in m.parameters(recurse=False)]
 
     @staticmethod
-    def build(cell, skip_index, spatial_dims) -> Optional["_EdgePlan"]:
+    def build(cell, skip_index, spatial_dims, other_names=frozenset()) -> Optional["_EdgePlan"]:
         try:
-            return _EdgePlan(cell, skip_index, spatial_dims)
+            return _EdgePlan(cell, skip_index, spatial_dims, other_names)
         except TypeError:
             return None  # a module this function does not know: the checkpoint path handles it
 
@@ -437,10 +439,14 @@ class GridSpace(nn.Module):
         edge_mask: ``[L, E]`` 0/1, the active edges; ``None`` = all (supernet).
         op_index: ``[L, E]`` op index per edge; ``None`` = all ops on every active edge (supernet).
         recompute_norms: search memory saving (see module docstring).
+        feature_shapes: ``[D]`` spatial extents of the levels, for ops that take ``feature_shape`` (DAST's
+            transformer fits its token grid to them); ``None``: unknown.
+        op_options: options forwarded to the ops that name them (``OpSpec.options``).
     """
 
     def __init__(self, num_blocks: int, num_depths: int, channels: Sequence[int], spatial_dims: int = 3,
-                 op_set_name: str = "dints_3d", edge_mask=None, op_index=None, recompute_norms: bool = True):
+                 op_set_name: str = "dints_3d", edge_mask=None, op_index=None, recompute_norms: bool = True,
+                 feature_shapes: Optional[Sequence[Sequence[int]]] = None, op_options: Optional[dict] = None):
         super().__init__()
         check_num_blocks(num_blocks)
         self.topology = topo = grid_topology(num_depths)
@@ -464,20 +470,35 @@ class GridSpace(nn.Module):
         self.edge_mask = mask
         self.op_index = op_index
         self.recompute_norms = recompute_norms
-        self.skip_index = next((i for i, s in enumerate(self.specs) if s.name == "skip"), -1)
+        self.op_options = dict(op_options or {})
+        self.feature_shapes = None if feature_shapes is None else [[int(s) for s in f] for f in feature_shapes]
         self.cells = nn.ModuleDict()
         for b in range(num_blocks):
             for e in range(topo.num_edges):
                 if not mask[b, e]:
                     continue
                 specs = self.specs if self.is_search else (self.specs[op_index[b, e]],)
-                self.cells[f"b{b}_e{e}"] = GridCell(self.channels[topo.edge_in[e]], self.channels[topo.edge_out[e]],
-                                                    int(topo.edge_dir[e]), spatial_dims, specs)
+                out = int(topo.edge_out[e])
+                shape = None if feature_shapes is None else self.feature_shapes[out]
+                try:
+                    self.cells[f"b{b}_e{e}"] = GridCell(self.channels[topo.edge_in[e]], self.channels[out],
+                                                        int(topo.edge_dir[e]), spatial_dims, specs, shape,
+                                                        self.op_options)
+                except ValueError as err:  # an op that cannot live at this level: say which level
+                    where = f"level {out} ({self.channels[out]} channels" + (
+                        "" if shape is None else f", feature map {'x'.join(map(str, shape))}") + ")"
+                    raise ValueError(f"GridSpace {where}: {err}") from None
         first = next(iter(self.cells.values()), None)
-        # the fast search paths below share one ReLU per node and recompute norms: they need every op to be
-        # ReLU -> convs -> affine InstanceNorm, or the (single) skip
-        self.conv_chain_ops = first is not None and self.skip_index >= 0 and all(
-            _is_conv_chain(op) or isinstance(op, nn.Identity) for op in first.ops.values())
+        # the fast search paths below share one ReLU per node and recompute norms: they run the ops that are
+        # ReLU -> convs -> affine InstanceNorm and the (single) skip; any other op (DAST's transformer) is added to
+        # their sum by the plain mixed op on the edge's pre-processed input (computed once more for them)
+        ops = [] if first is None else list(first.ops.values())
+        kinds = [_is_conv_chain(op) or isinstance(op, nn.Identity) for op in ops]
+        self.lean_ops = [n for n, lean in enumerate(kinds) if lean]
+        self.other_ops = [n for n, lean in enumerate(kinds) if not lean]
+        skip = next((i for i, s in enumerate(self.specs) if s.name == "skip"), -1)
+        self.conv_chain_ops = skip in self.lean_ops and len(self.lean_ops) > 1
+        self.skip_index = self.lean_ops.index(skip) if self.conv_chain_ops else -1  # among lean_ops
 
     # ------------------------------------------------------------------ forward
     def forward(self, nodes: List[Optional[torch.Tensor]], weights: Optional[torch.Tensor] = None):
@@ -516,8 +537,17 @@ class GridSpace(nn.Module):
     def _mixed(self, cell: GridCell, x, src, acts, lean_acts, w):
         if not self.conv_chain_ops:  # ops of any form: the plain mixed op
             return weighted_op_sum(enumerate(cell.ops.values()), cell.pre(x), w)
+        if not self.other_ops:
+            return self._mixed_lean(cell, x, src, acts, lean_acts, w)
+        ops = list(cell.ops.values())
+        others = weighted_op_sum(((n, ops[n]) for n in self.other_ops), cell.pre(x), w)
+        return self._mixed_lean(cell, x, src, acts, lean_acts, w[self.lean_ops]) + others
+
+    def _mixed_lean(self, cell: GridCell, x, src, acts, lean_acts, w):
+        """``sum_n w_n op_n(pre(x))`` over ``lean_ops`` (``w`` holds their weights, in their order)."""
+        other_names = {list(cell.ops)[n] for n in self.other_ops}
         if self.recompute_norms and torch.is_grad_enabled() and x.device.type == "cpu":
-            plan = _EdgePlan.build(cell, self.skip_index, self.spatial_dims)
+            plan = _EdgePlan.build(cell, self.skip_index, self.spatial_dims, other_names)
             if plan is not None:
                 return _LeanEdge.apply(plan, lean_acts[src], x, w, *plan.params)
         if acts[src] is None:
@@ -533,7 +563,7 @@ class GridSpace(nn.Module):
             r = F.relu(p)
         pre_norm, norms = [], []
         for name, op in cell.ops.items():
-            if isinstance(op, nn.Identity):
+            if isinstance(op, nn.Identity) or name in other_names:
                 continue
             z = r
             for m in list(op.children())[1:-1]:  # skip the op's own ReLU (shared) and its norm (recomputed)

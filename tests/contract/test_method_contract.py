@@ -36,7 +36,8 @@ IDS = [f"{n}-{d}d" for n, d in CASES]
 def _search_network(name, dims, in_ch=1, classes=3):
     method, cfg = get_method(name), TINY_CONFIGS[name]
     op_set = method.op_set_for(cfg, dims)
-    supernet = method.build_supernet(cfg, op_set, in_ch, classes, dims, True, planned=tiny_planned(dims))
+    supernet = method.build_supernet(cfg, op_set, in_ch, classes, dims, True,
+                                     planned=tiny_planned(dims, _patch(method, cfg, dims)))
     net = SearchNetwork(supernet, method.build_arch_params(cfg, supernet, op_set), method.make_weighting(cfg))
     return method, cfg, op_set, net
 

@@ -4,13 +4,14 @@ would plan (a 3-stage PlainConvUNet), which methods that build on nnU-Net's netw
 
 from dataclasses import replace
 
-from nnunet_nas.config import DiNTSSearchConfig, IACSearchConfig, SCNASSearchConfig
+from nnunet_nas.config import DASTSearchConfig, DiNTSSearchConfig, IACSearchConfig, SCNASSearchConfig
 from nnunet_nas.planned_network import PlannedNetwork
 
 TINY_CONFIGS = {
     "dints": replace(DiNTSSearchConfig(), num_blocks=2, num_depths=2, channel_mul=0.125, export_channel_mul=0.125),
     "scnas": replace(SCNASSearchConfig(), num_nodes=2, channel_mul=0.0625, export_channel_mul=0.0625),
     "iac": replace(IACSearchConfig(), num_nodes=2, partial_channels=2),
+    "dast": replace(DASTSearchConfig(), num_blocks=2, num_depths=2, channel_mul=0.125, export_channel_mul=0.125),
 }
 
 
@@ -28,5 +29,5 @@ def tiny_planned_block(dims: int) -> dict:
             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
 
 
-def tiny_planned(dims: int) -> PlannedNetwork:
-    return PlannedNetwork.from_block(tiny_planned_block(dims))
+def tiny_planned(dims: int, patch_size=None) -> PlannedNetwork:
+    return PlannedNetwork.from_block(tiny_planned_block(dims), patch_size=patch_size)
