@@ -152,3 +152,18 @@ def test_upper_memory_penalty_costs_only_memory_above_the_budget():
         "two_sided"
     with pytest.raises(ValueError, match="memory penalty 'cap' is not one of"):
         model.memory_loss(marginals, probs, 0.5, "max_discrete", "cap")
+
+
+def test_attention_maps_cover_the_patch_and_the_window_holds_it():
+    from nnunet_nas.nnunet.attention_export import _window, attention_maps
+    g = _random_genotype("dast_2d", seed=4)
+    g.ops = [["transformer" if on else None for on in row] for row in g.arch_code_a]
+    net = DiNTSNet(1, 2, **get_method("dast").fixed_network_kwargs(g, 0.25, planned=PlannedNetwork("x",
+                                                                                                 patch_size=(24, 16))))
+    maps = attention_maps(net.eval(), torch.randn(1, 1, 24, 16))
+    assert len(maps) == int(g.arch_code_a.sum())
+    for m in maps.values():
+        assert list(m.shape) == [24, 16] and float(m.min()) >= 0 and torch.isfinite(m).all()
+    # an image smaller than the patch is padded around it; a larger one gets a centred window inside it
+    assert _window([20, 30], [24, 16], None) == ([(2, 2), (0, 0)], [0, 7])
+    assert _window([40, 30], [24, 16], [39, 0]) == ([(0, 0), (0, 0)], [16, 0])
