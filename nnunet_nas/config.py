@@ -110,7 +110,7 @@ class DASTSearchConfig(DiNTSSearchConfig):
     # [ours, the issue's option] the DiNTS set's factorised (P3D / 2-D analogue) ops beside skip, conv, transformer
     factorised_ops: bool = False
     # [ours] the budget is a cap: Eq. 10's two-sided term pushed a search at sigma 0.8 to transformers on 41 of 55
-    # edges (the costliest op: memory below sigma is pushed up), 2.1x nnU-Net's planned memory at the narrowest width
+    # edges (the costliest op: memory below sigma is pushed up), 1.51x nnU-Net's planned memory at the narrowest width
     # (BENCHMARKS.md); memory_penalty="two_sided" is the paper's literal reading
     memory_penalty: str = "upper"
 
