@@ -22,7 +22,7 @@ from nnunet_nas.io import atomic_path
 from nnunet_nas.ops.transformer import TransformerOp
 
 
-def transformer_cells(network: torch.nn.Module):
+def transformer_ops(network: torch.nn.Module):
     """``[(name, op)]`` of the network's transformer operations (module names as in its state dict)."""
     return [(name, m) for name, m in network.named_modules() if isinstance(m, TransformerOp)]
 
@@ -48,7 +48,7 @@ def _window(shape: Sequence[int], patch: Sequence[int], center: Optional[Sequenc
 def attention_maps(network: torch.nn.Module, patch: torch.Tensor) -> dict:
     """``{cell name: map [*patch spatial]}``: the attention each location's token receives, averaged over heads and
     queries, for one input ``patch`` ``[1, C, *S]``."""
-    cells = transformer_cells(network)
+    cells = transformer_ops(network)
     inputs = {}
     hooks = [op.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0]))
              for name, op in cells]
@@ -91,7 +91,7 @@ def export_attention(model_folder: str, image_files: Sequence[str], output_folde
     network = predictor.network
     network.load_state_dict(predictor.list_of_parameters[0])
     network.eval()
-    cells = transformer_cells(network)
+    cells = transformer_ops(network)
     if not cells:
         raise ValueError(f"the network of {model_folder} has no transformer cell, so there is no attention to export "
                          f"(a DAST architecture whose genotype names the 'transformer' op has them).")

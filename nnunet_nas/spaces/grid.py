@@ -492,10 +492,11 @@ class GridSpace(nn.Module):
         # the fast search paths below share one ReLU per node and recompute norms: they run the ops that are
         # ReLU -> convs -> affine InstanceNorm and the (single) skip; any other op (DAST's transformer) is added to
         # their sum by the plain mixed op on the edge's pre-processed input (computed once more for them)
-        ops = [] if first is None else list(first.ops.values())
-        kinds = [_is_conv_chain(op) or isinstance(op, nn.Identity) for op in ops]
+        ops = [] if first is None else list(first.ops.items())
+        kinds = [_is_conv_chain(op) or isinstance(op, nn.Identity) for _, op in ops]
         self.lean_ops = [n for n, lean in enumerate(kinds) if lean]
         self.other_ops = [n for n, lean in enumerate(kinds) if not lean]
+        self.other_op_names = frozenset(ops[n][0] for n in self.other_ops)
         skip = next((i for i, s in enumerate(self.specs) if s.name == "skip"), -1)
         self.conv_chain_ops = skip in self.lean_ops and len(self.lean_ops) > 1
         self.skip_index = self.lean_ops.index(skip) if self.conv_chain_ops else -1  # among lean_ops
@@ -539,15 +540,13 @@ class GridSpace(nn.Module):
             return weighted_op_sum(enumerate(cell.ops.values()), cell.pre(x), w)
         if not self.other_ops:
             return self._mixed_lean(cell, x, src, acts, lean_acts, w)
-        ops = list(cell.ops.values())
-        others = weighted_op_sum(((n, ops[n]) for n in self.other_ops), cell.pre(x), w)
+        others = weighted_op_sum(((n, cell.ops[self.specs[n].name]) for n in self.other_ops), cell.pre(x), w)
         return self._mixed_lean(cell, x, src, acts, lean_acts, w[self.lean_ops]) + others
 
     def _mixed_lean(self, cell: GridCell, x, src, acts, lean_acts, w):
         """``sum_n w_n op_n(pre(x))`` over ``lean_ops`` (``w`` holds their weights, in their order)."""
-        other_names = {list(cell.ops)[n] for n in self.other_ops}
         if self.recompute_norms and torch.is_grad_enabled() and x.device.type == "cpu":
-            plan = _EdgePlan.build(cell, self.skip_index, self.spatial_dims, other_names)
+            plan = _EdgePlan.build(cell, self.skip_index, self.spatial_dims, self.other_op_names)
             if plan is not None:
                 return _LeanEdge.apply(plan, lean_acts[src], x, w, *plan.params)
         if acts[src] is None:
@@ -563,7 +562,7 @@ class GridSpace(nn.Module):
             r = F.relu(p)
         pre_norm, norms = [], []
         for name, op in cell.ops.items():
-            if isinstance(op, nn.Identity) or name in other_names:
+            if isinstance(op, nn.Identity) or name in self.other_op_names:
                 continue
             z = r
             for m in list(op.children())[1:-1]:  # skip the op's own ReLU (shared) and its norm (recomputed)
