@@ -376,12 +376,16 @@ def main():
     ap.add_argument("--update-benchmarks-md", action="store_true",
                     help="write the table between the hippocampus_2d markers of BENCHMARKS.md")
     ap.add_argument("--out", default=None,
-                    help="results JSON (default: benchmarks/results/hippocampus_2d[_<method>].json)")
+                    help="results JSON (default: benchmarks/results/hippocampus_2d[_<method>].json); the search's "
+                         "genotype and pictures are copied beside it, named after it")
     args = ap.parse_args()
     method = args.method
     args.search_trainer = args.search_trainer or SEARCH_TRAINERS[method]
     stem = "hippocampus_2d" if method == "dints" else f"hippocampus_2d_{method}"
-    args.out = args.out or os.path.join(REPO, "benchmarks", "results", f"{stem}.json")
+    default_out = os.path.join(REPO, "benchmarks", "results", f"{stem}.json")
+    args.out = os.path.abspath(args.out or default_out)
+    # copies of the search's outputs beside the results JSON: hippocampus_2d_<file>, or <stem of --out>_<file>
+    copy_prefix = "hippocampus_2d" if args.out == default_out else os.path.splitext(os.path.basename(args.out))[0]
     found_config = f"2d_bs32_{method}"
 
     env = prepare_work(args.work, args.data)
@@ -446,7 +450,7 @@ def main():
     for f in outputs.values():  # copies beside the results JSON (pictures only when small)
         src = os.path.join(search_fold, f)
         if os.path.isfile(src) and (f.endswith(".json") or os.path.getsize(src) < 300 * 1024):
-            shutil.copy(src, os.path.join(resdir, f"hippocampus_2d_{f}"))
+            shutil.copy(src, os.path.join(resdir, f"{copy_prefix}_{f}"))
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(res, f, indent=2, default=str)
