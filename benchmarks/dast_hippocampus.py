@@ -45,12 +45,12 @@ def _row(label, res, key, step, search=None):
            "mean_epoch_s": timing.get("mean_epoch_s"), "final_validation_s": val,
            "inference_per_case_s": val / VALIDATION_CASES if val else None,
            "memory_ratio_to_planned": 1.0, "channel_mul": None, "search_wall_s": None, "search_peak_rss_mib": None}
-    if search is not None:
-        exported = res["search"]["width_memory"]["exported"]
-        out.update(memory_ratio_to_planned=exported["elements"] / res["search"]["width_memory"]["planned_elements"],
+    if search is not None:  # a searched row: the search's own figures and its export's width
+        exported = search["width_memory"]["exported"]
+        out.update(memory_ratio_to_planned=exported["elements"] / search["width_memory"]["planned_elements"],
                    channel_mul=exported["channel_mul"], search_wall_s=res["steps"]["search"].get("wall_s"),
                    search_peak_rss_mib=res["steps"]["search"].get("peak_rss_mib"),
-                   op_counts=res["search"].get("op_counts"), active_edges=res["search"].get("active_edges"))
+                   op_counts=search.get("op_counts"), active_edges=search.get("active_edges"))
     return out
 
 
