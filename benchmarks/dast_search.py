@@ -64,6 +64,7 @@ def build(method_name, cfg, patch, device, classes=2):
     """(search network, weight step, arch step) as the trainer builds and steps them."""
     import torch
     from nnunet_nas.nnunet.search_network import SearchNetwork
+    from nnunet_nas.nnunet.search_trainer import make_arch_optimizer
     from nnunet_nas.planned_network import PlannedNetwork
     from nnunet_nas.registry import get_method
     m = get_method(method_name)
@@ -73,7 +74,7 @@ def build(method_name, cfg, patch, device, classes=2):
     net = SearchNetwork(supernet, m.build_arch_params(cfg, supernet, op_set), m.make_weighting(cfg)).to(device)
     weights, arch = list(net.weight_parameters()), list(net.arch_parameters())
     sgd = torch.optim.SGD(weights, **SGD_KW)
-    adam = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay)
+    adam = make_arch_optimizer(arch, cfg)
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
 

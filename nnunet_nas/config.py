@@ -34,6 +34,9 @@ class SearchConfig:
     arch_lr: float = 3e-4
     arch_betas: Tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
+    # False: L2 added to alpha's gradient before Adam (DARTS / PC-DARTS's torch.optim.Adam); True: decoupled (AdamW),
+    # alpha shrinks by lr * weight_decay per step whatever its gradient's scale
+    arch_decoupled_weight_decay: bool = False
     arch_grad_clip: Optional[float] = None  # max norm of the architecture gradient; None: no clipping
     loss: str = "dice_ce"  # the search's segmentation loss: nnU-Net's Dice + CE, or "jaccard" (SCNAS's)
     # IAC-LTH's JSD stability pruning and early stop, for any method (strategies/jsd_pruning.py); None: off
@@ -175,6 +178,10 @@ class IACSearchConfig(SearchConfig):
     arch_lr: float = 6e-4  # Adam [PC-DARTS]
     arch_betas: Tuple[float, float] = (0.5, 0.999)  # [PC-DARTS]
     arch_weight_decay: float = 1e-3  # [PC-DARTS]
+    # [ours] decoupled, not PC-DARTS's L2-in-Adam: behind the zero-initialised cell output alpha's loss gradient is
+    # about 1e-4 (measured on Hippocampus 2-D), so PC-DARTS's L2 term (1e-3 * alpha) held every logit within about
+    # g / 1e-3 = 0.1 of zero and alpha never separated. The literal reading: arch_decoupled_weight_decay=False
+    arch_decoupled_weight_decay: bool = True
 
     def __post_init__(self):
         super().__post_init__()

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from nnunet_nas.strategies.base import SearchProgress
-from nnunet_nas.strategies.jsd_pruning import JSDRule, JSDStabilityPruning, importance, js_divergence, restrict
+from nnunet_nas.strategies.jsd_pruning import (JSDRule, JSDStabilityPruning, calibration_note, importance,
+                                               js_divergence, noise_floor, restrict)
 
 
 def test_js_divergence_by_hand():
@@ -94,6 +95,35 @@ def test_stop_fires_exactly_when_the_genotype_and_its_edges_hold_for_the_window(
     assert s.stop_epoch == 7
     s, _, _ = _run(traj, JSDRule(window=2, early_stop=False), keys, kept=np.array([True, False]))
     assert s.stop_epoch is None
+
+
+def test_noise_floor_grows_with_lr_squared_times_steps_and_the_log_warns_where_it_passes_the_threshold():
+    """An edge with no signal walks by about arch_lr per Adam step: its S_e scales with lr^2 x steps per epoch. At
+    NAS_METHODS 2.2's calibration (lr 6e-4, 250 steps) it is far below tau = 1e-3; at the CPU benchmark's (0.03, 5
+    steps: 50x the product) above it, and the log line says so."""
+    rule = JSDRule()
+    paper = noise_floor(rule, 6e-4, (0.5, 0.999), 250)
+    cpu = noise_floor(rule, 0.03, (0.5, 0.999), 5)
+    assert paper < rule.threshold / 10 < rule.threshold < cpu
+    assert 35 < cpu / paper < 65
+    assert noise_floor(rule, 0.03, (0.5, 0.999), 5) == cpu  # deterministic
+    assert "above the threshold" not in calibration_note(rule, 6e-4, (0.5, 0.999), 250, 8)
+    note = calibration_note(rule, 0.03, (0.5, 0.999), 5, 8)
+    assert "above the threshold" in note and "nothing will be pruned" in note
+
+
+def test_threshold_scaled_to_arch_lr_keeps_the_noise_floor_below_it_by_the_same_factor():
+    """JSDRule.for_arch_lr: threshold x (lr / 6e-4)^2. The floor of a signal-free edge grows with lr^2 too, so at
+    DiNTS's and SCNAS's learning rates (nnU-Net's 250 steps per epoch) it stays as far below the scaled threshold as
+    PC-DARTS's floor below 1e-3; with the unscaled default it would be above, and nothing would ever be pruned."""
+    betas = (0.5, 0.999)
+    margin = JSDRule().threshold / noise_floor(JSDRule(), 6e-4, betas, 250)
+    assert JSDRule.for_arch_lr(6e-4) == JSDRule()
+    for lr in (3e-3, 0.008):
+        rule = JSDRule.for_arch_lr(lr, window=5)
+        assert rule.threshold == pytest.approx(1e-3 * (lr / 6e-4) ** 2)
+        floor = noise_floor(rule, lr, betas, 250)
+        assert JSDRule().threshold < floor and rule.threshold / floor == pytest.approx(margin, rel=0.3)
 
 
 def test_rule_rejects_bad_parameters():

@@ -41,7 +41,7 @@ from nnunet_nas.patch import round_up_patch
 from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import SearchMethod, get_method
 from nnunet_nas.strategies.base import SearchProgress, SearchStrategy
-from nnunet_nas.strategies.jsd_pruning import JSDStabilityPruning
+from nnunet_nas.strategies.jsd_pruning import JSDStabilityPruning, calibration_note
 from nnunet_nas.strategies.pruning import prune_search_network, rebuild_optimizer
 
 SEARCH_STATE_KEY = "nnunet_nas_search_state"
@@ -202,9 +202,7 @@ class NASSearchTrainer(nnUNetTrainer):
             self._wrap_ddp(self.network.module)  # the weight step reads alpha without gradient
         net = self._unwrap()
         net.weighting.seed(self.search_seed + self._fold_seed())  # the same on every rank: same sampled ops
-        cfg = self.cfg
-        self.arch_optimizer = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
-                                               weight_decay=cfg.arch_weight_decay)
+        self.arch_optimizer = make_arch_optimizer(net.arch_parameters(), self.cfg)
 
     def _wrap_ddp(self, module) -> None:
         self.network = DDP(module, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
@@ -251,6 +249,9 @@ class NASSearchTrainer(nnUNetTrainer):
         net = self._unwrap()
         for line in (self.method.search_notes(net, self.cfg) if self.method.search_notes else []):
             self.print_to_log_file(line)
+        if self.cfg.jsd is not None:
+            self.print_to_log_file(calibration_note(self.cfg.jsd, self.cfg.arch_lr, self.cfg.arch_betas,
+                                                    self.num_iterations_per_epoch, net.arch.op_logits.shape[-1]))
         for s in self.strategies:
             s.on_search_start(net, self.progress())
         if self.local_rank == 0 and self.method.plot_supernet is not None:
@@ -483,6 +484,14 @@ class NASSearchTrainer(nnUNetTrainer):
         # is trained and validated with nnU-Net's own trainer.
         self.print_to_log_file("search trainer: final validation of the supernet skipped; train the exported "
                                "configuration with nnUNetv2_train to validate the found architecture")
+
+
+def make_arch_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """Adam for the architecture parameters (a :class:`~nnunet_nas.config.SearchConfig`'s ``arch_*`` fields), its
+    weight decay coupled (L2 added to the gradient, DARTS's) or decoupled (AdamW's)."""
+    decoupled = {"decoupled_weight_decay": True} if cfg.arch_decoupled_weight_decay else {}
+    return torch.optim.Adam(params, lr=cfg.arch_lr, betas=tuple(cfg.arch_betas), weight_decay=cfg.arch_weight_decay,
+                            **decoupled)
 
 
 class requires_grad_off:

@@ -54,14 +54,15 @@ class nnUNetTrainerSCNASSearchDemo(nnUNetTrainerSCNASSearch):
 
 
 class nnUNetTrainerDiNTSSearch_JSD(nnUNetTrainerDiNTSSearch):
-    """DiNTS with IAC-LTH's JSD stability pruning and early stop (defaults of JSDRule); the epoch count stays the
-    cap."""
-    search_config = replace(DiNTSSearchConfig(), jsd=JSDRule())
+    """DiNTS with IAC-LTH's JSD stability pruning and early stop (JSDRule's defaults, the threshold scaled to DiNTS's
+    arch_lr 0.008: 0.18); the epoch count stays the cap."""
+    search_config = replace(DiNTSSearchConfig(), jsd=JSDRule.for_arch_lr(DiNTSSearchConfig().arch_lr))
 
 
 class nnUNetTrainerSCNASSearch_JSD(nnUNetTrainerSCNASSearch):
-    """SCNAS with IAC-LTH's JSD stability pruning and early stop (defaults of JSDRule); 200 epochs stay the cap."""
-    search_config = replace(SCNASSearchConfig(), jsd=JSDRule())
+    """SCNAS with IAC-LTH's JSD stability pruning and early stop (JSDRule's defaults, the threshold scaled to SCNAS's
+    arch_lr 3e-3: 0.025); 200 epochs stay the cap."""
+    search_config = replace(SCNASSearchConfig(), jsd=JSDRule.for_arch_lr(SCNASSearchConfig().arch_lr))
 
 
 class nnUNetTrainerIACSearch(NASSearchTrainer):

@@ -35,6 +35,9 @@ import numpy as np
 from nnunet_nas.strategies.base import SearchProgress, SearchStrategy
 
 
+CALIBRATION_ARCH_LR = 6e-4  # the architecture learning rate the default threshold is calibrated for [PC-DARTS]
+
+
 @dataclass(frozen=True)
 class JSDRule:
     """Free parameters of the JSD rule (NAS_METHODS.md 2.2 defaults)."""
@@ -45,6 +48,15 @@ class JSDRule:
     min_epoch: Optional[int] = None  # no decision before this epoch; None: warm-up epochs + window
     temperature: float = 1.0  # T of the importance softmax
     early_stop: bool = True  # False: prune only, run every epoch
+
+    @classmethod
+    def for_arch_lr(cls, arch_lr: float, **kwargs) -> "JSDRule":
+        """The rule with its threshold scaled to another architecture learning rate: ``threshold * (arch_lr /
+        6e-4) ** 2``. The default threshold is calibrated at PC-DARTS's 6e-4 (NAS_METHODS 2.2); Adam moves the
+        logits by steps proportional to the learning rate and JS grows with their square, so this scaling makes the
+        same decisions on a trajectory that is the same up to the step size (e.g. DiNTS at 0.008: 0.18)."""
+        threshold = kwargs.pop("threshold", cls.threshold)
+        return cls(threshold=threshold * (arch_lr / CALIBRATION_ARCH_LR) ** 2, **kwargs)
 
     def __post_init__(self):
         if self.window < 1 or self.top_k < 1 or self.threshold < 0 or not 0 < self.gamma <= 1 or self.temperature <= 0:
@@ -62,6 +74,48 @@ def js_divergence(p, q) -> float:
         return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
 
     return max(0.0, 0.5 * kl(p) + 0.5 * kl(q))
+
+
+def noise_floor(rule: JSDRule, arch_lr: float, arch_betas: Tuple[float, float], steps_per_epoch: int,
+                num_ops: int = 8, trials: int = 256, seed: int = 0) -> float:
+    """Median ``S_e`` of an edge with no architecture signal: Adam (``arch_lr``, ``arch_betas``, ``steps_per_epoch``
+    steps between snapshots) fed zero-mean Gaussian gradients, from zero logits, over ``W + 1`` snapshots.
+
+    Adam's normalised steps make that edge walk by about ``arch_lr`` per step whatever the gradient's scale, so its
+    score grows with ``arch_lr ** 2 * steps_per_epoch`` (times about ``W``): 7e-5 at the calibration of NAS_METHODS
+    2.2 (PC-DARTS's 6e-4, 250 nnU-Net iterations per epoch, W 5; 15x below the default threshold), 3e-3 at 0.03
+    and 5 steps. Where the floor is above ``threshold`` a converged edge is not called stable, so nothing is pruned
+    and the search never stops early. Deterministic (own generator, plain Adam without weight decay)."""
+    rng = np.random.default_rng(seed)
+    b1, b2 = arch_betas
+    a, m, v = (np.zeros((trials, num_ops)) for _ in range(3))
+    snapshots = []
+    for t in range(1, (rule.window + 1) * steps_per_epoch + 1):
+        g = rng.standard_normal(a.shape)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        a -= arch_lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + 1e-8)
+        if t % steps_per_epoch == 0:
+            z = np.exp((a - a.max(axis=1, keepdims=True)) / rule.temperature)
+            snapshots.append(z / z.sum(axis=1, keepdims=True))
+    now = snapshots[-1]
+    scores = [max(js_divergence(now[i], q[i]) for q in snapshots[:-1]) for i in range(trials)]
+    return float(np.median(scores))
+
+
+def calibration_note(rule: JSDRule, arch_lr: float, arch_betas: Tuple[float, float], steps_per_epoch: int,
+                     num_ops: int) -> str:
+    """A log line comparing :func:`noise_floor` at this schedule with the threshold; where the floor is above it
+    (the rule cannot call a converged edge stable) the line says so and what to change."""
+    floor = noise_floor(rule, arch_lr, arch_betas, steps_per_epoch, num_ops)
+    line = (f"JSD rule: an edge with no architecture signal scores S_e about {floor:.2g} at this schedule (arch_lr "
+            f"{arch_lr:g}, {steps_per_epoch} architecture steps per epoch, window {rule.window}); threshold "
+            f"{rule.threshold:g}")
+    if floor <= rule.threshold:
+        return line
+    return (line + ". The floor is above the threshold, so converged edges are not called stable: nothing will be "
+            "pruned and the search will not stop early. Use a lower arch_lr or more iterations per epoch, or raise "
+            f"the threshold (JSDRule(threshold=...), at least {floor:.2g}).")
 
 
 def importance(logits, alive, temperature: float = 1.0) -> np.ndarray:
