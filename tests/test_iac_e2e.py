@@ -137,3 +137,4 @@ def test_iac_lth_prunes_and_stops_early(host):
     assert g.provenance["stopped_early"]
     log = open(sorted(f for f in (os.path.join(fold, n) for n in os.listdir(fold)) if "training_log" in f)[-1]).read()
     assert "operation pruning" in log and "search stopped early" in log
+    assert "JSD rule: an edge with no architecture signal scores S_e about" in log  # the threshold's calibration
