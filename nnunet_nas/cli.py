@@ -9,9 +9,13 @@
 """
 
 import argparse
+import math
 import os
 import sys
+import traceback
 from importlib import resources
+
+from nnunet_nas.errors import REPORT_URL_HINT, EnvironmentSetupError, MissingFileError, UserError, one_line
 
 
 def published_genotype_path() -> str:
@@ -40,49 +44,74 @@ def _cmd_export(args) -> None:
         names = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
         found = [os.path.join(ckpt, n) for n in names if os.path.isfile(os.path.join(ckpt, n))]
         if not found:
-            raise FileNotFoundError(f"{ckpt} holds none of {names}.")
+            raise MissingFileError(f"{ckpt} holds none of {names}; pass a search fold folder or one of its "
+                                   f"checkpoints.")
         ckpt = found[0]
     export_from_checkpoint(ckpt, name=args.name, channel_mul=args.channel_mul, base_config=args.base_config,
                            overwrite=args.overwrite)
 
 
+def _dataset_name(dataset: str) -> str:
+    """nnU-Net's dataset name for an id or name; one error naming the fix when nnU-Net knows no such dataset."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    try:
+        return maybe_convert_to_dataset_name(dataset)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"dataset {dataset!r}: {one_line(e)} Give the id or name of a dataset planned with "
+                        f"nnUNetv2_plan_and_preprocess (nnUNet_raw / nnUNet_preprocessed as for nnU-Net).") from None
+
+
 def _cmd_add_arch(args) -> None:
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunet_nas.genotypes.monai_compat import load_monai_file
-    from nnunet_nas.genotypes.schema import load_genotype
+    from nnunet_nas.genotypes.schema import GenotypeError, load_genotype
     from nnunet_nas.nnunet.export import register_searched_configuration
     from nnunet_nas.nnunet.plans_io import plans_file
+    from nnunet_nas.nnunet.host import load_host_checkpoint
     from nnunet_nas.registry import get_method
 
+    if args.monai and args.genotype:
+        raise UserError("--monai and --genotype both name an architecture; pass one of them.")
+    if not nnUNet_preprocessed:
+        raise EnvironmentSetupError("nnUNet_preprocessed is not set; nnU-Net needs it to find the plans file. Set it "
+                                    "as for nnUNetv2_train.")
+    dataset = _dataset_name(args.dataset)
+    path = plans_file(os.path.join(nnUNet_preprocessed, dataset), args.plans)
     if args.monai:
         genotype = load_monai_file(args.monai)
     else:
         genotype = load_genotype(args.genotype or published_genotype_path())
     method = get_method(args.method or genotype.provenance.get("method") or "dints")
     if not isinstance(genotype, method.genotype_class):
-        raise ValueError(f"the genotype is a {genotype.schema_name} genotype; method {method.name!r} takes "
-                         f"{method.genotype_class.schema_name} genotypes. Pass the matching --method.")
-    if nnUNet_preprocessed is None:
-        raise EnvironmentError("nnUNet_preprocessed is not set; nnU-Net needs it to find the plans file.")
-    dataset = maybe_convert_to_dataset_name(args.dataset)
-    path = plans_file(os.path.join(nnUNet_preprocessed, dataset), args.plans)
+        raise GenotypeError(f"the genotype is a {genotype.schema_name} genotype; method {method.name!r} takes "
+                            f"{method.genotype_class.schema_name} genotypes. Pass the matching --method.")
+    host = os.path.abspath(args.host_checkpoint) if args.host_checkpoint else None
+    if host is not None:
+        if not method.trained_host:
+            raise UserError(f"--host-checkpoint: method {method.name!r} does not start from a trained model (only "
+                            f"methods that build on one, such as IAC, take it); leave it out.")
+        load_host_checkpoint(host, args.configuration, dataset, fold=None)  # read as data, before any write
     suffix = "cvpr" if not (args.monai or args.genotype) else "imported"
     name = args.name or f"{args.configuration}_{method.name}_{suffix}"
-    host = os.path.abspath(args.host_checkpoint) if args.host_checkpoint else None
-    if host is not None and not os.path.isfile(host):
-        raise FileNotFoundError(f"--host-checkpoint {host}: no such file (a trained model's checkpoint_final.pth).")
     used = register_searched_configuration(path, args.configuration, method, genotype, args.channel_mul, name=name,
                                            overwrite=args.overwrite, host_checkpoint=host)
     print(f"Train it with: nnUNetv2_train {dataset} {used} FOLD")
 
 
 def _cmd_attention(args) -> None:
+    from nnunetv2.paths import nnUNet_results
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     from nnunet_nas.nnunet.attention_export import export_attention
-    folder = get_output_folder(args.dataset, args.trainer, args.plans, args.configuration)
-    fold = args.fold if args.fold == "all" else int(args.fold)
-    export_attention(folder, args.input, args.output, fold, args.checkpoint, args.center)
+    if not nnUNet_results:
+        raise EnvironmentSetupError("nnUNet_results is not set; nnU-Net needs it to find the trained model. Set it as "
+                                    "for nnUNetv2_predict.")
+    dataset = _dataset_name(args.dataset)
+    folder = get_output_folder(dataset, args.trainer, args.plans, args.configuration)
+    if not os.path.isdir(folder):
+        raise MissingFileError(f"{folder}: no trained model there. Train it first (nnUNetv2_train {dataset} "
+                             f"{args.configuration} {args.fold} -tr {args.trainer}), or check -d, -c, -tr and -p (as "
+                             f"for nnUNetv2_predict).")
+    export_attention(folder, args.input, args.output, args.fold, args.checkpoint, args.center)
 
 
 def _cmd_demo(args) -> None:
@@ -90,8 +119,39 @@ def _cmd_demo(args) -> None:
     run_demo(args.workdir, fresh=args.fresh)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``nnunet-nas export: error: ...``), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_float(text: str) -> float:
+    """A finite positive number (NaN, infinity, zero and negatives refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
+    return value
+
+
+def fold(text: str):
+    """nnU-Net's fold: ``all`` or an integer >= 0."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fold (an integer >= 0, or 'all')") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fold (an integer >= 0, or 'all')")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nnunet-nas", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = _Parser(prog="nnunet-nas", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("trainer-dir", help="print the folder for nnUNet_extTrainer")
@@ -104,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "configuration")
     s.add_argument("checkpoint", help="a search checkpoint, or the fold folder holding it")
     s.add_argument("--name", help="configuration name (default <searched configuration>_<method>)")
-    s.add_argument("--channel-mul", type=float, help="width of the retrained network (default: the search's "
+    s.add_argument("--channel-mul", type=positive_float, help="width of the retrained network (default: the search's "
                                                     "export_channel_mul, or fitted to the memory nnU-Net planned for "
                                                     "the base configuration)")
     s.add_argument("--base-config", help="configuration to inherit from (default: the searched one)")
@@ -120,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--genotype", help="an nnunet_nas genotype JSON (any method) instead of the published one")
     s.add_argument("--method", help="the method whose fixed network builds it (default: the genotype's provenance)")
     s.add_argument("--name", help="configuration name (default <configuration>_<method>_cvpr / _imported)")
-    s.add_argument("--channel-mul", type=float, help="channel multiplier (default: fitted to the memory nnU-Net "
-                                                    "planned for the configuration; MONAI retrains at 1.0)")
+    s.add_argument("--channel-mul", type=positive_float, help="channel multiplier (default: fitted to the memory "
+                                                             "nnU-Net planned for the configuration; MONAI retrains "
+                                                             "at 1.0)")
     s.add_argument("--overwrite", action="store_true", help="replace a configuration holding another architecture")
     s.add_argument("--host-checkpoint", help="IAC: a trained model of the configuration's network; training the "
                                              "registered configuration starts from it (default: no trained start)")
@@ -136,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--configuration", required=True, help="the trained configuration (e.g. 3d_fullres_dast)")
     s.add_argument("-tr", "--trainer", default="nnUNetTrainer", help="trainer it was trained with")
     s.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
-    s.add_argument("-f", "--fold", default="0", help="fold of the trained model (default 0)")
+    s.add_argument("-f", "--fold", type=fold, default=0, help="fold of the trained model (default 0)")
     s.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
     s.add_argument("--center", type=int, nargs="+", help="patch centre in preprocessed voxels (z y x; default: the "
                                                        "image centre; 2-D configurations: z is the slice)")
@@ -145,18 +206,27 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="DiNTS end to end on 24 real MSD Hippocampus cases against nnU-Net's own "
                                     "configuration (CPU, under 15 minutes)")
     s.add_argument("--workdir", default="nnunet_nas_demo", help="folder for nnUNet_raw/preprocessed/results")
-    s.add_argument("--fresh", action="store_true", help="delete the work folder first")
+    s.add_argument("--fresh", action="store_true", help="delete what an earlier demo wrote in the work folder first "
+                                                         "(a folder holding anything else is refused)")
     s.set_defaults(func=_cmd_demo)
     return p
 
 
 def main(argv=None) -> int:
+    """Run one command; a user error is one line on stderr and exit code 2, our own bug a traceback and 1."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, EnvironmentError, RuntimeError) as e:
-        print(f"nnunet-nas {args.command}: error: {e}", file=sys.stderr)
+    except UserError as e:
+        print(f"nnunet-nas {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"nnunet-nas {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - anything else is a bug of ours: show where
+        traceback.print_exc()
+        print(f"nnunet-nas {args.command}: internal error: {REPORT_URL_HINT}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,15 +3,45 @@ saved next to every genotype and in every search checkpoint.
 
 A trainer variant changes a field with ``dataclasses.replace`` in a class attribute (nnU-Net's attribute
 style), e.g. ``search_config = replace(DiNTSSearchConfig(), memory_budget=0.5)``.
+
+Every field a user can set has a rule (:mod:`nnunet_nas.config_rules`); :meth:`SearchConfig.validate` checks them all
+when a search trainer starts and when a config is read from a file (:meth:`SearchConfig.from_dict`), never when a
+config is created: a bad variant in one trainer module must not break nnU-Net's lookup of every other trainer.
+Checks that need the plan (the op set's dimensionality, what the memory budget can reach, heads against channels) run
+when the search network exists (:meth:`SearchConfig.validate` with ``spatial_dims``, and the method's
+``check_search``).
 """
 
-from dataclasses import asdict, dataclass, fields
-from typing import Optional, Tuple
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Optional, Tuple
 
+from nnunet_nas.arch.memory import MEMORY_PENALTIES, MEMORY_REFERENCES
+from nnunet_nas.config_rules import (Rule, boolean, check_fields, integer, number, one_of, optional, pair,
+                                     read_fields)
+from nnunet_nas.errors import ConfigError
+from nnunet_nas.spaces.grid_topology import MAX_DEPTHS, MIN_DEPTHS
 from nnunet_nas.strategies.jsd_pruning import JSDRule
+from nnunet_nas.strategies.temperature import SCHEDULES
 
 WEIGHT_OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("dice_ce", "jaccard")
+IAC_MODES = ("fusion", "skip_only")
+
+
+def _op_set(value) -> Optional[str]:
+    from nnunet_nas.ops.catalog import OP_SETS
+    return None if value in OP_SETS else f"must be one of the op sets {sorted(OP_SETS)}"
+
+
+def _jsd_rule(value) -> Optional[str]:
+    if not isinstance(value, JSDRule):
+        return "must be a JSDRule or None (no JSD stability pruning)"
+    message = check_fields(value, JSD_RULES, "jsd", raise_error=False)
+    return None if message is None else f"has {message}"
+
+
+JSD_RULES = {"window": integer(1), "threshold": number(0), "top_k": integer(1), "gamma": number(0, 1, lo_open=True),
+             "min_epoch": optional(integer(0)), "temperature": number(0, lo_open=True), "early_stop": boolean}
 
 
 @dataclass(frozen=True)
@@ -42,17 +72,41 @@ class SearchConfig:
     # IAC-LTH's JSD stability pruning and early stop, for any method (strategies/jsd_pruning.py); None: off
     jsd: Optional[JSDRule] = None
 
-    def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f"{type(self).__name__}: loss {self.loss!r} is not one of {LOSSES}.")
-        if self.weight_optimizer not in WEIGHT_OPTIMIZERS:
-            raise ValueError(f"{type(self).__name__}: weight_optimizer {self.weight_optimizer!r} is not one of "
-                             f"{WEIGHT_OPTIMIZERS}.")
-        if len(self.data_split) != 2 or min(self.data_split) < 1:
-            raise ValueError(f"{type(self).__name__}: data_split {self.data_split} must be two positive integers "
-                             f"(weight cases : architecture cases), e.g. (1, 1) or (4, 1).")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"{type(self).__name__}: warmup_fraction {self.warmup_fraction} must lie in [0, 1).")
+    rules: ClassVar[dict] = {
+        "op_set": optional(Rule(_op_set)), "export_channel_mul": optional(number(0, lo_open=True)),
+        "warmup_fraction": number(0, 1, hi_open=True), "warmup_epochs": optional(integer(0)),
+        "data_split": pair(integer(1)), "weight_optimizer": one_of(WEIGHT_OPTIMIZERS),
+        "weight_lr": optional(number(0, lo_open=True)), "weight_betas": pair(number(0, 1, hi_open=True)),
+        "arch_lr": number(0, lo_open=True), "arch_betas": pair(number(0, 1, hi_open=True)),
+        "arch_weight_decay": number(0), "arch_decoupled_weight_decay": boolean,
+        "arch_grad_clip": optional(number(0, lo_open=True)), "loss": one_of(LOSSES), "jsd": optional(Rule(_jsd_rule)),
+    }
+
+    @classmethod
+    def all_rules(cls) -> dict:
+        """The rule of every field, the subclasses' added to (and overriding) their bases'."""
+        merged = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(klass.__dict__.get("rules", {}))
+        return merged
+
+    def validate(self, spatial_dims: Optional[int] = None, source: Optional[str] = None) -> "SearchConfig":
+        """Raise one :class:`~nnunet_nas.errors.ConfigError` naming the field and its allowed range, for the first
+        field out of range (``source``: where the config came from); with ``spatial_dims``, also the checks that need
+        the configuration's dimensionality. Returns the config."""
+        check_fields(self, self.all_rules(), source or type(self).__name__)
+        self.check_consistency(source or type(self).__name__)
+        if spatial_dims is not None and self.op_set is not None:
+            from nnunet_nas.ops.catalog import get_op_set
+            if get_op_set(self.op_set).spatial_dims != spatial_dims:
+                raise ConfigError(f"{source or type(self).__name__}: op_set {self.op_set!r} is "
+                                  f"{get_op_set(self.op_set).spatial_dims}-D but the configuration is "
+                                  f"{spatial_dims}-D; choose a {spatial_dims}-D op set or None (the method's "
+                                  f"default).")
+        return self
+
+    def check_consistency(self, source: str) -> None:
+        """Rules between fields (a subclass adds its own)."""
 
     def num_warmup_epochs(self, num_epochs: int) -> int:
         if self.warmup_epochs is not None:
@@ -63,20 +117,19 @@ class SearchConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict):
-        """The config of :meth:`to_dict` (a checkpoint's or a genotype's ``search_config``); keys this version does
-        not know are ignored, missing ones take the defaults."""
-        known = {f.name: f for f in fields(cls)}
-        values = {}
-        for k, v in d.items():
-            if k not in known:
-                continue
-            if k == "jsd" and v is not None:
-                v = JSDRule(**v)
-            elif isinstance(v, list):
-                v = tuple(v)
-            values[k] = v
-        return cls(**values)
+    def from_dict(cls, d: dict, source: Optional[str] = None):
+        """The config of :meth:`to_dict` (a checkpoint's or a genotype's ``search_config``), validated; missing keys
+        take the defaults, an unknown key at any depth is one :class:`~nnunet_nas.errors.ConfigError` naming its
+        path (a typo must not be dropped silently)."""
+        source = source or f"{cls.__name__} (from a file)"
+        values = read_fields(cls, d, source)
+        if values.get("jsd") is not None:
+            values["jsd"] = JSDRule(**read_fields(JSDRule, values["jsd"], f"{source}.jsd"))
+        try:
+            cfg = cls(**values)
+        except TypeError as e:
+            raise ConfigError(f"{source}: {e}.") from None
+        return cfg.validate(source=source)
 
 
 @dataclass(frozen=True)
@@ -100,6 +153,12 @@ class DiNTSSearchConfig(SearchConfig):
     arch_grad_clip: Optional[float] = 0.5  # [Auto3DSeg]
     recompute_norms: bool = True  # [ours] search-memory saving, see spaces/grid.py
 
+    rules: ClassVar[dict] = {
+        "num_blocks": integer(1), "num_depths": integer(MIN_DEPTHS, MAX_DEPTHS), "channel_mul": number(0, lo_open=True),
+        "memory_budget": number(0, lo_open=True), "memory_reference": one_of(MEMORY_REFERENCES),
+        "memory_penalty": one_of(MEMORY_PENALTIES), "topology_weight": number(0), "recompute_norms": boolean,
+    }
+
 
 @dataclass(frozen=True)
 class DASTSearchConfig(DiNTSSearchConfig):
@@ -117,11 +176,7 @@ class DASTSearchConfig(DiNTSSearchConfig):
     # (BENCHMARKS.md); memory_penalty="two_sided" is the paper's literal reading
     memory_penalty: str = "upper"
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.token_grid is not None and self.token_grid < 1 or self.num_heads < 1:
-            raise ValueError(f"DASTSearchConfig: token_grid {self.token_grid} and num_heads {self.num_heads} must be "
-                             f"positive (token_grid None: fitted to each level).")
+    rules: ClassVar[dict] = {"token_grid": optional(integer(1)), "num_heads": integer(1), "factorised_ops": boolean}
 
     def op_options(self) -> dict:
         """The transformer's options (``OpSpec.options``), as the space and the fixed network take them."""
@@ -151,8 +206,17 @@ class SCNASSearchConfig(SearchConfig):
     temperature_end: float = 0.1
     temperature_schedule: str = "linear"  # or "exponential"
 
+    rules: ClassVar[dict] = {
+        "num_nodes": integer(1), "channel_mul": number(0, lo_open=True), "temperature_start": number(0, lo_open=True),
+        "temperature_end": number(0, lo_open=True), "temperature_schedule": one_of(SCHEDULES),
+    }
 
-IAC_MODES = ("fusion", "skip_only")
+    def check_consistency(self, source: str) -> None:
+        if self.temperature_start < self.temperature_end:
+            raise ConfigError(f"{source}: temperature_start {self.temperature_start} is below temperature_end "
+                              f"{self.temperature_end}; the Gumbel-softmax temperature anneals downwards (start >= "
+                              f"end > 0).")
+
 
 
 @dataclass(frozen=True)
@@ -183,11 +247,8 @@ class IACSearchConfig(SearchConfig):
     # every logit stayed within 0.15 of zero and alpha never separated. Literal: arch_decoupled_weight_decay=False
     arch_decoupled_weight_decay: bool = True
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.mode not in IAC_MODES:
-            raise ValueError(f"IACSearchConfig: mode {self.mode!r} is not one of {IAC_MODES}.")
-        if self.partial_channels < 1:
-            raise ValueError(f"IACSearchConfig: partial_channels={self.partial_channels} must be at least 1.")
-        if not 1 <= self.edges_per_node:
-            raise ValueError(f"IACSearchConfig: edges_per_node={self.edges_per_node} must be at least 1.")
+    rules: ClassVar[dict] = {
+        "num_nodes": integer(1), "partial_channels": integer(1), "cell_channel_mul": number(0, lo_open=True),
+        "mode": one_of(IAC_MODES), "shared_cell": boolean, "edges_per_node": integer(1),
+        "max_parameter_free_ops": optional(integer(0)),
+    }

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from nnunet_nas.errors import UserError
 from nnunet_nas.nnunet.environment import nnunet_env
 
 DEMO_DATASET_ID = 990
@@ -99,10 +100,36 @@ def _predict(env, inp, out, config, step, log):
           RETRAIN_TRAINER, "-device", "cpu", "-npp", "0", "-nps", "0"], env, step, log)
 
 
+DEMO_MARKER = ".nnunet_nas_demo"
+DEMO_ENTRIES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predict_input", "predict_nnunet",
+                "predict_dints", "demo_case.png", DEMO_MARKER)
+
+
+def prepare_workdir(workdir: str, fresh: bool) -> None:
+    """Create the demo's work folder, marked as the demo's; ``fresh`` removes what an earlier demo wrote there, and
+    only that: a folder holding anything else (or not made by the demo) is refused, never deleted."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir} is a file; give a folder for the demo.")
+    entries = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []
+    if entries and DEMO_MARKER not in entries:
+        raise UserError(f"--workdir {workdir} is not empty and was not made by nnunet-nas demo ({entries[:5]}"
+                        f"{' ...' if len(entries) > 5 else ''}); nothing there is touched. Give a new or empty folder.")
+    if fresh and entries:
+        foreign = [e for e in entries if e not in DEMO_ENTRIES]
+        if foreign:
+            raise UserError(f"--fresh: {workdir} holds files the demo did not write ({foreign[:5]}); nothing was "
+                            f"deleted. Move them away, or give another --workdir.")
+        for e in entries:
+            path = os.path.join(workdir, e)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, DEMO_MARKER), "w") as f:
+        f.write("made by nnunet-nas demo; `nnunet-nas demo --fresh` may delete this folder's demo files\n")
+
+
 def run_demo(workdir: str = "nnunet_nas_demo", fresh: bool = False, log=print) -> dict:
     workdir = os.path.abspath(workdir)
-    if fresh and os.path.isdir(workdir):
-        shutil.rmtree(workdir)
+    prepare_workdir(workdir, fresh)
     env = nnunet_env(workdir, n_proc_DA=int(os.environ.get("nnUNet_n_proc_DA", "1")))
     start = time.time()
     raw = copy_demo_dataset(env["nnUNet_raw"])

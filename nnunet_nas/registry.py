@@ -6,8 +6,11 @@ its record from its own pieces (space, architecture parameters, weighting, regul
 fixed network, config) and calls :func:`register_method`.
 """
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+from nnunet_nas.errors import ConfigError
 
 
 OUTPUT_FILES = {"genotype": "genotype.json", "architecture": "architecture.png",
@@ -45,6 +48,8 @@ class SearchMethod:
     * ``plot_genotype(genotype, path)``, ``plot_history(history, path, net, cfg)``: pictures (optional);
     * ``plot_supernet(supernet, path)``: a picture of the searched network, drawn when the search starts (optional);
     * ``search_notes(net, cfg)`` -> lines logged when the search starts (optional);
+    * ``check_search(net, cfg)``: raises :class:`~nnunet_nas.errors.ConfigError` when the config asks for what this
+      search network cannot do (a memory budget it cannot reach); called when the search starts (optional);
     * ``choose_op_set(cfg, spatial_dims)`` -> the op set where a config option picks it (optional; default:
       ``default_op_sets``); ``cfg.op_set`` wins over both.
     """
@@ -72,15 +77,18 @@ class SearchMethod:
     plot_history: Optional[Callable] = None
     plot_supernet: Optional[Callable] = None
     search_notes: Optional[Callable] = None
+    check_search: Optional[Callable] = None
     choose_op_set: Optional[Callable] = None
 
     @property
     def network_class_name(self) -> str:
         return f"{self.network_class.__module__}.{self.network_class.__qualname__}"
 
-    def output_file(self, kind: str) -> str:
-        """File name of a search output beside nnU-Net's ``progress.png``: ``kind`` is one of ``OUTPUT_FILES``."""
-        return f"{self.name}_{OUTPUT_FILES[kind]}"
+    def output_file(self, kind: str, tag: Optional[str] = None) -> str:
+        """File name of a search output beside nnU-Net's ``progress.png``: ``kind`` is one of ``OUTPUT_FILES``;
+        ``tag`` names an export of another checkpoint than the final one (``dints_genotype_checkpoint_best.json``)."""
+        stem, ext = os.path.splitext(OUTPUT_FILES[kind])
+        return f"{self.name}_{stem}{'_' + tag if tag else ''}{ext}"
 
     def op_set_for(self, cfg, spatial_dims: int) -> str:
         """The op set a search with ``cfg`` uses in ``spatial_dims`` (``cfg.op_set`` or the method's default)."""
@@ -89,7 +97,7 @@ class SearchMethod:
         if self.choose_op_set is not None:
             return self.choose_op_set(cfg, spatial_dims)
         if spatial_dims not in self.default_op_sets:
-            raise ValueError(f"method {self.name!r} has no op set for {spatial_dims}-D configurations (it has "
+            raise ConfigError(f"method {self.name!r} has no op set for {spatial_dims}-D configurations (it has "
                              f"{sorted(self.default_op_sets)}-D).")
         return self.default_op_sets[spatial_dims]
 
@@ -109,7 +117,7 @@ def get_method(name: str) -> SearchMethod:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown NAS method {name!r}; registered methods: {sorted(METHODS)}.") from None
+        raise ConfigError(f"unknown NAS method {name!r}; registered methods: {sorted(METHODS)}.") from None
 
 
 def method_names() -> List[str]:

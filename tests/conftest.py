@@ -71,3 +71,12 @@ def fresh_dataset(planned_dataset, tmp_path):
     new = str(tmp_path / "nnunet")
     shutil.copytree(root, new)
     return new, nnunet_env(new)
+
+
+@pytest.fixture(scope="session")
+def dints_search(planned_dataset, tmp_path_factory):
+    """``(root, completed process)`` of one finished tiny DiNTS search (nnUNetTrainerDiNTSSearchTest) on its own copy
+    of the planned dataset; tests copy ``root`` before changing anything."""
+    root = str(tmp_path_factory.mktemp("dints_search"))
+    env, out = search_on_copy(planned_dataset, root, "nnUNetTrainerDiNTSSearchTest")
+    return root, out

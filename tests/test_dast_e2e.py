@@ -76,3 +76,17 @@ def test_attention_export_without_a_trained_model_is_one_clear_error(searched, t
     res = run_cli(["nnunet-nas", "attention", "-i", case, "-o", str(tmp_path), "-d", str(DATASET_ID), "-c",
                    "3d_fullres_dast", "-f", "0"], env, check=False)
     assert res.returncode == 2 and "no trained model there. Train it first" in res.stderr
+    # bad input for the trained model: one line, exit code 2, nothing written
+    text = tmp_path / "not_an_image_0000.nii.gz"
+    text.write_text("hello")
+    bad = [([os.path.join(images, case)] * 2, [], "2 image files given, but the dataset has 1 input channel"),
+           ([str(text)], [], "cannot be read as an image"),
+           ([os.path.join(images, case)], ["--center", "1", "2"], "--center has 2 values; give 3"),
+           ([os.path.join(images, case)], ["--center", "999", "0", "0"], "outside the preprocessed image")]
+    for files, extra, message in bad:
+        res = run_cli(["nnunet-nas", "attention", "-i", *files, "-o", str(tmp_path / "att_bad"), "-d", str(DATASET_ID),
+                       "-c", "3d_fullres_dast_t", "-tr", PLAIN, "-f", "0", *extra], env, check=False)
+        ours = [line for line in res.stderr.splitlines() if line.startswith("nnunet-nas attention: error: ")]
+        assert res.returncode == 2 and "Traceback" not in res.stderr and len(ours) == 1, res.stderr
+        assert res.stderr.strip().splitlines()[-1] == ours[0] and message in ours[0], res.stderr
+        assert not os.path.exists(tmp_path / "att_bad")

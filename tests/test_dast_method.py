@@ -122,8 +122,8 @@ def test_genotype_naming_the_transformer_for_a_space_without_it_is_one_clear_err
 
 
 def test_config_refuses_nonsense_and_names_the_transformers_options():
-    with pytest.raises(ValueError, match="must be positive"):
-        DASTSearchConfig(token_grid=0)
+    with pytest.raises(ValueError, match="token_grid=0 must be an integer >= 1"):
+        DASTSearchConfig(token_grid=0).validate()
     cfg = DASTSearchConfig.from_dict(DASTSearchConfig(token_grid=6, factorised_ops=True).to_dict())
     assert cfg.token_grid == 6 and cfg.factorised_ops and cfg.op_options() == {"token_grid": 6, "num_heads": 8}
 

@@ -11,6 +11,7 @@ import torch
 from nnunet_nas.arch.params import CellEdgeArchParams
 from nnunet_nas.arch.weighting import EdgeNormalisedWeighting
 from nnunet_nas.config import DiNTSSearchConfig, IACSearchConfig, SCNASSearchConfig
+from nnunet_nas.errors import ConfigError
 from nnunet_nas.methods.iac import discretize, discretize_cell, edge_scores
 from nnunet_nas.nnunet.host import HOST_ENV, find_host_checkpoint, load_host_checkpoint
 from nnunet_nas.ops.catalog import op_names
@@ -88,7 +89,8 @@ def test_edge_normalised_weighting_is_a_softmax_per_edge_and_per_node():
                                  replace(IACSearchConfig(), shared_cell=False, data_split=(2, 1))])
 def test_configs_round_trip_through_their_dict(cfg):
     assert type(cfg).from_dict(cfg.to_dict()) == cfg
-    assert type(cfg).from_dict(dict(cfg.to_dict(), unknown_key=1)) == cfg  # a newer version's keys are ignored
+    with pytest.raises(ConfigError, match=r"unknown key checkpoint\.unknown_key"):  # a typo is never dropped
+        type(cfg).from_dict(dict(cfg.to_dict(), unknown_key=1), source="checkpoint")
 
 
 def test_the_trained_host_is_found_by_default_or_through_the_environment(tmp_path, monkeypatch):

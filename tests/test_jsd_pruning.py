@@ -128,9 +128,9 @@ def test_threshold_scaled_to_arch_lr_keeps_the_noise_floor_below_it_by_the_same_
 
 def test_rule_rejects_bad_parameters():
     with pytest.raises(ValueError, match="window"):
-        JSDRule(window=0)
+        JSDRule(window=0).validate()
     with pytest.raises(ValueError, match="gamma"):
-        JSDRule(gamma=0.0)
+        JSDRule(gamma=0.0).validate()
 
 
 def _scnas_search_network():

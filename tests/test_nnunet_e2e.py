@@ -25,15 +25,13 @@ def _search(env, extra=(), crash_after=None):
 
 
 @pytest.fixture(scope="module")
-def searched(planned_dataset, tmp_path_factory):
+def searched(dints_search, tmp_path_factory):
     """One finished tiny search on a private copy of the dataset (shared by the tests of this module)."""
     import shutil
     from conftest import nnunet_env
     root = str(tmp_path_factory.mktemp("searched"))
-    shutil.copytree(planned_dataset[0], root, dirs_exist_ok=True)
-    env = nnunet_env(root)
-    out = _search(env)
-    return env, out
+    shutil.copytree(dints_search[0], root, dirs_exist_ok=True)
+    return nnunet_env(root), dints_search[1]
 
 
 def test_search_exports_a_dropin_configuration(searched):
@@ -49,7 +47,7 @@ def test_search_exports_a_dropin_configuration(searched):
     assert config["architecture"]["network_class_name"] == "nnunet_nas.networks.dints_net.DiNTSNet"
     assert GridGenotype.from_dict(config["architecture"]["arch_kwargs"]["genotype"]) == g
     assert all(p % 4 == 0 for p in config["patch_size"])  # 2^D, D = 2
-    assert os.path.isfile(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json.bak"))
+    assert os.path.isfile(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json.bak.1"))
     # per-epoch architecture curves went through nnU-Net's logger (and so into the checkpoint)
     ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     logged = ckpt["logging"]["arch_discretization_gap"]
@@ -65,7 +63,10 @@ def test_export_on_demand_from_a_checkpoint(searched):
     configs = _plans(env)["configurations"]
     kwargs = configs["3d_fullres_dints_wide"]["architecture"]["arch_kwargs"]
     assert kwargs["channel_mul"] == 0.25
-    assert kwargs["genotype"] == configs["3d_fullres_dints"]["architecture"]["arch_kwargs"]["genotype"]
+    searched_genotype = configs["3d_fullres_dints"]["architecture"]["arch_kwargs"]["genotype"]
+    for g in (kwargs["genotype"], searched_genotype):  # the search ran in another folder (this one is its copy)
+        g["provenance"].pop("checkpoint")
+    assert kwargs["genotype"] == searched_genotype
     res = run_cli(["nnunet-nas", "export", os.path.join(fold, "debug.json")], env, check=False)
     assert res.returncode == 2 and "error" in res.stderr
 

@@ -1,5 +1,6 @@
 """Registering configurations never corrupts the user's plans file."""
 
+import glob
 import json
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from nnunet_nas.genotypes.monai_compat import load_monai_file
 from nnunet_nas.nnunet.export import architecture_block, register_searched_configuration
 from nnunet_nas.registry import get_method
-from nnunet_nas.nnunet.plans_io import PlansError, free_configuration_name, register_configuration
+from nnunet_nas.nnunet.plans_io import PlansError, free_configuration_name, load_plans, register_configuration
 from conftest import SHARED
 
 DINTS = get_method("dints")
@@ -37,18 +38,20 @@ def test_register_adds_an_inheriting_configuration_with_adjusted_patch(plans_pat
 
 
 def test_different_architecture_is_never_overwritten_silently(plans_path):
-    a = {"network_class_name": "A", "arch_kwargs": {}}
-    b = {"network_class_name": "B", "arch_kwargs": {}}
+    a = {"network_class_name": "nnunet_nas.A", "arch_kwargs": {}}
+    b = {"network_class_name": "nnunet_nas.B", "arch_kwargs": {}}
     register_configuration(plans_path, "3d_fullres", "3d_fullres_dints", a)
     before = open(plans_path).read()
     with pytest.raises(PlansError, match="already holds a different architecture"):
         register_configuration(plans_path, "3d_fullres", "3d_fullres_dints", b)
     assert open(plans_path).read() == before
     register_configuration(plans_path, "3d_fullres", "3d_fullres_dints", a)  # same architecture: refresh is fine
-    assert free_configuration_name(plans_path, "3d_fullres_dints", b) == "3d_fullres_dints_2"
-    assert free_configuration_name(plans_path, "3d_fullres_dints", a) == "3d_fullres_dints"
+    plans = load_plans(plans_path)
+    assert free_configuration_name(plans, "3d_fullres_dints", b) == "3d_fullres_dints_2"
+    assert free_configuration_name(plans, "3d_fullres_dints", a) == "3d_fullres_dints"
     register_configuration(plans_path, "3d_fullres", "3d_fullres_dints", b, overwrite=True)
-    assert json.load(open(plans_path + ".bak"))["configurations"]["3d_fullres_dints"]["architecture"] == a
+    newest = max(glob.glob(plans_path + ".bak.*"), key=lambda p: int(p.rsplit(".", 1)[1]))
+    assert json.load(open(newest))["configurations"]["3d_fullres_dints"]["architecture"] == a
 
 
 def test_bad_names_and_bases(plans_path):
@@ -62,3 +65,13 @@ def test_architecture_block_is_json_serialisable():
     g = load_monai_file(f"{SHARED}/reference/dints_arch_code_cvpr.json")
     block = architecture_block(DINTS, g, 1.0)
     assert json.loads(json.dumps(block)) == block
+
+
+def test_an_identical_entry_may_be_written_again_even_where_replacing_is_refused(plans_path):
+    """The demo registers nnU-Net's own network at batch 2 and, on it, a found one; a rerun writes the same entries."""
+    plain = {"network_class_name": "x"}
+    register_configuration(plans_path, "3d_fullres", "3d_fullres_bs2", plain, extra={"batch_size": 2})
+    register_configuration(plans_path, "3d_fullres_bs2", "3d_fullres_bs2_dints", {"network_class_name": "nnunet_nas.A"})
+    register_configuration(plans_path, "3d_fullres", "3d_fullres_bs2", plain, extra={"batch_size": 2})  # unchanged
+    with pytest.raises(PlansError, match=r"the base of \['3d_fullres_bs2_dints'\]"):
+        register_configuration(plans_path, "3d_fullres", "3d_fullres_bs2", plain, extra={"batch_size": 4})

@@ -219,6 +219,10 @@ def test_genotype_round_trips_and_bad_genotypes_get_one_clear_error(tmp_path):
         genotype_from_dict(d)
     d = g.to_dict()
     d["cell_types"] = ["encoder_normal"]
+    with pytest.raises(GenotypeError, match="unknown keys .'decoder_normal', 'expansion', 'reduction'."):
+        SCNASNet(1, 2, d)  # rows of cell types the genotype does not list
+    for t in ("decoder_normal", "expansion", "reduction"):
+        d.pop(t)
     with pytest.raises(GenotypeError, match="do not match the network"):
         SCNASNet(1, 2, d)
 
@@ -233,5 +237,5 @@ def test_jaccard_distance_on_a_hand_computed_case():
     perfect = torch.stack([1 - target[:, 0], target[:, 0]], 1).float() * 50
     assert float(SoftJaccardLoss(smooth=0.0)(perfect, target)) == pytest.approx(0.0, abs=1e-6)
     assert SCNASSearchConfig(loss="jaccard").loss == "jaccard"
-    with pytest.raises(ValueError, match="loss 'dice' is not one of"):
-        SCNASSearchConfig(loss="dice")
+    with pytest.raises(ValueError, match="loss='dice' must be one of"):
+        SCNASSearchConfig(loss="dice").validate()

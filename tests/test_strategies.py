@@ -141,9 +141,9 @@ def test_search_configs_share_a_base_and_validate():
     assert cfg.num_warmup_epochs(100) == 3 and SearchConfig().num_warmup_epochs(10) == 5
     assert DiNTSSearchConfig().num_warmup_epochs(80) == 40 and DiNTSSearchConfig().weight_optimizer == "sgd"
     with pytest.raises(ValueError, match="weight_optimizer"):
-        SearchConfig(weight_optimizer="rmsprop")
+        SearchConfig(weight_optimizer="rmsprop").validate()
     with pytest.raises(ValueError, match="data_split"):
-        SearchConfig(data_split=(4, 0))
+        SearchConfig(data_split=(4, 0)).validate()
 
 
 def test_four_to_one_split():

@@ -17,7 +17,8 @@ Every node keeps at least one incoming edge (:meth:`CellGenotype.validate`); op 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from nnunet_nas.genotypes.schema import Genotype, GenotypeError, register_schema
+from nnunet_nas.genotypes.schema import (Genotype, GenotypeError, expect_int, expect_provenance, expect_rows,
+                                         register_schema)
 from nnunet_nas.ops.catalog import OP_SETS, get_op_set
 
 SCHEMA = "nnunet_nas.cells"
@@ -67,6 +68,10 @@ class CellGenotype(Genotype):
         if cell_types is not None and sorted(cell_types) != sorted(self.cells):
             raise GenotypeError(f"{source}: cell types {sorted(self.cells)} do not match the network's "
                                 f"{sorted(cell_types)}; this genotype belongs to another method.")
+        if self.num_nodes < 1:
+            raise GenotypeError(f"{source}: num_nodes={self.num_nodes}; a cell needs at least 1 intermediate node.")
+        if not self.cells:
+            raise GenotypeError(f"{source}: no cell types; a cell genotype lists at least one cell.")
         names = [o.name for o in spec.ops]
         for cell, rows in self.cells.items():
             if len(rows) != self.num_nodes:
@@ -100,12 +105,24 @@ class CellGenotype(Genotype):
         if d.get("version") != VERSION:
             raise GenotypeError(f"{source}: cell genotype version {d.get('version')!r} is not supported (this "
                                 f"nnunet_nas reads version {VERSION}); upgrade nnunet_nas.")
-        try:
-            types = list(d["cell_types"])
-            cells = {t: [list(r) for r in d[t]] for t in types}
-            g = cls(d["op_set"], cells, int(d["num_nodes"]), dict(d.get("provenance", {})), d.get("spatial_dims"))
-        except (KeyError, TypeError) as e:
-            raise GenotypeError(f"{source}: malformed cell genotype ({type(e).__name__}: {e}); expected the keys "
-                                f"{list(_FIXED_KEYS)} and one row list per cell type.") from None
+        missing = [k for k in ("op_set", "num_nodes", "cell_types") if k not in d]
+        types = d.get("cell_types")
+        if missing or not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            raise GenotypeError(f"{source}: malformed cell genotype (missing {missing} or cell_types not a list of "
+                                f"names); expected the keys {list(_FIXED_KEYS)} and one row list per cell type.")
+        absent = [t for t in types if t not in d]
+        if absent:
+            raise GenotypeError(f"{source}: cell types {absent} are listed in cell_types but have no rows.")
+        unknown = sorted(set(d) - set(_FIXED_KEYS) - set(types))
+        if unknown:
+            raise GenotypeError(f"{source}: unknown keys {unknown} (a cell genotype has {list(_FIXED_KEYS)} and one "
+                                f"key per entry of cell_types {types}).")
+        is_op = lambda v: v is None or isinstance(v, str)  # noqa: E731
+        cells = {t: expect_rows(d[t], t, source, is_op, "an op name or null") for t in types}
+        if not isinstance(d["op_set"], str):
+            raise GenotypeError(f"{source}: op_set must be an op set name, found {d['op_set']!r}.")
+        spatial_dims = None if d.get("spatial_dims") is None else expect_int(d["spatial_dims"], "spatial_dims", source)
+        g = cls(d["op_set"], cells, expect_int(d["num_nodes"], "num_nodes", source), expect_provenance(d, source),
+                spatial_dims)
         g.validate(source)
         return g

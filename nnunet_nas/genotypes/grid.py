@@ -18,7 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from nnunet_nas.genotypes.schema import Genotype, GenotypeError, register_schema
+from nnunet_nas.genotypes.schema import (Genotype, GenotypeError, expect_int, expect_provenance, expect_rows,
+                                         register_schema)
 from nnunet_nas.ops.catalog import OP_SETS, get_op_set, op_names, op_sets_with
 from nnunet_nas.spaces.grid_topology import check_num_blocks, check_num_depths, grid_topology
 
@@ -72,11 +73,20 @@ class GridGenotype(Genotype):
         missing = [k for k in ("op_set", "num_blocks", "num_depths", "node_a", "edges", "ops") if k not in d]
         if missing:
             raise GenotypeError(f"{source}: missing keys {missing}; the file is truncated or not a genotype.")
-        if d["op_set"] not in OP_SETS:
+        if not isinstance(d["op_set"], str) or d["op_set"] not in OP_SETS:
             raise GenotypeError(f"{source}: unknown op set {d['op_set']!r}; known: {sorted(OP_SETS)}.")
-        g = cls(d["op_set"], np.asarray(d["node_a"], dtype=np.int64), np.asarray(d["edges"], dtype=np.int64),
-                [list(r) for r in d["ops"]], dict(d.get("provenance", {})), d.get("spatial_dims"))
-        g.validate(source, expected_blocks=d["num_blocks"], expected_depths=d["num_depths"])
+        is_bit = lambda v: isinstance(v, int) and not isinstance(v, bool) and v in (0, 1)  # noqa: E731
+        node_a = expect_rows(d["node_a"], "node_a", source, is_bit, "0 or 1")
+        edges = expect_rows(d["edges"], "edges", source, is_bit, "0 or 1")
+        ops = expect_rows(d["ops"], "ops", source, lambda v: v is None or isinstance(v, str), "an op name or null")
+        if any(len(r) != len(node_a[0]) for r in node_a) or any(len(r) != len(edges[0]) for r in edges) or \
+                not node_a or not edges:
+            raise GenotypeError(f"{source}: node_a and edges must be non-empty rectangular [rows][columns] lists.")
+        spatial_dims = None if d.get("spatial_dims") is None else expect_int(d["spatial_dims"], "spatial_dims", source)
+        g = cls(d["op_set"], np.asarray(node_a, dtype=np.int64), np.asarray(edges, dtype=np.int64), ops,
+                expect_provenance(d, source), spatial_dims)
+        g.validate(source, expected_blocks=expect_int(d["num_blocks"], "num_blocks", source),
+                   expected_depths=expect_int(d["num_depths"], "num_depths", source))
         return g
 
     # ----------------------------------------------------------------- validation

@@ -8,15 +8,43 @@ class registers its schema name with :func:`register_schema`; :func:`genotype_fr
 """
 
 import json
+import numbers
 from typing import Dict, Type
 
-from nnunet_nas.io import atomic_write_text
+from nnunet_nas.errors import UserError
+from nnunet_nas.io import atomic_write_text, read_json
 
 SCHEMAS: Dict[str, Type["Genotype"]] = {}
 
 
-class GenotypeError(ValueError):
+class GenotypeError(UserError, ValueError):
     """A genotype file or dict that cannot be used; the message names the problem and the fix."""
+
+
+def expect_int(value, what: str, source: str) -> int:
+    """``value`` if it is a JSON integer (not a bool, a float or a string), else one :class:`GenotypeError`."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise GenotypeError(f"{source}: {what} must be an integer, found {value!r}.")
+    return int(value)
+
+
+def expect_rows(value, what: str, source: str, item_ok, item_text: str) -> list:
+    """``value`` as a list of lists whose items pass ``item_ok``, else one :class:`GenotypeError` naming the first
+    bad item."""
+    if not isinstance(value, list) or not all(isinstance(r, list) for r in value):
+        raise GenotypeError(f"{source}: {what} must be a list of rows (lists), found {type(value).__name__}.")
+    for i, row in enumerate(value):
+        for j, item in enumerate(row):
+            if not item_ok(item):
+                raise GenotypeError(f"{source}: {what}[{i}][{j}] is {item!r}; it must be {item_text}.")
+    return [list(r) for r in value]
+
+
+def expect_provenance(d: dict, source: str) -> dict:
+    provenance = d.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise GenotypeError(f"{source}: provenance must be an object, found {type(provenance).__name__}.")
+    return dict(provenance)
 
 
 def register_schema(name: str):
@@ -55,10 +83,9 @@ class Genotype:
     @classmethod
     def load(cls, path: str) -> "Genotype":
         try:
-            with open(path) as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise GenotypeError(f"{path}: not valid JSON ({e}); the genotype file is malformed.") from None
+            d = read_json(path, "a genotype JSON (written by a search or nnunet-nas export)")
+        except UserError as e:
+            raise GenotypeError(str(e)) from None
         return cls.from_dict(d, source=path)
 
     def __eq__(self, other) -> bool:

@@ -52,7 +52,8 @@ def build_supernet(cfg: DASTSearchConfig, op_set: str, input_channels: int, num_
 
 def genotype_config(genotype: GridGenotype) -> DASTSearchConfig:
     """The search config recorded in the genotype's provenance (the defaults where there is none)."""
-    return DASTSearchConfig.from_dict(dict(genotype.provenance.get("search_config") or {}))
+    return DASTSearchConfig.from_dict(dict(genotype.provenance.get("search_config") or {}),
+                                      source="DAST genotype provenance.search_config")
 
 
 def fixed_network_kwargs(genotype: GridGenotype, channel_mul: float, base_channels: int = 32, planned=None) -> dict:
@@ -83,7 +84,7 @@ def search_notes(net, cfg: DASTSearchConfig):
     grids = ["level {}: {} map, {} token grid".format(
         d, "x".join(map(str, shape)), "x".join(map(str, resolve_token_grid(cfg.token_grid, len(shape), shape))))
         for d, shape in enumerate(space.feature_shapes)]
-    return [f"DAST transformers ({cfg.num_heads} heads): " + "; ".join(grids)] + dints.search_notes(net, cfg)
+    return [f"DAST transformers ({cfg.num_heads} heads): " + "; ".join(grids)]
 
 
 DAST = register_method(SearchMethod(
@@ -109,4 +110,5 @@ DAST = register_method(SearchMethod(
     plot_genotype=plot_genotype,
     plot_history=dints.plot_history,
     search_notes=search_notes,
+    check_search=dints.check_search,
 ))

@@ -14,6 +14,7 @@ from nnunet_nas.arch.params import GridArchParams
 from nnunet_nas.arch.weighting import GridEdgeOpWeighting
 from nnunet_nas.config import DiNTSSearchConfig
 from nnunet_nas.discretize.grid_path import decode_grid_codes
+from nnunet_nas.errors import ConfigError
 from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.genotypes.monai_compat import from_monai_codes
 from nnunet_nas.networks.dints_net import DiNTSNet
@@ -99,14 +100,15 @@ def fixed_network_kwargs(genotype: GridGenotype, channel_mul: float, base_channe
             "strides": strides}
 
 
-def search_notes(net, cfg: DiNTSSearchConfig):
+def check_search(net, cfg: DiNTSSearchConfig) -> None:
+    """The memory budget must be one the space can reach with the chosen reference: sigma in (0, max ratio]."""
     attainable = net.supernet.memory_model.max_ratio(cfg.memory_reference)
-    if cfg.memory_budget <= attainable:
-        return []
-    return [f"note: memory budget sigma={cfg.memory_budget} is above the largest ratio M_e/M_a this space can reach "
-            f"({attainable:.3f}) with the paper's constant reference M_a (all alpha and eta at one, Eq. 9): the memory "
-            f"term pushes towards the densest, most expensive architecture. Budgets in (0, {attainable:.3f}) "
-            f"constrain memory (see README)."]
+    if cfg.memory_budget > attainable * (1 + 1e-9):
+        raise ConfigError(f"{type(cfg).__name__}: memory_budget={cfg.memory_budget} is above the largest memory ratio "
+                          f"this space can reach with memory_reference={cfg.memory_reference!r}: the attainable range "
+                          f"is (0, {attainable:.3f}]. Above it the memory term pushes every search towards the "
+                          f"densest, costliest architecture. Choose a budget in that range (see README, memory "
+                          f"budget).")
 
 
 def plot_genotype(genotype: GridGenotype, path: str) -> str:
@@ -149,5 +151,5 @@ DINTS = register_method(SearchMethod(
     kept_edges=lambda genotype: np.asarray(genotype.arch_code_a, dtype=bool),  # [L, E], op_logits' order
     plot_genotype=plot_genotype,
     plot_history=plot_history,
-    search_notes=search_notes,
+    check_search=check_search,
 ))

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nnunet_nas.errors import ConfigError, PlansError
 from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.networks.common import DecoderSwitch, drop_head_weights, with_deep_supervision
 from nnunet_nas.ops.catalog import op_set as op_set_specs
@@ -66,15 +67,18 @@ class DiNTSNet(nn.Module):
         self.filters = [int(base_channels * 2 ** i * channel_mul) for i in range(num_depths + 1)]
         self.filters[1:] = [f // channel_multiple * channel_multiple for f in self.filters[1:]]
         if min(self.filters) < 2:
-            raise ValueError(f"DiNTSNet: channel_mul={channel_mul} gives {self.filters} channels; use a larger one.")
+            heads = f" (grid levels rounded down to a multiple of {channel_multiple} heads)" \
+                if channel_multiple > 1 else ""
+            raise ConfigError(f"DiNTSNet: channel_mul={channel_mul} gives {self.filters} channels per level{heads}; "
+                              f"use a larger channel_mul{' or fewer num_heads' if heads else ''}.")
         f, conv = self.filters, conv_nd(spatial_dims)
         self.patch_size = None if patch_size is None else [int(p) for p in patch_size]
         shaped = [s.name for s in op_set_specs(op_set) if "feature_shape" in s.options]
         if shaped and self.patch_size is None:
-            raise ValueError(f"DiNTSNet: the ops {shaped} of op set {op_set} fit themselves to the feature maps; give "
+            raise PlansError(f"DiNTSNet: the ops {shaped} of op set {op_set} fit themselves to the feature maps; give "
                              f"patch_size (the configuration's patch, as the export writes it into arch_kwargs).")
         if self.patch_size is not None and len(self.patch_size) != spatial_dims:
-            raise ValueError(f"DiNTSNet: patch_size {self.patch_size} is not {spatial_dims}-D.")
+            raise PlansError(f"DiNTSNet: patch_size {self.patch_size} is not {spatial_dims}-D.")
         grid = dict(feature_shapes=None if self.patch_size is None else
                     [[p >> (d + 1) for p in self.patch_size] for d in range(num_depths)], op_options=op_options)
         if genotype is None:
@@ -99,7 +103,7 @@ class DiNTSNet(nn.Module):
         self.strides = [list(s) for s in strides] if strides is not None else None
         num_outputs = 1 if strides is None else len(strides) - 1
         if num_outputs < 1 or num_outputs > self.deepest + 2:
-            raise ValueError(
+            raise PlansError(
                 f"DiNTSNet: strides {strides} ask for {num_outputs} deep-supervision outputs, but this architecture "
                 f"has decoder features at only {self.deepest + 2} resolutions; use strides of length "
                 f"2..{self.deepest + 3}.")

@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from nnunet_nas.arch.weighting import EdgeNormalisedWeights, SampledOpWeights
+from nnunet_nas.errors import ConfigError, InputFileError, MissingFileError, PlansError
 from nnunet_nas.genotypes.cell import CellGenotype
+from nnunet_nas.genotypes.schema import GenotypeError
 from nnunet_nas.ops.catalog import get_op_set
 from nnunet_nas.ops.conv import conv_nd
 from nnunet_nas.spaces.cell import Cell
@@ -49,7 +51,7 @@ def iac_layout(cell_types: Sequence[str]):
     """``(mode, shared)`` of an IAC genotype from its cell type names (:func:`iac_cell_types`)."""
     mode = next((m for m in MODES if cell_types and cell_types[0].startswith(m)), None)
     if mode is None:
-        raise ValueError(f"cell types {list(cell_types)} are not an IAC genotype's (expected {MODES[0]!r} or "
+        raise GenotypeError(f"cell types {list(cell_types)} are not an IAC genotype's (expected {MODES[0]!r} or "
                          f"'{MODES[0]}_0', '{MODES[0]}_1', ..., or the same with {MODES[1]!r}).")
     return mode, list(cell_types) == [mode]
 
@@ -62,7 +64,7 @@ def build_host(host_class: str, host_kwargs: dict, host_kwargs_requires_import: 
                                   num_classes, allow_init=True, deep_supervision=deep_supervision)
     decoder = getattr(host, "decoder", None)
     if not (hasattr(host, "encoder") and all(hasattr(decoder, a) for a in ("transpconvs", "stages", "seg_layers"))):
-        raise ValueError(f"IAC needs a U-Net whose encoder returns its skips and whose decoder is "
+        raise PlansError(f"IAC needs a U-Net whose encoder returns its skips and whose decoder is "
                          f"dynamic_network_architectures' UNetDecoder (PlainConvUNet, ResidualEncoderUNet); "
                          f"{host_class} is not one.")
     return host
@@ -81,7 +83,7 @@ class IACUNet(nn.Module):
         if unused:
             raise TypeError(f"IACUNet got unexpected arguments {sorted(unused)}.")
         if mode not in MODES:
-            raise ValueError(f"IACUNet: mode {mode!r} is not one of {MODES}.")
+            raise ConfigError(f"IACUNet: mode {mode!r} is not one of {MODES}.")
         self._kwargs = dict(input_channels=input_channels, num_classes=num_classes, host_class=host_class,
                             host_kwargs=host_kwargs, host_kwargs_requires_import=list(host_kwargs_requires_import),
                             genotype=genotype, op_set=op_set, num_nodes=num_nodes, cell_channel_mul=cell_channel_mul,
@@ -92,7 +94,7 @@ class IACUNet(nn.Module):
         self.encoder, self.decoder = host.encoder, host.decoder
         self.strides = [list(st) for st in host_kwargs["strides"]]  # nnU-Net's deep-supervision convention
         if strides is not None and [list(st) for st in strides] != self.strides:
-            raise ValueError(f"IACUNet: strides {strides} differ from the host's {self.strides}.")
+            raise PlansError(f"IACUNet: strides {strides} differ from the host's {self.strides}.")
         self.host_checkpoint, self.host_class = host_checkpoint, host_class
         dims = 3 if issubclass(host.encoder.conv_op, nn.Conv3d) else 2
         skip_channels = list(host.encoder.output_channels[:-1])  # per level, finest first; the bottleneck has none
@@ -103,11 +105,11 @@ class IACUNet(nn.Module):
         if genotype is not None:
             genotype.validate("IACUNet genotype", self.cell_types)
             if genotype.spatial_dims != dims:
-                raise ValueError(f"IACUNet: a {genotype.spatial_dims}-D genotype for a {dims}-D host.")
+                raise GenotypeError(f"IACUNet: a {genotype.spatial_dims}-D genotype for a {dims}-D host.")
             op_set, num_nodes = genotype.op_set, genotype.num_nodes
         op_set = op_set or DEFAULT_OP_SETS[dims]
         if get_op_set(op_set).spatial_dims != dims:
-            raise ValueError(f"IACUNet: op set {op_set!r} is not {dims}-D like the host.")
+            raise ConfigError(f"IACUNet: op set {op_set!r} is not {dims}-D like the host.")
         self.genotype, self.mode, self.op_set = genotype, mode, op_set
         self.cells, self.outs = nn.ModuleList(), nn.ModuleList()
         for level, c in enumerate(skip_channels):
@@ -169,11 +171,11 @@ class IACUNet(nn.Module):
                        f"the backbone starts from nnU-Net's random initialisation. Fine-tuning an IAC configuration "
                        f"needs it: restore the file, or re-export the search with nnunet-nas export.")
             if self.decoder.deep_supervision:  # training (nnU-Net predicts without deep supervision)
-                raise FileNotFoundError(message)
+                raise MissingFileError(message)
             warnings.warn(message)
             return
-        checkpoint = torch.load(self.host_checkpoint, map_location="cpu", weights_only=False)
-        self.load_host_weights(checkpoint["network_weights"], source=self.host_checkpoint)
+        from nnunet_nas.nnunet.search_state import read_checkpoint
+        self.load_host_weights(read_checkpoint(self.host_checkpoint)["network_weights"], source=self.host_checkpoint)
 
     def host_parameters(self) -> List[nn.Parameter]:
         """The trained host's parameters (encoder and decoder): what the IAC search freezes."""
@@ -188,7 +190,7 @@ class IACUNet(nn.Module):
         extra = sorted(set(state_dict) - set(own))
         shapes = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
         if missing or extra or shapes:
-            raise ValueError(f"{source} is not this network's host (missing {missing[:3]}, unexpected {extra[:3]}, "
+            raise InputFileError(f"{source} is not this network's host (missing {missing[:3]}, unexpected {extra[:3]}, "
                              f"other shapes {shapes[:3]}): it was trained with other plans, configuration or "
                              f"network. Train the host with the same plans and configuration first.")
         self.load_state_dict(state_dict, strict=False)

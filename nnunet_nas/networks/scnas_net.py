@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from nnunet_nas.arch.weighting import SampledOpWeights
+from nnunet_nas.errors import ConfigError, PlansError
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.networks.common import DecoderSwitch, drop_head_weights, with_deep_supervision
 from nnunet_nas.ops.catalog import get_op_set
@@ -70,11 +71,11 @@ class SCNASNet(nn.Module):
             spatial_dims, op_set, num_nodes = genotype.spatial_dims, genotype.op_set, genotype.num_nodes
         op_set = op_set or DEFAULT_OP_SETS[spatial_dims]
         if get_op_set(op_set).spatial_dims != spatial_dims:
-            raise ValueError(f"SCNASNet: op set {op_set!r} is not {spatial_dims}-D.")
+            raise ConfigError(f"SCNASNet: op set {op_set!r} is not {spatial_dims}-D.")
         self.genotype, self.spatial_dims, self.op_set = genotype, spatial_dims, op_set
         c0 = int(base_channels * channel_mul)
         if c0 < 2:
-            raise ValueError(f"SCNASNet: channel_mul={channel_mul} gives a stem of {c0} channels; use a larger one.")
+            raise ConfigError(f"SCNASNet: channel_mul={channel_mul} gives a stem of {c0} channels; use a larger one.")
         self.channels = [c0 * 2 ** level for level in range(NUM_LEVELS + 1)]
         style = get_op_set(op_set).style
         self.stem = nn.Sequential(conv_nd(spatial_dims)(input_channels, c0, 3, padding=1, bias=False),
@@ -93,7 +94,7 @@ class SCNASNet(nn.Module):
         self.strides = [list(s) for s in strides] if strides is not None else None
         num_outputs = 1 if strides is None else len(strides) - 1
         if not 1 <= num_outputs <= NUM_LEVELS + 1:
-            raise ValueError(f"SCNASNet: strides {strides} ask for {num_outputs} outputs; this network has decoder "
+            raise PlansError(f"SCNASNet: strides {strides} ask for {num_outputs} outputs; this network has decoder "
                              f"states at {NUM_LEVELS + 1} resolutions (use strides of length 2..{NUM_LEVELS + 2}).")
         self.num_outputs = num_outputs
         self.ds_heads = nn.ModuleList([conv_nd(spatial_dims)(self.channels[r], num_classes, 1)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from nnunet_nas.errors import InputFileError, MissingFileError
 from nnunet_nas.io import atomic_path
 from nnunet_nas.ops.transformer import TransformerOp
 
@@ -80,12 +81,12 @@ def export_attention(model_folder: str, image_files: Sequence[str], output_folde
 
     missing = [f for f in image_files if not os.path.isfile(f)]
     if missing:
-        raise FileNotFoundError(f"attention export: no such image file {missing}.")
+        raise MissingFileError(f"attention export: no such image file {missing}.")
     predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False, device=torch.device("cpu"),
                                 allow_tqdm=False)
     fold_folder = os.path.join(model_folder, f"fold_{fold}")
     if not os.path.isfile(os.path.join(fold_folder, checkpoint_name)):
-        raise FileNotFoundError(f"{os.path.join(fold_folder, checkpoint_name)}: no trained model there. Train it "
+        raise MissingFileError(f"{os.path.join(fold_folder, checkpoint_name)}: no trained model there. Train it "
                                 f"first (nnUNetv2_train ... {fold}) or pass the model folder and fold that hold it.")
     predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint_name)
     network = predictor.network
@@ -93,23 +94,33 @@ def export_attention(model_folder: str, image_files: Sequence[str], output_folde
     network.eval()
     cells = transformer_ops(network)
     if not cells:
-        raise ValueError(f"the network of {model_folder} has no transformer cell, so there is no attention to export "
-                         f"(a DAST architecture whose genotype names the 'transformer' op has them).")
+        raise InputFileError(f"the network of {model_folder} has no transformer cell, so there is no attention to "
+                             f"export (a DAST architecture whose genotype names the 'transformer' op has them).")
     pm, cm = predictor.plans_manager, predictor.configuration_manager
+    original = _read_case(pm, predictor.dataset_json, image_files)
+    if center is not None and len(center) != original.ndim - 1:
+        raise InputFileError(f"attention export: --center has {len(center)} values; give {original.ndim - 1} (z y x in "
+                             f"preprocessed voxels).")
     data, _, props = cm.preprocessor_class(verbose=False).run_case(list(image_files), None, pm, cm,
                                                                    predictor.dataset_json)
     if "sitk_stuff" not in props:
-        raise ValueError("attention export writes NIfTI through SimpleITK; this dataset's images are read by "
+        raise InputFileError("attention export writes NIfTI through SimpleITK; this dataset's images are read by "
                          f"{pm.image_reader_writer_class.__name__}, which records no SimpleITK geometry.")
     patch = [int(p) for p in cm.patch_size]
     spatial = list(data.shape[1:])  # [Z, Y, X] in nnU-Net's (transposed) axis order
     if len(patch) == 2:  # one slice of a 2-D configuration
         z = spatial[0] // 2 if center is None else int(center[0])
         if not 0 <= z < spatial[0]:
-            raise ValueError(f"attention export: slice {z} is outside the preprocessed image's {spatial[0]} slices.")
+            raise InputFileError(f"attention export: slice {z} is outside the preprocessed image's {spatial[0]} "
+                                 f"slices; give a --center inside it.")
         image, in_plane_center = data[:, z], None if center is None else center[1:]
     else:
         image, in_plane_center = data, center
+    if center is not None:
+        outside = [(axis, int(c), n) for axis, (c, n) in enumerate(zip(center, spatial)) if not 0 <= int(c) < n]
+        if outside:
+            raise InputFileError(f"attention export: --center {list(center)} lies outside the preprocessed image "
+                                 f"{spatial} (z y x) on axis {outside[0][0]}; give voxel indices inside it.")
     pads, starts = _window(image.shape[1:], patch, in_plane_center)
     padded = np.pad(image, [(0, 0)] + pads)
     box = tuple(slice(s, s + p) for s, p in zip(starts, patch))
@@ -118,7 +129,6 @@ def export_attention(model_folder: str, image_files: Sequence[str], output_folde
     case = os.path.basename(image_files[0]).split(".")[0]
     case = case[:-5] if case.endswith("_0000") else case
     os.makedirs(output_folder, exist_ok=True)
-    original, _ = pm.image_reader_writer_class().read_images(list(image_files))
     written = []
     for name, attention in maps.items():
         full = np.zeros(padded.shape[1:], dtype=np.float32)
@@ -136,6 +146,35 @@ def export_attention(model_folder: str, image_files: Sequence[str], output_folde
         written += [stem + ".nii.gz", stem + ".png"]
         log(f"{name}: token grid {'x'.join(map(str, dict(cells)[name].token_grid))} -> {stem}.nii.gz / .png")
     return written
+
+
+def _read_case(pm, dataset_json: dict, image_files: Sequence[str]) -> np.ndarray:
+    """The case's images ``[C, *spatial]`` as nnU-Net's reader reads them; one error naming the file when a file is
+    not an image, the number of files is not the dataset's number of input channels, or the channels differ in
+    shape."""
+    expected = len(dataset_json.get("channel_names", {}))
+    if len(image_files) != expected:
+        raise InputFileError(f"attention export: {len(image_files)} image files given, but the dataset has {expected} "
+                             f"input channel(s) ({dataset_json.get('channel_names')}); pass one file per channel "
+                             f"(CASE_0000{dataset_json.get('file_ending', '.nii.gz')}, CASE_0001..., in order).")
+    reader = pm.image_reader_writer_class()
+    shapes = []
+    for f in image_files:
+        try:
+            image, _ = reader.read_images([f])
+        except Exception as e:  # noqa: BLE001 - any unreadable image means the same to the user
+            raise InputFileError(f"attention export: {f} cannot be read as an image by "
+                                 f"{type(reader).__name__} ({type(e).__name__}: {e}).") from None
+        if image.ndim != 4 or image.shape[0] != 1:
+            raise InputFileError(f"attention export: {f} reads as {image.shape[0]} channel(s) of shape "
+                                 f"{list(image.shape[1:])}; each file must be one channel of a 2-D or 3-D image (a "
+                                 f"4-D or multi-component file is not one case's channel).")
+        shapes.append(image.shape[1:])
+    if len(set(shapes)) > 1:
+        raise InputFileError(f"attention export: the channel images differ in shape ({dict(zip(image_files, shapes))});"
+                             f" they must be the same case's channels.")
+    original, _ = reader.read_images(list(image_files))
+    return original
 
 
 def _to_input_geometry(volume: np.ndarray, pm, cm, props) -> np.ndarray:

@@ -6,13 +6,15 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from nnunet_nas.errors import UserError
+
 
 def trainer_dir() -> str:
     """The shim folder for ``nnUNet_extTrainer`` (``trainers/`` beside the package in a source checkout)."""
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.path.join(here, "trainers")
     if not os.path.isfile(os.path.join(path, "nnunet_nas_trainers.py")):
-        raise FileNotFoundError(f"trainer shim folder not found at {path}; install nnunet_nas from its source "
+        raise UserError(f"trainer shim folder not found at {path}; install nnunet_nas from its source "
                                 f"checkout with `pip install -e .`.")
     return path
 

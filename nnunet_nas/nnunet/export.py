@@ -1,12 +1,17 @@
 """From a search result to a drop-in nnU-Net configuration, for every registered method: genotype JSON and
 picture beside the checkpoint, and a plans entry ``<base>_<method>`` naming the method's fixed network."""
 
-import json
+import math
 import os
+from dataclasses import dataclass
 from typing import Optional
 
+from nnunet_nas.errors import ConfigError, EnvironmentSetupError, InputFileError
 from nnunet_nas.genotypes.schema import Genotype
-from nnunet_nas.nnunet.plans_io import free_configuration_name, load_plans, register_configuration
+from nnunet_nas.io import load_torch_file, read_json
+from nnunet_nas.nnunet.plans_io import (PlansError, check_configuration_name, check_registration, load_plans,
+                                        plans_file, register_configuration)
+from nnunet_nas.nnunet.search_state import SEARCH_STATE_KEY
 from nnunet_nas.patch import round_up_patch
 from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import SearchMethod, get_method
@@ -20,11 +25,36 @@ def architecture_block(method: SearchMethod, genotype: Genotype, channel_mul: Op
             "_kw_requires_import": []}
 
 
-def register_searched_configuration(plans_path: str, base_config: str, method: SearchMethod, genotype: Genotype,
-                                    channel_mul: Optional[float] = None, name: Optional[str] = None,
-                                    overwrite: bool = False, auto_rename: bool = False,
-                                    host_checkpoint: Optional[str] = None, log=print) -> str:
-    """Register ``genotype`` as configuration ``name`` (default ``<base>_<method>``) and return the name used.
+@dataclass
+class Registration:
+    """A configuration checked and built, not written yet: :func:`prepare_registration` makes every check (plans,
+    base configuration, dimensionality, width, name) and :meth:`commit` writes it under the plans lock, where the
+    name is checked again against the plans as they are then."""
+    plans_path: str
+    base_config: str
+    name: str
+    architecture: dict
+    patch: list
+    overwrite: bool
+    auto_rename: bool
+    memory_text: str
+
+    def commit(self, log=print) -> str:
+        used = register_configuration(self.plans_path, self.base_config, self.name, self.architecture,
+                                      patch_size=self.patch, overwrite=self.overwrite, auto_rename=self.auto_rename)
+        if used != self.name:
+            log(f"configuration {self.name!r} already holds a different architecture; registered as {used!r} instead")
+        log(f"registered configuration {used!r} in {self.plans_path}; estimated training memory of the fixed network "
+            f"{self.memory_text}")
+        return used
+
+
+def prepare_registration(plans_path: str, base_config: str, method: SearchMethod, genotype: Genotype,
+                         channel_mul: Optional[float] = None, name: Optional[str] = None, overwrite: bool = False,
+                         auto_rename: bool = False, host_checkpoint: Optional[str] = None,
+                         log=print) -> Registration:
+    """Check and build the registration of ``genotype`` as configuration ``name`` (default ``<base>_<method>``);
+    nothing is written.
 
     The patch size of the base configuration is rounded up to what the architecture needs. ``channel_mul=None``
     fits the width to the memory nnU-Net planned for the base configuration (:mod:`nnunet_nas.nnunet.width`) for a
@@ -34,15 +64,24 @@ def register_searched_configuration(plans_path: str, base_config: str, method: S
     the fixed network at that patch and the base batch size is estimated and printed.
     """
     plans = load_plans(plans_path)
+    name = name or f"{base_config}_{method.name}"
+    check_registration(plans_path, plans, base_config, name, None, overwrite)  # base and name, before any work
+    if channel_mul is not None and not (isinstance(channel_mul, (int, float)) and math.isfinite(channel_mul)
+                                        and channel_mul > 0):
+        raise ConfigError(f"channel_mul {channel_mul} must be a finite positive number (the width of the exported "
+                          f"network relative to the method's base width; leave it out to fit it to nnU-Net's plan).")
     base = _resolved(plans, base_config)
     if len(base["patch_size"]) != genotype.spatial_dims:
-        raise ValueError(f"configuration {base_config!r} is {len(base['patch_size'])}-D but the genotype is "
+        raise PlansError(f"configuration {base_config!r} is {len(base['patch_size'])}-D but the genotype is "
                          f"{genotype.spatial_dims}-D; pick a matching base configuration.")
     divisor = method.genotype_patch_divisor(genotype)
     patch = round_up_patch(base["patch_size"], divisor)
     if patch != list(base["patch_size"]):
         log(f"patch size {list(base['patch_size'])} -> {patch} (this architecture needs multiples of {divisor})")
     channels, classes = _dataset_channels_and_classes(plans_path)
+    if not isinstance(base.get("architecture"), dict):
+        raise PlansError(f"{plans_path}: configuration {base_config!r} has no architecture object; it is not an "
+                         f"nnU-Net configuration. Re-plan the dataset or restore a backup.")
     planned = PlannedNetwork.from_block(base["architecture"], host_checkpoint, patch)
     if channel_mul is None and method.fits_width:
         channel_mul = _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, planned,
@@ -52,27 +91,35 @@ def register_searched_configuration(plans_path: str, base_config: str, method: S
     fixed = method.network_class(channels, classes, deep_supervision=True, **arch["arch_kwargs"])
     if not method.fits_width:
         _log_added_memory(plans_path, base_config, method.name, fixed, patch, channels, classes, log)
-    name = name or f"{base_config}_{method.name}"
-    if auto_rename:
-        new = free_configuration_name(plans_path, name, arch)
-        if new != name:
-            log(f"configuration {name!r} already holds a different architecture; registering as {new!r} instead")
-        name = new
-    used = register_configuration(plans_path, base_config, name, arch, patch_size=patch, overwrite=overwrite)
-    log(f"registered configuration {used!r} in {plans_path}; estimated training memory of the fixed network "
-        f"{_memory_text(fixed, patch, base.get('batch_size', 2))}")
-    return used
+    name = check_registration(plans_path, plans, base_config, name, arch, overwrite, auto_rename)
+    return Registration(plans_path, base_config, name, arch, patch, overwrite, auto_rename,
+                        _memory_text(fixed, patch, base.get("batch_size", 2)))
 
 
-def _resolved(plans: dict, name: str) -> dict:
+def register_searched_configuration(plans_path: str, base_config: str, method: SearchMethod, genotype: Genotype,
+                                    channel_mul: Optional[float] = None, name: Optional[str] = None,
+                                    overwrite: bool = False, auto_rename: bool = False,
+                                    host_checkpoint: Optional[str] = None, log=print) -> str:
+    """:func:`prepare_registration` and :meth:`Registration.commit`; returns the configuration name used."""
+    return prepare_registration(plans_path, base_config, method, genotype, channel_mul, name, overwrite, auto_rename,
+                                host_checkpoint, log).commit(log)
+
+
+def _resolved(plans: dict, name: str, _seen: tuple = ()) -> dict:
     configs = plans["configurations"]
     if name not in configs:
-        raise ValueError(f"plans have no configuration {name!r}; available: {sorted(configs)}")
+        raise PlansError(f"plans have no configuration {name!r}; available: {sorted(configs)}")
+    if name in _seen:
+        raise PlansError(f"plans configurations inherit in a circle ({' -> '.join(_seen + (name,))}); nnU-Net refuses "
+                         f"such a plans file. Restore a backup (nnUNetPlans.json.bak.<n>) or re-plan the dataset.")
     c = dict(configs[name])
     if "inherits_from" in c:
-        parent = _resolved(plans, c["inherits_from"])
+        parent = _resolved(plans, c["inherits_from"], _seen + (name,))
         parent.update(c)
         c = parent
+    if not isinstance(c.get("patch_size"), list) or not all(isinstance(p, int) and p > 0 for p in c["patch_size"]):
+        raise PlansError(f"plans configuration {name!r} has no patch_size list of positive integers; it is not an "
+                         f"nnU-Net configuration. Re-plan the dataset or restore a backup.")
     return c
 
 
@@ -105,12 +152,14 @@ def _log_added_memory(plans_path, base_config, method_name, net, patch, channels
 
 def _dataset_channels_and_classes(plans_path: str):
     """(input channels, output channels) from the dataset.json beside the plans (1, 2 if it is missing)."""
-    try:
-        with open(os.path.join(os.path.dirname(plans_path), "dataset.json")) as f:
-            d = json.load(f)
-        return len(d["channel_names"]), len(d["labels"])
-    except (OSError, KeyError, ValueError):
+    path = os.path.join(os.path.dirname(plans_path), "dataset.json")
+    if not os.path.isfile(path):
         return 1, 2
+    d = read_json(path, "nnU-Net's dataset.json")
+    if not isinstance(d.get("channel_names"), dict) or not isinstance(d.get("labels"), dict):
+        raise InputFileError(f"{path}: no 'channel_names' and 'labels' objects; it is not nnU-Net's dataset.json. "
+                             f"Copy it again from the raw dataset (nnUNetv2_plan_and_preprocess writes it).")
+    return len(d["channel_names"]), len(d["labels"])
 
 
 def _memory_text(net, patch, batch_size) -> str:
@@ -123,13 +172,22 @@ def _memory_text(net, patch, batch_size) -> str:
             f"(patch {patch}, batch {batch_size}, {params:.2f} M parameters)")
 
 
-def write_genotype_files(method: SearchMethod, genotype: Genotype, folder: str, log=print) -> str:
-    """``<method>_genotype.json`` and, where the method draws one, ``<method>_architecture.png`` in ``folder``."""
-    path = os.path.join(folder, method.output_file("genotype"))
+def genotype_tag(checkpoint_path: str) -> Optional[str]:
+    """None for a search's final checkpoint (its files are the search's result), else the checkpoint's file stem:
+    an export of another checkpoint writes its genotype under a name of its own."""
+    stem = os.path.splitext(os.path.basename(checkpoint_path))[0]
+    return None if stem == "checkpoint_final" else stem
+
+
+def write_genotype_files(method: SearchMethod, genotype: Genotype, folder: str, tag: Optional[str] = None,
+                         log=print) -> str:
+    """``<method>_genotype[_<tag>].json`` and, where the method draws one, ``<method>_architecture[_<tag>].png`` in
+    ``folder``."""
+    path = os.path.join(folder, method.output_file("genotype", tag))
     genotype.save(path)
     if method.plot_genotype is not None:
         try:
-            method.plot_genotype(genotype, os.path.join(folder, method.output_file("architecture")))
+            method.plot_genotype(genotype, os.path.join(folder, method.output_file("architecture", tag)))
         except Exception as e:  # noqa: BLE001 - a missing picture must never lose the genotype
             log(f"could not draw the architecture picture: {e}")
     log(f"genotype written to {path}")
@@ -138,50 +196,74 @@ def write_genotype_files(method: SearchMethod, genotype: Genotype, folder: str, 
 
 def read_search_checkpoint(checkpoint_path: str):
     """``(checkpoint, search state, method)`` of a search checkpoint; a clear error for anything else."""
-    import torch
-    from nnunet_nas.nnunet.search_trainer import SEARCH_STATE_KEY
-    if not os.path.isfile(checkpoint_path):
-        raise FileNotFoundError(f"{checkpoint_path}: no such checkpoint. Pass a search fold folder's "
-                                f"checkpoint_final.pth / checkpoint_latest.pth / checkpoint_best.pth.")
-    try:
-        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
-        raise ValueError(f"{checkpoint_path} cannot be read as a checkpoint ({type(e).__name__}: {e}).") from None
+    ckpt = load_torch_file(checkpoint_path, "a search checkpoint (a search fold folder's checkpoint_final.pth / "
+                                            "checkpoint_latest.pth / checkpoint_best.pth)")
     state = ckpt.get(SEARCH_STATE_KEY) if isinstance(ckpt, dict) else None
-    if state is None or not any(k.startswith("arch.") for k in ckpt.get("network_weights", {})):
-        raise ValueError(f"{checkpoint_path} is not an architecture-search checkpoint (no architecture parameters).")
+    weights = ckpt.get("network_weights") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not isinstance(weights, dict) or not any(k.startswith("arch.") for k in weights):
+        raise InputFileError(f"{checkpoint_path} is not an architecture-search checkpoint (no architecture "
+                             f"parameters). Pass the checkpoint of a search trainer (-tr nnUNetTrainer<Method>Search).")
+    init = ckpt.get("init_args")
+    if not isinstance(init, dict) or not isinstance(init.get("plans"), dict) or "configuration" not in init or \
+            not isinstance(state.get("search_config"), dict):
+        raise InputFileError(f"{checkpoint_path}: the search checkpoint lacks its init_args (plans, configuration) or "
+                             f"search_config; it is truncated or was not written by nnunet_nas.")
     return ckpt, state, get_method(state.get("method", "dints"))  # checkpoints of 0.1.0 are DiNTS searches
+
+
+def preprocessed_plans_path(dataset_name: str, plans_identifier: str) -> str:
+    """The plans file nnU-Net reads for a dataset; one error naming the fix when the environment lacks it."""
+    from nnunetv2.paths import nnUNet_preprocessed
+    if not nnUNet_preprocessed:
+        raise EnvironmentSetupError("nnUNet_preprocessed is not set; nnU-Net needs it to find the plans file. Set it "
+                                    "as for nnUNetv2_train.")
+    return plans_file(os.path.join(nnUNet_preprocessed, dataset_name), plans_identifier)
 
 
 def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, channel_mul: Optional[float] = None,
                            base_config: Optional[str] = None, overwrite: bool = False, log=print) -> str:
     """Discretise a search checkpoint, write the genotype beside it and register the configuration.
 
-    Returns the configuration name used.
+    Every input is checked before anything is written; the genotype of a checkpoint other than
+    ``checkpoint_final.pth`` goes to ``<method>_genotype_<checkpoint>.json`` (:func:`genotype_tag`). Returns the
+    configuration name used.
     """
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunet_nas.nnunet.plans_io import plans_file
-
     ckpt, state, method = read_search_checkpoint(checkpoint_path)
-    config = state["search_config"]
+    config = method.config_class.from_dict(state["search_config"], source=f"{checkpoint_path}: search_config")
     init = ckpt["init_args"]
     plans, searched = init["plans"], init["configuration"]
+    path = preprocessed_plans_path(plans.get("dataset_name"), plans.get("plans_name"))
     dims = len(_resolved(plans, searched)["patch_size"])
     op_set = state.get("op_set") or method.default_op_sets[dims]
     provenance = {"method": method.name, "dataset": plans["dataset_name"], "configuration": searched,
-                  "fold": init.get("fold"), "epoch": int(ckpt["current_epoch"]), "trainer": ckpt["trainer_name"],
-                  "checkpoint": os.path.abspath(checkpoint_path), "search_config": config,
-                  "stopped_early": bool(state.get("stopped_early", False)), "nnunet_nas_version": _version()}
+                  "fold": init.get("fold"), "epoch": int(ckpt.get("current_epoch", -1)),
+                  "trainer": ckpt.get("trainer_name"), "checkpoint": os.path.abspath(checkpoint_path),
+                  "search_config": config.to_dict(), "stopped_early": bool(state.get("stopped_early", False)),
+                  "nnunet_nas_version": _version()}
     arch_state = {k[len("arch."):]: v for k, v in ckpt["network_weights"].items() if k.startswith("arch.")}
-    genotype = method.discretize(arch_state, op_set, provenance, cfg=method.config_class.from_dict(config))
-    write_genotype_files(method, genotype, os.path.dirname(os.path.abspath(checkpoint_path)), log=log)
-    if nnUNet_preprocessed is None:
-        raise EnvironmentError("nnUNet_preprocessed is not set; nnU-Net needs it to find the plans file.")
-    path = plans_file(os.path.join(nnUNet_preprocessed, plans["dataset_name"]), plans["plans_name"])
-    mul = config.get("export_channel_mul") if channel_mul is None else channel_mul  # None: fitted
-    return register_searched_configuration(path, base_config or searched, method, genotype, mul, name=name,
-                                           overwrite=overwrite, auto_rename=name is None and not overwrite,
-                                           host_checkpoint=state.get("host_checkpoint"), log=log)
+    genotype = method.discretize(arch_state, op_set, provenance, cfg=config)
+    mul = config.export_channel_mul if channel_mul is None else channel_mul  # None: fitted
+    registration = prepare_registration(path, base_config or searched, method, genotype, mul, name=name,
+                                        overwrite=overwrite, auto_rename=name is None and not overwrite,
+                                        host_checkpoint=state.get("host_checkpoint"), log=log)
+    write_genotype_files(method, genotype, os.path.dirname(os.path.abspath(checkpoint_path)),
+                         genotype_tag(checkpoint_path), log=log)
+    return registration.commit(log)
+
+
+def check_export_inputs(dataset_name: str, plans_identifier: str, configuration: str, method: SearchMethod,
+                        cfg) -> None:
+    """What :func:`export_from_checkpoint` will need at the end of a search, checked when it starts: nnU-Net's
+    environment, the plans file, the base configuration, the name the result will be registered under, the
+    dataset.json beside the plans and, where the export fits the width, the planned network it fits to."""
+    from nnunet_nas.nnunet.width import planned_network_elements
+    path = preprocessed_plans_path(dataset_name, plans_identifier)
+    plans = load_plans(path)
+    _resolved(plans, configuration)
+    check_configuration_name(f"{configuration}_{method.name}")
+    channels, classes = _dataset_channels_and_classes(path)
+    if method.fits_width and cfg.export_channel_mul is None:
+        planned_network_elements(path, configuration, channels, classes)  # on the meta device: shapes only
 
 
 def _version() -> str:

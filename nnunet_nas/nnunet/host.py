@@ -7,9 +7,10 @@ points elsewhere: a checkpoint file, a fold folder, or a model folder holding ``
 """
 
 import os
+import warnings
 from typing import Optional
 
-import torch
+from nnunet_nas.errors import EnvironmentSetupError, InputFileError, MissingFileError
 
 HOST_ENV = "NNUNET_NAS_HOST"
 
@@ -29,14 +30,15 @@ def find_host_checkpoint(dataset_name: str, plans_identifier: str, configuration
             from nnunetv2.paths import nnUNet_results
             results_folder = nnUNet_results
         if results_folder is None:
-            raise EnvironmentError("nnUNet_results is not set; nnU-Net needs it to find the trained model.")
+            raise EnvironmentSetupError("nnUNet_results is not set; nnU-Net needs it to find the trained model. Set it "
+                                        "as for nnUNetv2_train.")
         candidates = [os.path.join(results_folder, dataset_name, f"{host_trainer}__{plans_identifier}__{configuration}",
                                    fold_dir, checkpoint_name)]
         where = candidates[0]
     for path in candidates:
         if os.path.isfile(path):
             return os.path.abspath(path)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"IAC implants cells into a trained nnU-Net model of the same dataset, plans, configuration and fold, and "
         f"found none ({where}). Train it first: nnUNetv2_train {dataset_name} {configuration} {fold}"
         f"{'' if plans_identifier == 'nnUNetPlans' else ' -p ' + plans_identifier}"
@@ -46,16 +48,24 @@ def find_host_checkpoint(dataset_name: str, plans_identifier: str, configuration
 
 def load_host_checkpoint(path: str, configuration: str, dataset_name: str, fold) -> dict:
     """The host checkpoint's ``network_weights``; one clear error when it is not a trained model of this
-    configuration (another configuration's or another dataset's model)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    init = checkpoint.get("init_args", {}) if isinstance(checkpoint, dict) else {}
-    if "network_weights" not in checkpoint:
-        raise ValueError(f"{path} is not an nnU-Net checkpoint (no network_weights).")
+    configuration (another configuration's or another dataset's model), and a warning when it was trained on another
+    fold (that fold's training cases include this fold's validation cases)."""
+    from nnunet_nas.nnunet.search_state import read_checkpoint
+    checkpoint = read_checkpoint(path)
+    init = checkpoint.get("init_args") if isinstance(checkpoint.get("init_args"), dict) else {}
+    command = f"nnUNetv2_train {dataset_name} {configuration} {'FOLD' if fold is None else fold}"
     if any(k.startswith(("arch.", "supernet.")) for k in checkpoint["network_weights"]):
-        raise ValueError(f"{path} is an architecture-search checkpoint, not a trained nnU-Net model. Train the host "
-                         f"first: nnUNetv2_train {dataset_name} {configuration} {fold}.")
-    plans = init.get("plans", {})
+        raise InputFileError(f"{path} is an architecture-search checkpoint, not a trained nnU-Net model. Train the "
+                             f"host first: {command}.")
+    plans = init.get("plans") if isinstance(init.get("plans"), dict) else {}
     if plans.get("dataset_name") not in (None, dataset_name):
-        raise ValueError(f"{path} was trained on {plans.get('dataset_name')}, not {dataset_name}. Train the host "
-                         f"first: nnUNetv2_train {dataset_name} {configuration} {fold}.")
+        raise InputFileError(f"{path} was trained on {plans.get('dataset_name')}, not {dataset_name}. Train the host "
+                             f"first: {command}.")
+    if init.get("configuration") not in (None, configuration):
+        raise InputFileError(f"{path} is a model of configuration {init.get('configuration')!r}, not {configuration!r}."
+                             f" Train the host first: {command}.")
+    if fold is not None and init.get("fold") is not None and str(init.get("fold")) != str(fold):
+        warnings.warn(f"the host {path} was trained on fold {init.get('fold')}, not fold {fold}: its training cases "
+                      f"include fold {fold}'s validation cases, so fold {fold}'s validation overstates the result. "
+                      f"Use fold {fold}'s own model ({command}).", stacklevel=2)
     return checkpoint["network_weights"]

@@ -33,10 +33,12 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 
+from nnunet_nas.errors import ConfigError, InputFileError, install_excepthook
 from nnunet_nas.io import atomic_path
 from nnunet_nas.nnunet.data import make_arch_dataloader, split_weight_arch
 from nnunet_nas.nnunet.rng import get_rng_state, seed_everything, set_rng_state
 from nnunet_nas.nnunet.search_network import SearchNetwork, unwrap_network
+from nnunet_nas.nnunet.search_state import SEARCH_STATE_KEY, differing_settings, read_checkpoint
 from nnunet_nas.patch import round_up_patch
 from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import SearchMethod, get_method
@@ -44,7 +46,6 @@ from nnunet_nas.strategies.base import SearchProgress, SearchStrategy
 from nnunet_nas.strategies.jsd_pruning import JSDStabilityPruning, calibration_note
 from nnunet_nas.strategies.pruning import prune_search_network, rebuild_optimizer
 
-SEARCH_STATE_KEY = "nnunet_nas_search_state"
 ADAM_DEFAULT_LR = 1e-3
 
 
@@ -64,8 +65,10 @@ class NASSearchTrainer(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        install_excepthook(type(self).__name__)  # a user error ends nnUNetv2_train's output with its one line
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.method, self.cfg = self.method_and_config()
+        self.check_inputs()
         self.num_epochs = self.num_epochs_default
         self.num_iterations_per_epoch = self.iterations_per_epoch or self.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = self.val_iterations_per_epoch or self.num_val_iterations_per_epoch
@@ -97,6 +100,16 @@ class NASSearchTrainer(nnUNetTrainer):
             raise TypeError(f"{cls.__name__}: search_config is a {type(cfg).__name__}, method {method.name!r} needs "
                             f"a {method.config_class.__name__}.")
         return method, cfg
+
+    def check_inputs(self) -> None:
+        """What the search and its export hours later need, checked before the first step: every config field, the
+        op set's dimensionality, and the environment, plans, base configuration and name of the export."""
+        from nnunet_nas.nnunet.export import check_export_inputs
+        dims = len(self.configuration_manager.patch_size)
+        self.cfg.validate(spatial_dims=dims, source=f"{type(self).__name__}.search_config")
+        self.method.op_set_for(self.cfg, dims)
+        check_export_inputs(self.plans_manager.dataset_name, self.plans_manager.plans_name, self.configuration_name,
+                            self.method, self.cfg)
 
     def build_strategies(self) -> List[SearchStrategy]:
         """The method's strategies for this config, plus JSD stability pruning where the config asks for it (a
@@ -186,7 +199,8 @@ class NASSearchTrainer(nnUNetTrainer):
         try:
             net.supernet.load_host_weights(weights, source=path)
         except ValueError as e:
-            raise ValueError(f"{e} Command: nnUNetv2_train {dataset} {self.configuration_name} {self.fold}") from None
+            raise InputFileError(f"{e} Command: nnUNetv2_train {dataset} {self.configuration_name} {self.fold}") \
+                from None
         for p in net.supernet.host_parameters():
             p.requires_grad_(False)
         self.host_checkpoint = path
@@ -201,6 +215,8 @@ class NASSearchTrainer(nnUNetTrainer):
         if self.is_ddp and isinstance(self.network, DDP) and not self.network.find_unused_parameters:
             self._wrap_ddp(self.network.module)  # the weight step reads alpha without gradient
         net = self._unwrap()
+        if self.method.check_search is not None:
+            self.method.check_search(net, self.cfg)
         net.weighting.seed(self.search_seed + self._fold_seed())  # the same on every rank: same sampled ops
         self.arch_optimizer = make_arch_optimizer(net.arch_parameters(), self.cfg)
 
@@ -430,16 +446,19 @@ class NASSearchTrainer(nnUNetTrainer):
                                f"{name} {self.fold}")
 
     # ------------------------------------------------------------------ checkpoints
+    def _search_settings(self) -> dict:
+        """What defines the search space and its search: method, op set, config."""
+        return {"method": self.method.name, "search_config": self.cfg.to_dict(),
+                "op_set": self.method.op_set_for(self.cfg, len(self.configuration_manager.patch_size))}
+
     def _search_state(self) -> dict:
         net = self._unwrap()
         return {
-            "method": self.method.name,
-            "op_set": self.method.op_set_for(self.cfg, len(self.configuration_manager.patch_size)),
+            **self._search_settings(),
             "arch_optimizer": self.arch_optimizer.state_dict(),
             "arch_grad_scaler": self.arch_grad_scaler.state_dict() if self.arch_grad_scaler is not None else None,
             "arch_steps_done": self.arch_steps_done,
             "arch_history": self.arch_history,
-            "search_config": self.cfg.to_dict(),
             "weighting": net.weighting.state_dict(),
             "strategies": [s.state_dict() for s in self.strategies],
             "stopped_early": self.stopped_early,
@@ -452,16 +471,22 @@ class NASSearchTrainer(nnUNetTrainer):
             return super().save_checkpoint(filename)
         with atomic_path(filename) as tmp:  # an interrupted save never corrupts the previous checkpoint
             super().save_checkpoint(tmp)
-            checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
+            checkpoint = read_checkpoint(tmp)
             checkpoint[SEARCH_STATE_KEY] = self._search_state()
             torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint(filename_or_checkpoint)
         state = checkpoint.get(SEARCH_STATE_KEY)
-        if state is None:
-            raise RuntimeError(f"{filename_or_checkpoint} holds no architecture-search state: it was not written by "
-                               f"{type(self).__name__}. Resume a search only from its own checkpoints.")
+        if not isinstance(state, dict):
+            raise InputFileError(f"{filename_or_checkpoint} holds no architecture-search state: it was not written by "
+                                 f"{type(self).__name__}. Resume a search only from its own checkpoints.")
+        differing = differing_settings(state, self._search_settings())
+        if differing:
+            raise ConfigError(f"{filename_or_checkpoint} was written by a search with other settings than "
+                              f"{type(self).__name__}'s, so --c cannot resume it: {'; '.join(differing)}. Resume with "
+                              f"the trainer that wrote it (-tr {checkpoint.get('trainer_name')}), or start a new "
+                              f"search without --c.")
         if not self.was_initialized:
             self.initialize()
         alive = next((v for k, v in checkpoint["network_weights"].items() if k.endswith("arch.alive_ops")), None)

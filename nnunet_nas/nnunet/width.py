@@ -82,6 +82,7 @@ def planned_network_elements(plans_path: str, base_config: str, input_channels: 
     nnU-Net trains it), at that configuration's patch size."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunet_nas.nnunet.plans_io import PlansError
     cm = PlansManager(plans_path).get_configuration(base_config)
     try:
         return conv_output_elements(
@@ -90,6 +91,6 @@ def planned_network_elements(plans_path: str, base_config: str, input_channels: 
                                            allow_init=False, deep_supervision=True),
             input_channels, cm.patch_size)
     except Exception as e:  # noqa: BLE001 - whatever the planned class does, the user's fix is the same
-        raise ValueError(f"cannot build the network planned for configuration {base_config!r} "
+        raise PlansError(f"cannot build the network planned for configuration {base_config!r} "
                          f"({cm.network_arch_class_name}: {type(e).__name__}: {e}) to fit the exported width to it; "
                          f"pass an explicit --channel-mul.") from None

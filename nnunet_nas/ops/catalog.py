@@ -23,6 +23,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from torch import nn
 
+from nnunet_nas.errors import ConfigError
 from nnunet_nas.ops.conv import (DINTS_STYLE, SCNAS_STYLE, ActConvNorm, FactorizedConv, FactorizedIncrease,
                                  FactorizedReduce, OpStyle, SepConv)
 from nnunet_nas.ops.pooling import Pool, Zero, skip_op
@@ -198,7 +199,7 @@ def get_op_set(name: str) -> OpSet:
     try:
         return OP_SETS[name]
     except KeyError:
-        raise ValueError(f"Unknown op set {name!r}; known op sets: {sorted(OP_SETS)}.") from None
+        raise ConfigError(f"Unknown op set {name!r}; known op sets: {sorted(OP_SETS)}.") from None
 
 
 def op_set(name: str) -> Tuple[OpSpec, ...]:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nnunet_nas.errors import ConfigError
 from nnunet_nas.ops.conv import DINTS_STYLE, OpStyle, conv_nd
 
 NUM_HEADS = 8  # [paper]
@@ -51,9 +52,9 @@ def resolve_token_grid(token_grid: TokenGrid, spatial_dims: int, feature_shape: 
         return tuple(min(TOKEN_GRID, int(s)) for s in feature_shape)
     grid = (int(token_grid),) * spatial_dims if isinstance(token_grid, int) else tuple(int(g) for g in token_grid)
     if len(grid) != spatial_dims or min(grid) < 1:
-        raise ValueError(f"token grid {token_grid!r}: give one positive extent, or {spatial_dims} of them.")
+        raise ConfigError(f"token grid {token_grid!r}: give one positive extent, or {spatial_dims} of them.")
     if feature_shape is not None and any(g > int(s) for g, s in zip(grid, feature_shape)):
-        raise ValueError(f"the token grid {'x'.join(map(str, grid))} is larger than the feature map "
+        raise ConfigError(f"the token grid {'x'.join(map(str, grid))} is larger than the feature map "
                          f"{'x'.join(str(int(s)) for s in feature_shape)} it reads; use token_grid=None (auto: "
                          f"min({TOKEN_GRID}, extent) per axis), a smaller token_grid, or a larger patch.")
     return grid
@@ -102,7 +103,7 @@ class TransformerOp(nn.Module):
                  style: OpStyle = DINTS_STYLE, token_grid: TokenGrid = TOKEN_GRID, num_heads: int = NUM_HEADS):
         super().__init__()
         if out_channels % num_heads:
-            raise ValueError(f"TransformerOp: {out_channels} channels are not divisible by {num_heads} attention "
+            raise ConfigError(f"TransformerOp: {out_channels} channels are not divisible by {num_heads} attention "
                              f"heads; use a channel count that is a multiple of {num_heads} (a wider channel_mul) or "
                              f"fewer heads.")
         if stride not in (1, 2):

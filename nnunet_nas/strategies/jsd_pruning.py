@@ -58,10 +58,13 @@ class JSDRule:
         threshold = kwargs.pop("threshold", cls.threshold)
         return cls(threshold=threshold * (arch_lr / CALIBRATION_ARCH_LR) ** 2, **kwargs)
 
-    def __post_init__(self):
-        if self.window < 1 or self.top_k < 1 or self.threshold < 0 or not 0 < self.gamma <= 1 or self.temperature <= 0:
-            raise ValueError(f"JSDRule: need window >= 1, top_k >= 1, threshold >= 0, 0 < gamma <= 1 and a positive "
-                             f"temperature; got {self}.")
+    def validate(self, source: str = "JSDRule") -> "JSDRule":
+        """One :class:`~nnunet_nas.errors.ConfigError` naming the first field out of range (checked when a search
+        starts, not when the rule is created)."""
+        from nnunet_nas.config import JSD_RULES
+        from nnunet_nas.config_rules import check_fields
+        check_fields(self, JSD_RULES, source)
+        return self
 
 
 def js_divergence(p, q) -> float:
