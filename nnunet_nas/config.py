@@ -142,7 +142,7 @@ class DiNTSSearchConfig(SearchConfig):
     # 2 * channel_mul is the paper's literal "twice the search filters" [paper 4.1]
     export_channel_mul: Optional[float] = None
     memory_budget: float = 0.8  # sigma of Eq. 10 [paper]: a share of memory_reference
-    memory_reference: str = "max_discrete"  # [ours] largest discrete architecture; "paper": Eq. 9's M_a, see README
+    memory_reference: str = "max_discrete"  # [ours] largest discrete architecture; "paper": Eq. 9's M_a, see documentation/dints.md
     # Eq. 10 holds the ratio at sigma from both sides [paper]; "upper": only memory above sigma costs (a cap)
     memory_penalty: str = "two_sided"
     topology_weight: float = 0.001  # lambda of Eq. 11 [paper]

@@ -1,53 +1,21 @@
+"""Fixtures: the tiny planned dataset (nnU-Net's real planning in a subprocess) and a finished tiny search on it.
+A test that uses them, directly or through another fixture, runs real nnU-Net subprocesses and is marked ``e2e``."""
+
 import os
-import shutil
-import subprocess
 
 import pytest
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-SHARED = os.path.join(os.path.dirname(REPO), "shared")
-TEST_TRAINERS = os.path.join(HERE, "fixtures", "trainers")
-DATASET_ID = 991
-DATASET_NAME = "Dataset991_NASDemo"
+from helpers import DATASET_ID, copy_work, nnunet_env, run_cli, search_on_copy
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+E2E_FIXTURES = ("planned_dataset", "fresh_dataset", "dints_search")
 
 
-def nnunet_env(root: str) -> dict:
-    from nnunet_nas.nnunet.environment import nnunet_env as env_for
-    return env_for(root, [TEST_TRAINERS], n_proc_DA=0, OMP_NUM_THREADS="2")
-
-
-def run_cli(cmd, env, timeout=900, check=True):
-    """Run a real nnU-Net / nnunet-nas entry point in a subprocess; on failure show its output tail."""
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
-    return p
-
-
-def run_search(env, trainer, extra=(), crash_after=None):
-    """``nnUNetv2_train DATASET 3d_fullres 0 -tr trainer -device cpu``; with ``crash_after=k`` the test trainers
-    die right after epoch k (as a killed job would) and the exit code is left to the caller."""
-    env = dict(env)
-    if crash_after is not None:
-        env["NAS_TEST_CRASH_AFTER_EPOCH"] = str(crash_after)
-    return run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu", *extra],
-                   env, check=crash_after is None)
-
-
-def fold_folder(env, trainer, config="3d_fullres"):
-    """nnU-Net's fold-0 output folder of ``trainer`` on the tiny dataset."""
-    return os.path.join(env["nnUNet_results"], DATASET_NAME, f"{trainer}__nnUNetPlans__{config}", "fold_0")
-
-
-def search_on_copy(planned_dataset, root, trainer):
-    """``(env, completed process)`` of one search on a private copy of the planned dataset in ``root``."""
-    shutil.copytree(planned_dataset[0], root, dirs_exist_ok=True)
-    env = nnunet_env(root)
-    return env, run_search(env, trainer)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in E2E_FIXTURES):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +35,8 @@ def planned_dataset(tmp_path_factory):
 @pytest.fixture
 def fresh_dataset(planned_dataset, tmp_path):
     """A private copy of the planned dataset (plans and results may be modified by the test)."""
-    root, _ = planned_dataset
     new = str(tmp_path / "nnunet")
-    shutil.copytree(root, new)
-    return new, nnunet_env(new)
+    return new, copy_work(planned_dataset[0], new)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import pytest
 import torch
 
-from conftest import DATASET_NAME, nnunet_env, run_cli
+from helpers import DATASET_NAME, copy_work, run_cli
 from nnunet_nas import cli
 from nnunet_nas.config import DASTSearchConfig, DiNTSSearchConfig, IACSearchConfig, SCNASSearchConfig, SearchConfig
 from nnunet_nas.errors import ConfigError
@@ -152,18 +152,18 @@ def genotype_file(w, change: Optional[Callable] = None, raw: Optional[str] = Non
     return w.file("genotype.json", json.dumps(d))
 
 
-def iac_genotype_file(w):
-    g = CellGenotype.from_edge_ops("darts_3d", {"fusion": ["skip", "sep_conv_3", "skip", "dil_conv_3", "skip"]},
-                                   num_nodes=2, provenance={"method": "iac"})
-    return w.file("iac_genotype.json", json.dumps(g.to_dict()))
-
-
-def cell_genotype_file(w, change):
+def cell_genotype_file(w, change=None):
+    """An IAC genotype (one shared 'fusion' cell of 2 nodes), with ``change(dict)`` applied."""
     g = CellGenotype.from_edge_ops("darts_3d", {"fusion": ["skip", "sep_conv_3", "skip", "dil_conv_3", "skip"]},
                                    num_nodes=2, provenance={"method": "iac"})
     d = g.to_dict()
-    change(d)
+    if change is not None:
+        change(d)
     return w.file("cell_genotype.json", json.dumps(d))
+
+
+def iac_genotype_file(w):
+    return cell_genotype_file(w)
 
 
 def monai_json(w, change=None):
@@ -546,8 +546,7 @@ def test_op_set_of_another_dimensionality_is_refused():
 def search_env(dints_search, tmp_path):
     """The finished search's full copy (preprocessed cases included) for real nnUNetv2_train runs."""
     root = str(tmp_path / "nnunet")
-    shutil.copytree(dints_search[0], root)
-    return root, nnunet_env(root)
+    return root, copy_work(dints_search[0], root)
 
 
 TRAINER_CASES = [

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import DATASET_ID, DATASET_NAME, fold_folder, run_cli, search_on_copy
+from helpers import DATASET_ID, DATASET_NAME, fold_folder, run_cli, search_on_copy
 from nnunet_nas.genotypes.grid import GridGenotype
 
 SEARCH = "nnUNetTrainerDASTSearchTest"

@@ -8,6 +8,7 @@ on each rank, architecture steps with Adam, weight steps with alpha frozen.
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -17,6 +18,8 @@ from nnunet_nas.arch.weighting import GridEdgeOpWeighting
 from nnunet_nas.networks.dints_net import DiNTSNet
 from nnunet_nas.nnunet.search_network import SearchNetwork
 from nnunet_nas.strategies.base import SearchProgress
+
+pytestmark = pytest.mark.ddp
 
 
 def _start(rank, world, port):
@@ -109,9 +112,9 @@ def _fixed_network_worker(rank, world, port):
     from nnunet_nas.genotypes.monai_compat import load_monai_file
     from nnunet_nas.nnunet.export import architecture_block
     from nnunet_nas.registry import get_method
-    from conftest import SHARED
+    from helpers import CVPR_JSON
     _start(rank, world, port)
-    genotype = load_monai_file(f"{SHARED}/reference/dints_arch_code_cvpr.json")  # input level 3 unread
+    genotype = load_monai_file(CVPR_JSON)  # input level 3 unread
     arch = architecture_block(get_method("dints"), genotype, 0.0625)
     net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 2,
                                  allow_init=True, deep_supervision=True)
@@ -174,9 +177,7 @@ def _iac_worker(rank, world, port, out):
     """IAC search steps under DDP with the host frozen (requires_grad off before wrapping, as the trainer does):
     alpha, beta and the cells stay identical on every rank, the host is untouched, the JSD rule prunes the same ops
     on every rank; then the exported network (host + fixed cells) under nnU-Net's DDP wrapping."""
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "contract"))
-    from tiny_configs import TINY_CONFIGS, tiny_planned
+    from helpers import TINY_CONFIGS, tiny_planned
     from nnunet_nas.arch.weighting import EdgeNormalisedWeighting
     from nnunet_nas.methods.iac import build_arch_params, build_supernet, discretize, fixed_network_kwargs
     from nnunet_nas.networks.iac_net import IACUNet

@@ -9,14 +9,13 @@ import torch
 from nnunet_nas.genotypes.monai_compat import from_monai_codes, load_monai_file, to_monai_codes
 from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.genotypes.schema import GenotypeError
-from conftest import SHARED
+from helpers import CVPR_JSON
 
-CVPR = f"{SHARED}/reference/dints_arch_code_cvpr.json"
 
 
 @pytest.fixture
 def cvpr():
-    return load_monai_file(CVPR)
+    return load_monai_file(CVPR_JSON)
 
 
 def test_published_architecture_facts(cvpr):
@@ -43,7 +42,7 @@ def test_dict_and_file_round_trips(cvpr, tmp_path):
 
 def test_monai_round_trip(cvpr, tmp_path):
     node_a, code_a, code_c = to_monai_codes(cvpr)
-    raw = json.load(open(CVPR))
+    raw = json.load(open(CVPR_JSON))
     np.testing.assert_array_equal(node_a, raw["node_a"])
     np.testing.assert_array_equal(code_a, raw["arch_code_a"])
     on = np.asarray(raw["arch_code_a"]).astype(bool)

@@ -241,6 +241,7 @@ def _check_against_monai(space, edge, ops):
         np.testing.assert_array_equal(g, e, err_msg=name)
 
 
+@pytest.mark.monai
 @pytest.mark.parametrize("num_depths,num_blocks,draws", [(2, 6, 30), (3, 5, 14)])
 def test_decode_matches_monai_random(num_depths, num_blocks, draws):
     space = _monai_space(num_depths, num_blocks)
@@ -249,6 +250,7 @@ def test_decode_matches_monai_random(num_depths, num_blocks, draws):
         _check_against_monai(space, edge, ops)
 
 
+@pytest.mark.monai
 @pytest.mark.parametrize("num_depths,num_blocks", [(2, 5), (3, 4)])
 @pytest.mark.parametrize("kind", ["zeros", "integers", "constant_per_block"])
 def test_decode_matches_monai_on_exact_ties(num_depths, num_blocks, kind):
@@ -266,6 +268,7 @@ def test_decode_matches_monai_on_exact_ties(num_depths, num_blocks, kind):
         _check_against_monai(space, edge, ops)
 
 
+@pytest.mark.monai
 def test_decode_matches_monai_d4():
     # MONAI's D=4 decode takes ~20 s (string-keyed loop over 250k pattern pairs): a single draw
     space = _monai_space(4, 3)

@@ -164,6 +164,7 @@ def _monai_space(num_depths, num_blocks):
     return nets.TopologySearch(channel_mul=0.1, num_blocks=num_blocks, num_depths=num_depths, use_downsample=True)
 
 
+@pytest.mark.monai
 @pytest.mark.parametrize("num_depths,num_blocks,draws", [(2, 5, 6), (3, 4, 4), (4, 3, 2)])
 def test_against_monai(num_depths, num_blocks, draws):
     space = _monai_space(num_depths, num_blocks)

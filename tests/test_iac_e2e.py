@@ -4,12 +4,11 @@ pruning and early stop; the missing-model error."""
 
 import json
 import os
-import shutil
 
 import pytest
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, nnunet_env, run_cli
+from helpers import DATASET_ID, DATASET_NAME, copy_work, run_cli
 from nnunet_nas.genotypes.cell import CellGenotype
 
 HOST = "nnUNetTrainerNASTest"  # the "baseline" nnU-Net model (default trainer, tiny schedule)
@@ -35,8 +34,7 @@ def _weights(path):
 def host(planned_dataset, tmp_path_factory):
     """A copy of the planned dataset with a trained 2d model (the host) in nnUNet_results."""
     root = str(tmp_path_factory.mktemp("iac"))
-    shutil.copytree(planned_dataset[0], root, dirs_exist_ok=True)
-    env = nnunet_env(root)
+    env = copy_work(planned_dataset[0], root)
     _train(env, CONFIG, HOST)
     return env
 
@@ -48,9 +46,7 @@ def searched(host):
 
 
 def test_search_without_a_trained_model_names_the_command_to_run_first(planned_dataset, tmp_path):
-    root = str(tmp_path / "nnunet")
-    shutil.copytree(planned_dataset[0], root)
-    p = _train(nnunet_env(root), CONFIG, IAC, check=False)
+    p = _train(copy_work(planned_dataset[0], str(tmp_path / "nnunet")), CONFIG, IAC, check=False)
     assert p.returncode != 0
     assert f"Train it first: nnUNetv2_train {DATASET_NAME} {CONFIG} 0 -tr {HOST}" in p.stdout + p.stderr
 

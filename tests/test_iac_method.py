@@ -12,7 +12,8 @@ from nnunet_nas.arch.params import CellEdgeArchParams
 from nnunet_nas.arch.weighting import EdgeNormalisedWeighting
 from nnunet_nas.config import DiNTSSearchConfig, IACSearchConfig, SCNASSearchConfig
 from nnunet_nas.errors import ConfigError
-from nnunet_nas.methods.iac import discretize, discretize_cell, edge_scores
+from nnunet_nas.discretize.cell import edge_scores, top_edges_cell
+from nnunet_nas.methods.iac import discretize
 from nnunet_nas.nnunet.host import HOST_ENV, find_host_checkpoint, load_host_checkpoint
 from nnunet_nas.ops.catalog import op_names
 from nnunet_nas.strategies.jsd_pruning import JSDRule
@@ -36,30 +37,30 @@ def test_pc_darts_rule_keeps_the_two_strongest_incoming_edges_with_their_best_no
     edges = np.array([0.5, 0.5, 0.2, 0.7, 0.1])
     # scores = max non-zero prob x edge weight: edge 2 0.6*0.2=0.12, edge 3 0.05*0.7=0.035, edge 4 0.5*0.1=0.05
     np.testing.assert_allclose(edge_scores(probs, edges, NAMES)[2:], [0.12, 0.035, 0.05])
-    ops = discretize_cell(probs, edges, "darts_2d", 2, edges_per_node=2, max_parameter_free_ops=None)
+    ops = top_edges_cell(probs, edges, "darts_2d", 2, edges_per_node=2, max_parameter_free_ops=None)
     assert ops == ["sep_conv_3", "dil_conv_5", "sep_conv_5", None, "dil_conv_3"]  # zero is never chosen
     # an edge pruned down to "zero" alone is dropped even where its node could keep two
     zero_only = probs.copy()
     zero_only[0] = np.eye(len(NAMES))[NAMES.index("zero")]
-    assert discretize_cell(zero_only, edges, "darts_2d", 2, 2, None)[:2] == [None, "dil_conv_5"]
+    assert top_edges_cell(zero_only, edges, "darts_2d", 2, 2, None)[:2] == [None, "dil_conv_5"]
     # one edge per node: the strongest only
-    assert discretize_cell(probs, edges, "darts_2d", 2, 1, None) == [None, "dil_conv_5", "sep_conv_5", None, None]
+    assert top_edges_cell(probs, edges, "darts_2d", 2, 1, None) == [None, "dil_conv_5", "sep_conv_5", None, None]
 
 
 def test_the_cap_on_parameter_free_ops_swaps_the_weakest_ones_for_their_best_op_with_parameters():
     probs = _probs([{"skip": 0.6, "sep_conv_5": 0.2}, {"skip": 0.5, "dil_conv_3": 0.3},
                     {"max_pool_3": 0.7, "sep_conv_3": 0.1}, {"skip": 0.4, "dil_conv_5": 0.35}, {"sep_conv_3": 0.9}])
     edges = np.array([0.5, 0.5, 0.45, 0.45, 0.1])  # node 1 keeps edges 2 (0.315) and 3 (0.18), not 4 (0.09)
-    free = discretize_cell(probs, edges, "darts_2d", 2, 2, None)
+    free = top_edges_cell(probs, edges, "darts_2d", 2, 2, None)
     assert free == ["skip", "skip", "max_pool_3", "skip", None]
     # four parameter-free ops, cap 2: the two weakest (skip 0.4 on edge 3, skip 0.5 on edge 1) change
-    assert discretize_cell(probs, edges, "darts_2d", 2, 2, 2) == ["skip", "dil_conv_3", "max_pool_3", "dil_conv_5",
+    assert top_edges_cell(probs, edges, "darts_2d", 2, 2, 2) == ["skip", "dil_conv_3", "max_pool_3", "dil_conv_5",
                                                                   None]
     # a pruned edge without any op with parameters keeps its op: the cap yields to the pruned set
     pruned = probs.copy()
     pruned[3, [NAMES.index(n) for n in NAMES if n.startswith(("sep", "dil"))]] = 0.0
     pruned[3] /= pruned[3].sum()
-    capped = discretize_cell(pruned, edges, "darts_2d", 2, 2, 2)
+    capped = top_edges_cell(pruned, edges, "darts_2d", 2, 2, 2)
     assert capped[3] == "skip" and capped[1] == "dil_conv_3" and capped[0] == "sep_conv_5"
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED
+from helpers import CVPR_JSON
 from nnunet_nas.arch.memory import GridMemoryModel, estimate_training_memory_bytes, network_feature_map_size
 from nnunet_nas.genotypes.grid import GridGenotype
 
@@ -25,6 +25,7 @@ def _rand_logits(L, E, N, seed):
         torch.randn(L, E, N, generator=g, dtype=torch.float64) * 1.5
 
 
+@pytest.mark.monai
 def test_matches_monai_expected_memory_times_two():
     nets = pytest.importorskip("monai.networks.nets")
     with contextlib.redirect_stdout(io.StringIO()):  # MONAI prints a patch-size hint
@@ -184,7 +185,7 @@ def test_published_architecture_estimate_matches_what_autograd_keeps():
     from nnunet_nas.genotypes.monai_compat import load_monai_file
     from nnunet_nas.methods.dints import fixed_network_kwargs
     from nnunet_nas.networks.dints_net import DiNTSNet
-    g = load_monai_file(f"{SHARED}/reference/dints_arch_code_cvpr.json")
+    g = load_monai_file(CVPR_JSON)
     net = DiNTSNet(1, 2, deep_supervision=True, **fixed_network_kwargs(g, 0.125))
     measured = saved_activation_elements(net, torch.randn(1, 1, 64, 64, 64))
     assert abs(net.compute_conv_feature_map_size([64] * 3) / measured - 1) <= MEASURED_TOLERANCE

@@ -11,9 +11,8 @@ from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.networks.dints_net import DiNTSNet
 from nnunet_nas.nnunet.search_network import SearchNetwork
 from nnunet_nas.ops.catalog import op_names
-from conftest import SHARED
+from helpers import CVPR_JSON, CVPR_PTH
 
-CVPR_JSON = f"{SHARED}/reference/dints_arch_code_cvpr.json"
 
 
 def _params(m):
@@ -44,7 +43,7 @@ def test_published_architecture_has_monais_parameter_count_less_the_unread_stem(
 
 
 def test_pth_and_json_reference_agree():
-    assert load_monai_file(CVPR_JSON).to_dict()["edges"] == load_monai_file(CVPR_JSON[:-4] + "pth").to_dict()["edges"]
+    assert load_monai_file(CVPR_JSON).to_dict()["edges"] == load_monai_file(CVPR_PTH).to_dict()["edges"]
 
 
 @pytest.mark.parametrize("dims", [2, 3])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, fold_folder, run_cli, run_search
+from helpers import DATASET_ID, DATASET_NAME, copy_work, fold_folder, run_cli, run_search
 from nnunet_nas.genotypes.grid import GridGenotype
 
 SEARCH = "nnUNetTrainerDiNTSSearchTest"
@@ -27,11 +27,8 @@ def _search(env, extra=(), crash_after=None):
 @pytest.fixture(scope="module")
 def searched(dints_search, tmp_path_factory):
     """One finished tiny search on a private copy of the dataset (shared by the tests of this module)."""
-    import shutil
-    from conftest import nnunet_env
     root = str(tmp_path_factory.mktemp("searched"))
-    shutil.copytree(dints_search[0], root, dirs_exist_ok=True)
-    return nnunet_env(root), dints_search[1]
+    return copy_work(dints_search[0], root), dints_search[1]
 
 
 def test_search_exports_a_dropin_configuration(searched):
@@ -106,15 +103,12 @@ def test_exported_configuration_trains_predicts_and_ensembles_with_stock_nnunet(
 
 
 def test_resume_after_kill_gives_the_uninterrupted_result(searched, planned_dataset, tmp_path):
-    import shutil
-    from conftest import nnunet_env
     env_done, _ = searched
     reference = GridGenotype.load(os.path.join(fold_folder(env_done, SEARCH), "dints_genotype.json"))
     ref_ckpt = torch.load(os.path.join(fold_folder(env_done, SEARCH), "checkpoint_final.pth"), map_location="cpu",
                           weights_only=False)
     root = str(tmp_path / "resume")
-    shutil.copytree(planned_dataset[0], root)
-    env = nnunet_env(root)
+    env = copy_work(planned_dataset[0], root)
     killed = _search(env, crash_after=2)  # dies after epoch 2 (the first epoch with architecture steps)
     assert killed.returncode == 17
     assert os.path.isfile(os.path.join(fold_folder(env, SEARCH), "checkpoint_latest.pth"))

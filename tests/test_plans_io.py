@@ -9,7 +9,7 @@ from nnunet_nas.genotypes.monai_compat import load_monai_file
 from nnunet_nas.nnunet.export import architecture_block, register_searched_configuration
 from nnunet_nas.registry import get_method
 from nnunet_nas.nnunet.plans_io import PlansError, free_configuration_name, load_plans, register_configuration
-from conftest import SHARED
+from helpers import CVPR_JSON
 
 DINTS = get_method("dints")
 
@@ -25,7 +25,7 @@ def plans_path(tmp_path):
 
 
 def test_register_adds_an_inheriting_configuration_with_adjusted_patch(plans_path):
-    g = load_monai_file(f"{SHARED}/reference/dints_arch_code_cvpr.json")
+    g = load_monai_file(CVPR_JSON)
     name = register_searched_configuration(plans_path, "3d_fullres", DINTS, g, 0.5, log=lambda *a: None)
     plans = json.load(open(plans_path))
     c = plans["configurations"][name]
@@ -62,7 +62,7 @@ def test_bad_names_and_bases(plans_path):
 
 
 def test_architecture_block_is_json_serialisable():
-    g = load_monai_file(f"{SHARED}/reference/dints_arch_code_cvpr.json")
+    g = load_monai_file(CVPR_JSON)
     block = architecture_block(DINTS, g, 1.0)
     assert json.loads(json.dumps(block)) == block
 

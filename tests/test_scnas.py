@@ -10,7 +10,8 @@ from nnunet_nas.arch.params import CellArchParams
 from nnunet_nas.arch.weighting import GumbelPairWeighting, SampledOpWeights
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.genotypes.schema import GenotypeError, genotype_from_dict
-from nnunet_nas.methods.scnas import discretize, discretize_cell
+from nnunet_nas.discretize.cell import argmax_cell
+from nnunet_nas.methods.scnas import discretize
 from nnunet_nas.networks.scnas_net import CELL_TYPES, SCNASNet
 from nnunet_nas.ops.catalog import op_names
 from nnunet_nas.spaces.cell import Cell, cell_edges
@@ -200,10 +201,10 @@ def test_discretisation_zero_disconnects_and_no_node_is_left_without_input():
     probs[:, z] = 0.9  # every edge prefers zero
     probs[3, NAMES.index("skip")] = 0.5  # node 1's best non-zero option is edge 3 (s1 -> node 1): skip
     probs[0, NAMES.index("avg_pool_3")] = 0.3  # node 0's: edge 0 (s0 -> node 0): avg_pool_3
-    ops = discretize_cell(probs, NAMES, num_nodes=2)
+    ops = argmax_cell(probs, NAMES, num_nodes=2)
     assert ops == ["avg_pool_3", None, None, "skip", None]
     probs[4, NAMES.index("conv_3x3")] = 0.95  # edge 4 (node 0 -> node 1) now beats zero
-    assert discretize_cell(probs, NAMES, num_nodes=2) == ["avg_pool_3", None, None, None, "conv_3x3"]
+    assert argmax_cell(probs, NAMES, num_nodes=2) == ["avg_pool_3", None, None, None, "conv_3x3"]
 
 
 def test_genotype_round_trips_and_bad_genotypes_get_one_clear_error(tmp_path):

@@ -3,12 +3,11 @@
 import json
 import os
 import re
-import shutil
 
 import pytest
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, fold_folder, nnunet_env, run_cli, run_search, search_on_copy
+from helpers import DATASET_ID, DATASET_NAME, copy_work, fold_folder, run_cli, run_search, search_on_copy
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.ops.catalog import op_names
 
@@ -47,22 +46,6 @@ def test_search_writes_genotype_pictures_and_a_dropin_configuration(searched, tm
     assert len([f for f in os.listdir(tmp_path / "out") if f.endswith(".nii.gz")]) == 2
 
 
-def test_resumed_search_samples_as_the_uninterrupted_one(searched, planned_dataset, tmp_path):
-    env_done, _ = searched
-    ref = torch.load(os.path.join(fold_folder(env_done, SEARCH), "checkpoint_final.pth"), map_location="cpu",
-                     weights_only=False)
-    root = str(tmp_path / "resume")
-    shutil.copytree(planned_dataset[0], root)
-    env = nnunet_env(root)
-    assert run_search(env, SEARCH, crash_after=1).returncode == 17
-    run_search(env, SEARCH, ("--c",))
-    ckpt = torch.load(os.path.join(fold_folder(env, SEARCH), "checkpoint_final.pth"), map_location="cpu",
-                      weights_only=False)
-    assert torch.equal(ckpt["network_weights"]["arch.op_logits"], ref["network_weights"]["arch.op_logits"])
-    state, ref_state = ckpt["nnunet_nas_search_state"], ref["nnunet_nas_search_state"]
-    assert torch.equal(state["weighting"]["generator"], ref_state["weighting"]["generator"])
-
-
 def test_found_cells_transfer_to_another_planned_dataset(searched):
     """The paper's transfer (brain tumour -> heart, lung): the genotype is registered on a second dataset, whose
     stem the network builds for that dataset's input channels, and nnU-Net trains it there."""
@@ -88,8 +71,7 @@ def test_jsd_stability_prunes_and_stops_the_scnas_search(planned_dataset, tmp_pa
     strategy state in the checkpoint, and the export of the stopped search."""
     trainer = "nnUNetTrainerSCNASSearchJSDTest"
     root = str(tmp_path / "jsd")
-    shutil.copytree(planned_dataset[0], root)
-    env = nnunet_env(root)
+    env = copy_work(planned_dataset[0], root)
     log = run_search(env, trainer).stdout
     assert "search stopped early at epoch 1" in log and "jsd_max_score" in log
     pruned = re.search(r"operation pruning: (\d+) candidate ops pruned, (\d+) op modules removed", log)
@@ -116,8 +98,7 @@ def test_jsd_pruning_resumes_to_the_uninterrupted_search(planned_dataset, tmp_pa
     final = {}
     for run in ("full", "resumed"):
         root = str(tmp_path / run)
-        shutil.copytree(planned_dataset[0], root)
-        env = nnunet_env(root)
+        env = copy_work(planned_dataset[0], root)
         if run == "resumed":
             assert run_search(env, trainer, crash_after=1).returncode == 17
             run_search(env, trainer, ("--c",))

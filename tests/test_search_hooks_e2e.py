@@ -4,11 +4,10 @@ the export, early stopping ends the run cleanly with a final checkpoint and an e
 pruning resumes to the uninterrupted result."""
 
 import os
-import shutil
 
 import torch
 
-from conftest import DATASET_NAME, nnunet_env, run_search
+from helpers import DATASET_NAME, copy_work, run_search
 from nnunet_nas.genotypes.grid import GridGenotype
 
 HOOKS = "nnUNetTrainerSearchHooksTest"
@@ -22,13 +21,8 @@ def _search(env, extra=(), crash_after=None):
     return run_search(env, HOOKS, extra, crash_after)
 
 
-def _copy(planned_dataset, path):
-    shutil.copytree(planned_dataset[0], str(path))
-    return nnunet_env(str(path))
-
-
 def test_hooks_prune_freeze_stop_and_resume(planned_dataset, tmp_path):
-    env = _copy(planned_dataset, tmp_path / "full")
+    env = copy_work(planned_dataset[0], str(tmp_path / "full"))
     out = _search(env)
     fold = _fold(env)
     log = out.stdout
@@ -50,7 +44,7 @@ def test_hooks_prune_freeze_stop_and_resume(planned_dataset, tmp_path):
     assert not os.path.isfile(os.path.join(fold, "checkpoint_latest.pth"))
 
     # killed after the pruning epoch, resumed with --c: the same architecture parameters as uninterrupted
-    env2 = _copy(planned_dataset, tmp_path / "resumed")
+    env2 = copy_work(planned_dataset[0], str(tmp_path / "resumed"))
     assert _search(env2, crash_after=2).returncode == 17
     _search(env2, extra=("--c",))
     resumed = torch.load(os.path.join(_fold(env2), "checkpoint_final.pth"), map_location="cpu", weights_only=False)

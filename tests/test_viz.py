@@ -13,7 +13,7 @@ from nnunet_nas.genotypes.grid import GridGenotype  # noqa: E402
 from nnunet_nas.viz import plot_arch_trajectories, plot_grid_genotype  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PUBLISHED = "/work/shared/reference/dints_arch_code_cvpr.json"
+from helpers import CVPR_JSON as PUBLISHED  # noqa: E402
 
 
 def _is_png(path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import DATASET_NAME
+from helpers import DATASET_NAME
 from nnunet_nas.nnunet.width import FIT_TOLERANCE, conv_output_elements, fit_channel_mul, planned_network_elements
 
 

@@ -1,1 +1,2 @@
-"""Discretisation of searched architecture parameters into fixed, feasible architecture codes."""
+"""Every discretiser: from searched architecture parameters to a fixed, feasible architecture (the DiNTS grid's
+topology-guaranteed path decode in ``grid_path``, the cell rules of SCNAS and IAC in ``cell``)."""

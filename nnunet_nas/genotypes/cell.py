@@ -17,6 +17,8 @@ Every node keeps at least one incoming edge (:meth:`CellGenotype.validate`); op 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+
 from nnunet_nas.genotypes.schema import (Genotype, GenotypeError, expect_int, expect_provenance, expect_rows,
                                          register_schema)
 from nnunet_nas.ops.catalog import OP_SETS, get_op_set
@@ -38,6 +40,11 @@ class CellGenotype(Genotype):
     @property
     def cell_types(self) -> List[str]:
         return list(self.cells)
+
+    def kept_edges(self) -> np.ndarray:
+        """``[cell types, edges]`` booleans: the edges the genotype keeps (an op, not ``None``), in the order of the
+        search's ``op_logits``."""
+        return np.array([[op is not None for op in self.edge_ops(t)] for t in self.cell_types])
 
     def edge_ops(self, cell_type: str) -> List[Optional[str]]:
         """The cell's ops in edge order (:func:`nnunet_nas.spaces.cell.cell_edges`)."""

@@ -43,7 +43,8 @@ def build_arch_params(cfg: DiNTSSearchConfig, supernet, op_set: str) -> GridArch
 
 
 def regularizers(net, cfg: DiNTSSearchConfig):
-    """Unramped terms of Eq. 11: op entropy (Eq. 7), pattern entropy, topology loss (Eq. 5), memory (Eq. 10)."""
+    """Unramped terms of Eq. 11: op and pattern entropies (Eq. 5), topology loss (Eq. 7, times lambda), memory
+    (Eq. 10)."""
     arch = net.arch
     eta = grid_probs.pattern_probs(arch.edge_logits)
     memory = net.supernet.memory_model.memory_loss(grid_probs.edge_marginals(arch.edge_logits), arch.op_probs(),
@@ -107,8 +108,8 @@ def check_search(net, cfg: DiNTSSearchConfig) -> None:
         raise ConfigError(f"{type(cfg).__name__}: memory_budget={cfg.memory_budget} is above the largest memory ratio "
                           f"this space can reach with memory_reference={cfg.memory_reference!r}: the attainable range "
                           f"is (0, {attainable:.3f}]. Above it the memory term pushes every search towards the "
-                          f"densest, costliest architecture. Choose a budget in that range (see README, memory "
-                          f"budget).")
+                          f"densest, costliest architecture. Choose a budget in that range (see documentation/dints.md, "
+                          f"memory budget).")
 
 
 def plot_genotype(genotype: GridGenotype, path: str) -> str:

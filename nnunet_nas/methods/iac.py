@@ -10,14 +10,14 @@ model of the planned network (``trained_host``: the trainer finds, loads and fre
 width for the host and adds the cells (``fits_width=False``).
 """
 
-from typing import List, Optional
+from typing import Optional
 
-import numpy as np
 import torch
 
 from nnunet_nas.arch.params import CellEdgeArchParams, masked_op_probs, mean_entropy
 from nnunet_nas.arch.weighting import EdgeNormalisedWeighting
 from nnunet_nas.config import IACSearchConfig
+from nnunet_nas.discretize.cell import top_edges_cell
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.networks.iac_net import DEFAULT_OP_SETS, IACUNet, iac_cell_types, iac_layout
 from nnunet_nas.ops.catalog import get_op_set
@@ -48,68 +48,15 @@ def build_arch_params(cfg: IACSearchConfig, supernet: IACUNet, op_set: str) -> C
                               len(get_op_set(op_set).ops))
 
 
-def edge_scores(probs: np.ndarray, edge_weights: np.ndarray, names: List[str]) -> np.ndarray:
-    """PC-DARTS's edge score ``max_{o != zero} softmax(alpha)_o * softmax_node(beta)`` per edge, ``[E]``."""
-    nonzero = probs.copy()
-    if "zero" in names:
-        nonzero[:, names.index("zero")] = -1.0
-    return nonzero.max(axis=1) * edge_weights
-
-
-def discretize_cell(probs: np.ndarray, edge_weights: np.ndarray, op_set: str, num_nodes: int,
-                    edges_per_node: int = 2, max_parameter_free_ops: Optional[int] = 2) -> List[Optional[str]]:
-    """Ops of one cell in edge order from op probabilities ``[E, N]`` (pruned ops at 0) and edge weights ``[E]``.
-
-    PC-DARTS's rule: each node keeps its ``edges_per_node`` incoming edges of highest :func:`edge_scores`, each with
-    its most probable op other than ``zero``; the rest are dropped (``None``), and so is an edge pruned down to
-    ``zero`` alone (unless its node has nothing else). [ours, P-DARTS's cap] Where more than
-    ``max_parameter_free_ops`` kept edges carry a parameter-free op (skip, pooling), the weakest of them (lowest op
-    probability) take their most probable op with parameters instead, as far as the pruned set allows."""
-    spec = get_op_set(op_set)
-    names = [o.name for o in spec.ops]
-    free = np.array([o.parameter_free for o in spec.ops])
-    scores = edge_scores(probs, edge_weights, names)
-    ops: List[Optional[str]] = [None] * len(probs)
-    best: List[Optional[int]] = [None] * len(probs)
-    edges = cell_edges(num_nodes)
-    for node in range(num_nodes):
-        incoming = sorted((e for e, (_, dst) in enumerate(edges) if dst == node), key=lambda e: -scores[e])
-        # an edge pruned down to "zero" has nothing to offer (score 0); a node keeps one edge in any case
-        for e in [e for e in incoming if scores[e] > 0][:edges_per_node] or incoming[:1]:
-            p = probs[e].copy()
-            if "zero" in names:
-                p[names.index("zero")] = -1.0
-            best[e] = int(np.argmax(p))
-    if max_parameter_free_ops is not None:
-        free_edges = sorted((e for e, o in enumerate(best) if o is not None and free[o]),
-                            key=lambda e: probs[e, best[e]])
-        excess = len(free_edges) - max_parameter_free_ops
-        for e in free_edges:
-            if excess <= 0:
-                break
-            with_params = np.where(free | (probs[e] <= 0), -1.0, probs[e])
-            if with_params.max() > 0:  # an op with parameters is still alive on this edge
-                best[e] = int(np.argmax(with_params))
-                excess -= 1
-    for e, o in enumerate(best):
-        ops[e] = None if o is None else names[o]
-    return ops
-
-
 def discretize(arch_state, op_set: str, provenance=None, cfg: Optional[IACSearchConfig] = None) -> CellGenotype:
     cfg = cfg if cfg is not None else IACSearchConfig()
     probs = masked_op_probs(arch_state["op_logits"].detach().float().cpu(), arch_state.get("alive_ops")).numpy()
     num_nodes = cell_num_nodes(probs.shape[1])
     edge_weights = node_softmax(arch_state["edge_logits"].detach().float().cpu(), num_nodes).numpy()
     types = iac_cell_types(probs.shape[0], probs.shape[0] == 1, cfg.mode)
-    return CellGenotype.from_edge_ops(op_set, {t: discretize_cell(probs[i], edge_weights[i], op_set, num_nodes,
+    return CellGenotype.from_edge_ops(op_set, {t: top_edges_cell(probs[i], edge_weights[i], op_set, num_nodes,
                                                                   cfg.edges_per_node, cfg.max_parameter_free_ops)
                                                for i, t in enumerate(types)}, num_nodes, provenance)
-
-
-def kept_edges(genotype: CellGenotype) -> np.ndarray:
-    """``[cell types, edges]``: the edges the genotype keeps, in ``op_logits``' order."""
-    return np.array([[op is not None for op in genotype.edge_ops(t)] for t in genotype.cell_types])
 
 
 @torch.no_grad()
@@ -178,7 +125,7 @@ IAC = register_method(SearchMethod(
     search_patch_divisor=lambda cfg: 1,
     genotype_patch_divisor=lambda genotype: 1,
     history_keys=HISTORY_KEYS,
-    kept_edges=kept_edges,
+    kept_edges=CellGenotype.kept_edges,
     fits_width=False,
     trained_host=True,
     plot_genotype=plot_genotype,

@@ -7,12 +7,12 @@ annealing (:class:`~nnunet_nas.strategies.temperature.TemperatureAnnealing`), no
 is the segmentation loss), the per-edge discretisation below and :class:`~nnunet_nas.genotypes.cell.CellGenotype`.
 """
 
-import numpy as np
 import torch
 
 from nnunet_nas.arch.params import CellArchParams, masked_op_probs, mean_entropy
 from nnunet_nas.arch.weighting import GumbelPairWeighting
 from nnunet_nas.config import SCNASSearchConfig
+from nnunet_nas.discretize.cell import argmax_cell
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.networks.scnas_net import CELL_TYPES, DEFAULT_OP_SETS, NUM_LEVELS, SCNASNet
 from nnunet_nas.ops.catalog import op_names
@@ -42,37 +42,12 @@ def make_strategies(cfg: SCNASSearchConfig):
     return [TemperatureAnnealing(cfg.temperature_start, cfg.temperature_end, cfg.temperature_schedule, per="epoch")]
 
 
-def discretize_cell(probs: np.ndarray, names, num_nodes: int):
-    """Ops of one cell in edge order from its op probabilities ``[E, N]`` (pruned ops at 0).
-
-    Rule [ours; the paper: "the final op is chosen per edge", zero disconnects]: each edge takes its most probable
-    op; where that is ``zero`` the edge is dropped (``None``). A node left with no incoming edge keeps the one
-    incoming edge whose best non-zero op is most probable, with that op, so every node computes something."""
-    zero = names.index("zero") if "zero" in names else None
-    nonzero = probs.copy()
-    if zero is not None:
-        nonzero[:, zero] = -1.0
-    ops = [None if int(np.argmax(p)) == zero else names[int(np.argmax(p))] for p in probs]
-    edges = cell_edges(num_nodes)
-    for node in range(num_nodes):
-        incoming = [e for e, (_, dst) in enumerate(edges) if dst == node]
-        if all(ops[e] is None for e in incoming):
-            best = max(incoming, key=lambda e: nonzero[e].max())
-            ops[best] = names[int(np.argmax(nonzero[best]))]
-    return ops
-
-
 def discretize(arch_state, op_set: str, provenance=None, cfg=None) -> CellGenotype:
     probs = masked_op_probs(arch_state["op_logits"].detach().float().cpu(), arch_state.get("alive_ops")).numpy()
     names = list(op_names(op_set))
     num_nodes = cell_num_nodes(probs.shape[1])
-    return CellGenotype.from_edge_ops(op_set, {t: discretize_cell(probs[i], names, num_nodes)
+    return CellGenotype.from_edge_ops(op_set, {t: argmax_cell(probs[i], names, num_nodes)
                                                for i, t in enumerate(CELL_TYPES)}, num_nodes, provenance)
-
-
-def kept_edges(genotype: CellGenotype) -> np.ndarray:
-    """``[cell types, edges]``: the edges the genotype keeps (op not dropped), in ``op_logits``' order."""
-    return np.array([[op is not None for op in genotype.edge_ops(t)] for t in CELL_TYPES])
 
 
 @torch.no_grad()
@@ -123,7 +98,7 @@ SCNAS = register_method(SearchMethod(
     genotype_patch_divisor=lambda genotype: 2 ** NUM_LEVELS,
     history_keys=HISTORY_KEYS,
     make_strategies=make_strategies,
-    kept_edges=kept_edges,
+    kept_edges=CellGenotype.kept_edges,
     plot_genotype=plot_genotype,
     plot_history=plot_history,
     search_notes=search_notes,

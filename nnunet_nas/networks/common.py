@@ -1,7 +1,10 @@
 """What every fixed network shares with nnU-Net: the deep-supervision switch nnU-Net toggles, the outputs it expects
-with and without deep supervision, and loading a checkpoint trained with deep supervision into a network built
-without it (nnU-Net's prediction)."""
+with and without deep supervision, loading a checkpoint trained with deep supervision into a network built without it
+(nnU-Net's prediction), and the count of conv outputs nnU-Net's planner sizes networks by."""
 
+from typing import Callable, Sequence
+
+import torch
 from torch import nn
 
 
@@ -28,3 +31,28 @@ def with_deep_supervision(net: nn.Module, main, features):
         raise RuntimeError(f"{type(net).__name__} was built without deep supervision (no output heads); build it "
                            f"with deep_supervision=True to train with deep supervision.")
     return [main] + [head(features[r + 1]) for r, head in enumerate(net.ds_heads)]
+
+
+# what dynamic_network_architectures' compute_conv_feature_map_size counts (conv outputs), and linear outputs
+COUNTED_OUTPUTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                   nn.Linear)
+
+
+def conv_output_elements(build: Callable[[], nn.Module], input_channels: int, patch_size: Sequence[int]) -> int:
+    """Elements of every conv (and linear) output of one forward of ``build()`` (built on the meta device) at batch
+    1."""
+    with torch.device("meta"):
+        net = build()
+    total = [0]
+
+    def count(module, inputs, output):
+        total[0] += output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, COUNTED_OUTPUTS)]
+    try:
+        with torch.no_grad():
+            net(torch.zeros((1, input_channels) + tuple(int(p) for p in patch_size), device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(total[0])

@@ -198,5 +198,5 @@ class IACUNet(nn.Module):
     def compute_conv_feature_map_size(self, input_size) -> int:
         """Elements of every conv output of one forward at batch 1 (dynamic_network_architectures' convention,
         which nnU-Net's planner uses), counted on the meta device."""
-        from nnunet_nas.nnunet.width import conv_output_elements
+        from nnunet_nas.networks.common import conv_output_elements
         return conv_output_elements(lambda: IACUNet(**self._kwargs), self._kwargs["input_channels"], input_size)

@@ -69,3 +69,18 @@ def load_host_checkpoint(path: str, configuration: str, dataset_name: str, fold)
                       f"include fold {fold}'s validation cases, so fold {fold}'s validation overstates the result. "
                       f"Use fold {fold}'s own model ({command}).", stacklevel=2)
     return checkpoint["network_weights"]
+
+
+def load_and_freeze_host(supernet, dataset_name: str, plans_identifier: str, configuration: str, fold,
+                         host_trainer: str = "nnUNetTrainer") -> str:
+    """Find the host checkpoint (:func:`find_host_checkpoint`), load its weights into ``supernet``'s host
+    (``load_host_weights``) and freeze them (``host_parameters``); returns the checkpoint's path."""
+    path = find_host_checkpoint(dataset_name, plans_identifier, configuration, fold, host_trainer)
+    weights = load_host_checkpoint(path, configuration, dataset_name, fold)
+    try:
+        supernet.load_host_weights(weights, source=path)
+    except ValueError as e:
+        raise InputFileError(f"{e} Command: nnUNetv2_train {dataset_name} {configuration} {fold}") from None
+    for p in supernet.host_parameters():
+        p.requires_grad_(False)
+    return path

@@ -15,7 +15,7 @@ never copies it:
   epoch end: temperature annealing, operation pruning (masks, op modules, optimisers, DDP), early stopping
   (checkpoint, export, clean end of nnU-Net's run);
 * checkpoints carry the architecture optimiser, scaler, ramp, weighting and strategy states, RNG states and the
-  per-epoch history, and are written atomically; ``--c`` resumes exactly (with ``nnUNet_n_proc_DA=0``, see README);
+  per-epoch history, and are written atomically; ``--c`` resumes exactly (with ``nnUNet_n_proc_DA=0``, see documentation/reproducibility.md);
 * per-epoch logging of the architecture through nnU-Net's logger, pictures next to ``progress.png``, and export
   of the result as an nnU-Net configuration at the end.
 """
@@ -189,22 +189,13 @@ class NASSearchTrainer(nnUNetTrainer):
         return unwrap_network(self.network)
 
     def load_trained_host(self, net: SearchNetwork) -> None:
-        """For a method that builds on a trained model of the planned network (IAC): find it
-        (:mod:`nnunet_nas.nnunet.host`), load its weights into the supernet's host and freeze them."""
-        from nnunet_nas.nnunet.host import find_host_checkpoint, load_host_checkpoint
-        dataset = self.plans_manager.dataset_name
-        path = find_host_checkpoint(dataset, self.plans_manager.plans_name, self.configuration_name, self.fold,
-                                    self.host_trainer)
-        weights = load_host_checkpoint(path, self.configuration_name, dataset, self.fold)
-        try:
-            net.supernet.load_host_weights(weights, source=path)
-        except ValueError as e:
-            raise InputFileError(f"{e} Command: nnUNetv2_train {dataset} {self.configuration_name} {self.fold}") \
-                from None
-        for p in net.supernet.host_parameters():
-            p.requires_grad_(False)
-        self.host_checkpoint = path
-        self.print_to_log_file(f"trained host loaded and frozen: {path}")
+        """For a method that builds on a trained model of the planned network (IAC): find it, load its weights into
+        the supernet's host and freeze them (:func:`nnunet_nas.nnunet.host.load_and_freeze_host`)."""
+        from nnunet_nas.nnunet.host import load_and_freeze_host
+        self.host_checkpoint = load_and_freeze_host(net.supernet, self.plans_manager.dataset_name,
+                                                    self.plans_manager.plans_name, self.configuration_name, self.fold,
+                                                    self.host_trainer)
+        self.print_to_log_file(f"trained host loaded and frozen: {self.host_checkpoint}")
 
     def prepare_search_network(self, net: SearchNetwork) -> None:
         """Called once the network exists, before any optimiser is built: load and freeze a trained part here

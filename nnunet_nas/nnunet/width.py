@@ -17,31 +17,11 @@ The counter runs the network on PyTorch's ``meta`` device: shapes only, no memor
 
 from typing import Callable, Sequence, Tuple
 
-import torch
 from torch import nn
 
-_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+from nnunet_nas.networks.common import conv_output_elements  # noqa: F401 - its home before 0.2
+
 FIT_TOLERANCE = 0.02  # relative: integer channel counts make the estimate a step function of the multiplier
-
-
-def conv_output_elements(build: Callable[[], nn.Module], input_channels: int, patch_size: Sequence[int]) -> int:
-    """Elements of every conv (and linear) output of one forward of ``build()`` (built on the meta device) at batch
-    1."""
-    with torch.device("meta"):
-        net = build()
-    total = [0]
-
-    def count(module, inputs, output):
-        total[0] += output.numel()
-
-    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, _COUNTED)]
-    try:
-        with torch.no_grad():
-            net(torch.zeros((1, input_channels) + tuple(int(p) for p in patch_size), device="meta"))
-    finally:
-        for h in hooks:
-            h.remove()
-    return int(total[0])
 
 
 def fit_channel_mul(build: Callable[[float], nn.Module], input_channels: int, patch_size: Sequence[int],

@@ -9,8 +9,6 @@ still runs; and a search trainer for the method is found by nnU-Net's own traine
 """
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -26,8 +24,7 @@ from nnunet_nas.strategies.base import SearchProgress
 from nnunet_nas.strategies.jsd_pruning import JSDRule, JSDStabilityPruning
 from nnunet_nas.strategies.pruning import prune_search_network
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tiny_configs import TINY_CONFIGS, tiny_planned, tiny_planned_block  # noqa: E402
+from helpers import TINY_CONFIGS, tiny_planned, tiny_planned_block
 
 CASES = [(name, dims) for name in method_names() for dims in (2, 3)]
 IDS = [f"{n}-{d}d" for n, d in CASES]
