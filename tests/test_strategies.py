@@ -10,7 +10,7 @@ from nnunet_nas.arch.weighting import GumbelSoftmaxWeighting, SoftmaxWeighting
 from nnunet_nas.config import DiNTSSearchConfig, SearchConfig
 from nnunet_nas.nnunet.data import split_weight_arch
 from nnunet_nas.nnunet.search_network import SearchNetwork
-from nnunet_nas.ops.catalog import op_set
+from nnunet_nas.ops.catalog import op_specs
 from nnunet_nas.spaces.mixed_op import MixedOp
 from nnunet_nas.strategies.base import SearchProgress
 from nnunet_nas.strategies.pruning import prune_search_network, rebuild_optimizer
@@ -79,7 +79,7 @@ def test_gumbel_sampling_is_identical_on_every_rank_and_resumes():
 
 def test_pruning_masks_removes_modules_and_keeps_optimiser_state():
     torch.manual_seed(0)
-    specs = op_set("darts_2d")
+    specs = op_specs("darts_2d")
     net = SearchNetwork(_TwoEdgeSupernet(specs), _EdgeArch(2, len(specs)), SoftmaxWeighting())
     x = torch.randn(2, 1, 8, 8)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9)
@@ -116,7 +116,7 @@ def test_pruning_masks_removes_modules_and_keeps_optimiser_state():
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_every_darts_op_maps_shapes_with_stride_and_gets_gradients(dims, stride):
-    specs = op_set(f"darts_{dims}d")
+    specs = op_specs(f"darts_{dims}d")
     edge = MixedOp(specs, 4, 6, dims, stride=stride)
     x = torch.randn(2, 4, *([8] * dims), requires_grad=True)
     w = torch.softmax(torch.randn(len(specs)), 0)
@@ -129,7 +129,7 @@ def test_every_darts_op_maps_shapes_with_stride_and_gets_gradients(dims, stride)
 
 
 def test_op_memory_is_a_function_of_the_shape():
-    conv = op_set("dints_3d")[1]
+    conv = op_specs("dints_3d")[1]
     assert conv.linear and conv.memory_elements((8, 4, 4, 4)) == 3.0 * 8 * 64
     from nnunet_nas.ops.catalog import OpSpec
     attention = OpSpec("attn", lambda *a, **k: nn.Identity(), 0.0, memory_fn=lambda s: s[0] * 2 + (s[1] * s[2]) ** 2)

@@ -106,3 +106,20 @@ def test_search_trainer_steps_saves_loads_and_resumes_as_the_uninterrupted_run(m
         torch.manual_seed(7)  # dropout and the like: the same global stream for both
         t.train_step(batch)
     _assert_same(_state(fresh), _state(trainer), f"{method} after the resumed step")
+
+
+@pytest.mark.e2e
+def test_gpu_acceptance_script_rehearses_on_the_cpu(tmp_path):
+    """benchmarks/gpu_acceptance.py --device cpu --tiny: every registered method's search iteration runs, so the one
+    GPU shot does not die on a typo."""
+    import json
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "gpu.json"
+    p = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "gpu_acceptance.py"), "--device", "cpu",
+                        "--tiny", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = json.load(open(out))["runs"]
+    assert sorted(r["method"] for r in runs) == sorted(method_names() + ["nnunet_plainconvunet"])
+    assert all(r["seconds_per_iteration"] > 0 and "oom" not in r for r in runs), runs

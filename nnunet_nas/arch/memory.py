@@ -47,7 +47,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from nnunet_nas.ops.catalog import edge_preprocess_cost, edge_preprocess_saved_cost, op_set
+from nnunet_nas.ops.catalog import edge_preprocess_cost, edge_preprocess_saved_cost, op_specs
 from nnunet_nas.spaces.grid import default_grid_op_set
 from nnunet_nas.spaces.grid_topology import check_num_blocks, grid_topology
 
@@ -105,7 +105,7 @@ class GridMemoryModel:
         if spatial_dims not in (2, 3):
             raise ValueError(f"GridMemoryModel: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         self.op_set_name = op_set_name or default_grid_op_set(spatial_dims)
-        self.specs = specs = op_set(self.op_set_name)
+        self.specs = specs = op_specs(self.op_set_name)
         self.nonlinear = tuple(s.name for s in specs if not s.linear)
         if self.nonlinear and patch_size is None:
             raise ValueError(f"GridMemoryModel: the memory of {list(self.nonlinear)} (op set {self.op_set_name}) is "

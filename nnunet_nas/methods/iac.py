@@ -92,18 +92,18 @@ def search_notes(net, cfg: IACSearchConfig):
 
 
 def plot_genotype(genotype: CellGenotype, path: str) -> str:
-    from nnunet_nas.viz_cells import plot_cell_genotype
+    from nnunet_nas.viz.cells import plot_cell_genotype
     return plot_cell_genotype(genotype, path, title="IAC cell(s), implanted into every skip connection")
 
 
 def plot_history(history: dict, path: str, net, cfg: IACSearchConfig) -> str:
-    from nnunet_nas.viz_cells import plot_cell_trajectories
+    from nnunet_nas.viz.cells import plot_cell_trajectories
     return plot_cell_trajectories(history, path, [o.name for o in get_op_set(net.supernet.op_set).ops],
                                   list(net.supernet.cell_types))
 
 
 def plot_supernet(supernet: IACUNet, path: str) -> str:
-    from nnunet_nas.viz_cells import plot_implanted_cells
+    from nnunet_nas.viz.cells import plot_implanted_cells
     return plot_implanted_cells(list(supernet.encoder.output_channels[:-1]), list(supernet.cell_types), path)
 
 

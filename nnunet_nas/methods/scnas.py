@@ -71,12 +71,12 @@ def search_notes(net, cfg: SCNASSearchConfig):
 
 
 def plot_genotype(genotype: CellGenotype, path: str) -> str:
-    from nnunet_nas.viz_cells import plot_cell_genotype
+    from nnunet_nas.viz.cells import plot_cell_genotype
     return plot_cell_genotype(genotype, path, title="SCNAS cells")
 
 
 def plot_history(history: dict, path: str, net, cfg: SCNASSearchConfig) -> str:
-    from nnunet_nas.viz_cells import plot_cell_trajectories
+    from nnunet_nas.viz.cells import plot_cell_trajectories
     return plot_cell_trajectories(history, path, list(op_names(net.supernet.op_set)), list(CELL_TYPES))
 
 

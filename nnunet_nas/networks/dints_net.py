@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from nnunet_nas.errors import ConfigError, PlansError
 from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.networks.common import DecoderSwitch, drop_head_weights, with_deep_supervision
-from nnunet_nas.ops.catalog import op_set as op_set_specs
+from nnunet_nas.ops.catalog import op_specs
 from nnunet_nas.ops.conv import ActConvNorm, conv_nd, norm_nd
 from nnunet_nas.patch import check_patch_divisible
 from nnunet_nas.spaces.grid import GridSpace, default_grid_op_set
@@ -73,7 +73,7 @@ class DiNTSNet(nn.Module):
                               f"use a larger channel_mul{' or fewer num_heads' if heads else ''}.")
         f, conv = self.filters, conv_nd(spatial_dims)
         self.patch_size = None if patch_size is None else [int(p) for p in patch_size]
-        shaped = [s.name for s in op_set_specs(op_set) if "feature_shape" in s.options]
+        shaped = [s.name for s in op_specs(op_set) if "feature_shape" in s.options]
         if shaped and self.patch_size is None:
             raise PlansError(f"DiNTSNet: the ops {shaped} of op set {op_set} fit themselves to the feature maps; give "
                              f"patch_size (the configuration's patch, as the export writes it into arch_kwargs).")

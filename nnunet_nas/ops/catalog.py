@@ -202,12 +202,21 @@ def get_op_set(name: str) -> OpSet:
         raise ConfigError(f"Unknown op set {name!r}; known op sets: {sorted(OP_SETS)}.") from None
 
 
-def op_set(name: str) -> Tuple[OpSpec, ...]:
+def op_specs(name: str) -> Tuple[OpSpec, ...]:
+    """The ops of op set ``name`` (an op set is a name everywhere else; :func:`get_op_set` gives the whole
+    :class:`OpSet`)."""
     return get_op_set(name).ops
 
 
+def op_set(name: str) -> Tuple[OpSpec, ...]:
+    """Deprecated name of :func:`op_specs`."""
+    import warnings
+    warnings.warn("nnunet_nas.ops.catalog.op_set() is now op_specs()", DeprecationWarning, stacklevel=2)
+    return op_specs(name)
+
+
 def op_names(name: str) -> Tuple[str, ...]:
-    return tuple(o.name for o in op_set(name))
+    return tuple(o.name for o in op_specs(name))
 
 
 def edge_preprocess_cost(in_channels: int, out_channels: int, direction: int, spatial_dims: int) -> float:

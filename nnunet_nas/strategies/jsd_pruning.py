@@ -258,5 +258,5 @@ class JSDStabilityPruning(SearchStrategy):
                 setattr(self, k, v)
 
     def plot(self, folder: str) -> Optional[str]:
-        from nnunet_nas.viz_jsd import plot_jsd_trajectory
+        from nnunet_nas.viz.jsd import plot_jsd_trajectory
         return plot_jsd_trajectory(self.trajectory, self.stop_epoch, self.rule.threshold, folder)
