@@ -6,13 +6,18 @@ Eq. 5, 7 and 10 (``L_arch = L_seg + t/t_all * (L_alpha + L_eta + lambda L_tp + L
 topology-guaranteed decoder (Eq. 3-4) and :class:`~nnunet_nas.genotypes.grid.GridGenotype`.
 """
 
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Tuple
+
 import numpy as np
 import torch
 
 from nnunet_nas.arch import grid_probs
 from nnunet_nas.arch.params import GridArchParams
 from nnunet_nas.arch.weighting import GridEdgeOpWeighting
-from nnunet_nas.config import DiNTSSearchConfig
+from nnunet_nas.arch.memory import MEMORY_PENALTIES, MEMORY_REFERENCES
+from nnunet_nas.config import SearchConfig
+from nnunet_nas.config_rules import boolean, integer, number, one_of
 from nnunet_nas.discretize.grid_path import decode_grid_codes
 from nnunet_nas.errors import ConfigError
 from nnunet_nas.genotypes.grid import GridGenotype
@@ -21,9 +26,38 @@ from nnunet_nas.networks.dints_net import DiNTSNet
 from nnunet_nas.ops.catalog import op_names
 from nnunet_nas.registry import SearchMethod, register_method
 from nnunet_nas.spaces.grid import GRID_OP_SETS
+from nnunet_nas.spaces.grid_topology import MAX_DEPTHS, MIN_DEPTHS
 
 HISTORY_KEYS = ("arch_entropy_alpha", "arch_entropy_eta", "arch_topology_loss", "arch_memory_ratio",
                 "arch_discretization_gap")
+
+
+@dataclass(frozen=True)
+class DiNTSSearchConfig(SearchConfig):
+    """DiNTS (He et al., CVPR 2021)."""
+    num_blocks: int = 12  # L [paper 4.1]
+    num_depths: int = 4  # D [paper 4.1]
+    channel_mul: float = 0.5  # search width: f = 32 * 2^i * mul [MONAI tutorial]
+    # retrained width: None fits it to the memory nnU-Net planned for the base configuration [ours, default];
+    # 2 * channel_mul is the paper's literal "twice the search filters" [paper 4.1]
+    export_channel_mul: Optional[float] = None
+    memory_budget: float = 0.8  # sigma of Eq. 10 [paper]: a share of memory_reference
+    memory_reference: str = "max_discrete"  # [ours] largest discrete architecture; "paper": Eq. 9's M_a, see documentation/dints.md
+    # Eq. 10 holds the ratio at sigma from both sides [paper]; "upper": only memory above sigma costs (a cap)
+    memory_penalty: str = "two_sided"
+    topology_weight: float = 0.001  # lambda of Eq. 11 [paper]
+    warmup_fraction: float = 0.5  # [paper: 11k of 21k iterations]
+    arch_lr: float = 0.008  # Adam [paper 4.1]
+    arch_betas: Tuple[float, float] = (0.5, 0.999)  # [MONAI tutorial]
+    arch_weight_decay: float = 0.0  # [paper]
+    arch_grad_clip: Optional[float] = 0.5  # [Auto3DSeg]
+    recompute_norms: bool = True  # [ours] search-memory saving, see spaces/grid.py
+
+    rules: ClassVar[dict] = {
+        "num_blocks": integer(1), "num_depths": integer(MIN_DEPTHS, MAX_DEPTHS), "channel_mul": number(0, lo_open=True),
+        "memory_budget": number(0, lo_open=True), "memory_reference": one_of(MEMORY_REFERENCES),
+        "memory_penalty": one_of(MEMORY_PENALTIES), "topology_weight": number(0), "recompute_norms": boolean,
+    }
 
 
 def search_strides(num_depths: int, spatial_dims: int):

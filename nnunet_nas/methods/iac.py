@@ -10,13 +10,15 @@ model of the planned network (``trained_host``: the trainer finds, loads and fre
 width for the host and adds the cells (``fits_width=False``).
 """
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Tuple
 
 import torch
 
 from nnunet_nas.arch.params import CellEdgeArchParams, masked_op_probs, mean_entropy
 from nnunet_nas.arch.weighting import EdgeNormalisedWeighting
-from nnunet_nas.config import IACSearchConfig
+from nnunet_nas.config import SearchConfig
+from nnunet_nas.config_rules import boolean, integer, number, one_of, optional
 from nnunet_nas.discretize.cell import top_edges_cell
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.networks.iac_net import DEFAULT_OP_SETS, IACUNet, iac_cell_types, iac_layout
@@ -26,6 +28,44 @@ from nnunet_nas.registry import SearchMethod, register_method
 from nnunet_nas.spaces.cell import cell_edges, cell_num_nodes, node_softmax
 
 HISTORY_KEYS = ("arch_entropy_alpha", "arch_entropy_beta")
+
+
+IAC_MODES = ("fusion", "skip_only")
+
+
+@dataclass(frozen=True)
+class IACSearchConfig(SearchConfig):
+    """IAC (implantable adaptive cells) and IAC-LTH: NAS_METHODS.md sections 1.3 and 2.2 for the open points; PC-DARTS
+    search settings where the IAC papers give none."""
+    num_nodes: int = 4  # intermediate nodes per cell [PC-DARTS]
+    partial_channels: int = 4  # K of PC-DARTS: the mixed ops see 1/K of the channels during the search
+    cell_channel_mul: float = 1.0  # cell width / skip channels, during the search [NAS_METHODS 1.3]
+    # width of the exported cells / skip channels; None: 1 (cells as wide as the skips). The cells add to nnU-Net's
+    # planned network, so there is no memory fit: the host keeps nnU-Net's width
+    export_channel_mul: Optional[float] = None
+    mode: str = "fusion"  # the cell reads (encoder skip, up-sampled decoder feature); "skip_only": (skip, skip)
+    shared_cell: bool = True  # one genotype for every skip level; False: one per level
+    edges_per_node: int = 2  # kept incoming edges per node at discretisation [PC-DARTS]
+    # [ours, P-DARTS's cap on skip connections] at most this many parameter-free ops (skip, pooling) per discretised
+    # cell; the weakest beyond it take their best op with parameters. None: no cap
+    max_parameter_free_ops: Optional[int] = 2
+    data_split: Tuple[int, int] = (1, 1)  # [PC-DARTS train_portion 0.5]
+    warmup_fraction: float = 0.075  # [PC-DARTS: 15 of 200 epochs without architecture steps]
+    # [ours] the weights are nnU-Net's SGD (its lr 0.01, momentum 0.99, poly); PC-DARTS trains its supernet with SGD
+    # lr 0.1, momentum 0.9, cosine, which nnU-Net's loop does not offer
+    arch_lr: float = 6e-4  # Adam [PC-DARTS]
+    arch_betas: Tuple[float, float] = (0.5, 0.999)  # [PC-DARTS]
+    arch_weight_decay: float = 1e-3  # [PC-DARTS]
+    # [ours] decoupled, not PC-DARTS's L2-in-Adam: behind the zero-initialised cell output alpha's loss gradient is
+    # about 7e-5 RMS (measured on Hippocampus 2-D), which PC-DARTS's L2 term 1e-3 * alpha equals at |alpha| 0.07:
+    # every logit stayed within 0.15 of zero and alpha never separated. Literal: arch_decoupled_weight_decay=False
+    arch_decoupled_weight_decay: bool = True
+
+    rules: ClassVar[dict] = {
+        "num_nodes": integer(1), "partial_channels": integer(1), "cell_channel_mul": number(0, lo_open=True),
+        "mode": one_of(IAC_MODES), "shared_cell": boolean, "edges_per_node": integer(1),
+        "max_parameter_free_ops": optional(integer(0)),
+    }
 
 
 def _require_planned(planned: Optional[PlannedNetwork]) -> PlannedNetwork:

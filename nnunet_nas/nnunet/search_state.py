@@ -20,12 +20,12 @@ def read_checkpoint(path: str) -> dict:
 
 def differing_settings(saved: dict, current: dict) -> List[str]:
     """``"key: saved -> current"`` for every search setting (method, op set, config field) that differs between a
-    checkpoint's search state and the trainer resuming it."""
+    checkpoint's search state and the trainer resuming it. A config field the checkpoint does not hold (added by a
+    later version, at its default) is not a difference."""
     lines = [f"{k}: {saved.get(k)!r} in the checkpoint, {current[k]!r} now" for k in ("method", "op_set")
              if saved.get(k) != current[k]]
     old, new = saved.get("search_config") or {}, current["search_config"]
-    for k in sorted(set(old) | set(new)):
-        if old.get(k, "<absent>") != new.get(k, "<absent>"):
-            lines.append(f"search_config.{k}: {old.get(k, '<absent>')!r} in the checkpoint, "
-                         f"{new.get(k, '<absent>')!r} now")
+    for k in sorted(old):
+        if old[k] != new.get(k, "<absent>"):
+            lines.append(f"search_config.{k}: {old[k]!r} in the checkpoint, {new.get(k, '<absent>')!r} now")
     return lines

@@ -15,7 +15,8 @@ never copies it:
   epoch end: temperature annealing, operation pruning (masks, op modules, optimisers, DDP), early stopping
   (checkpoint, export, clean end of nnU-Net's run);
 * checkpoints carry the architecture optimiser, scaler, ramp, weighting and strategy states, RNG states and the
-  per-epoch history, and are written atomically; ``--c`` resumes exactly (with ``nnUNet_n_proc_DA=0``, see documentation/reproducibility.md);
+  per-epoch history, and are written atomically; ``--c`` resumes exactly (with ``nnUNet_n_proc_DA=0``, see
+  documentation/reproducibility.md);
 * per-epoch logging of the architecture through nnU-Net's logger, pictures next to ``progress.png``, and export
   of the result as an nnU-Net configuration at the end.
 """
