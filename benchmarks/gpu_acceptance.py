@@ -77,9 +77,19 @@ def seg_loss(outputs, target):
     return total
 
 
+def weight_step(net, opt, scaler, data, target, device):
+    """nnU-Net's own training step: AMP forward, deep-supervision loss, SGD."""
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        loss = seg_loss(net(data), target)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
 def iteration(method, cfg, net, opt_w, opt_a, scaler_w, scaler_a, data, target, device):
-    amp = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
-                         enabled=device.type == "cuda")
+    """The search trainer's iteration: an architecture step, then :func:`weight_step` with alpha frozen."""
+    amp = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
     weights = [p for p in net.weight_parameters() if p.requires_grad]
     opt_a.zero_grad(set_to_none=True)
     for p in weights:  # the architecture step needs no weight gradients (the trainer's requires_grad_off)
@@ -99,24 +109,9 @@ def iteration(method, cfg, net, opt_w, opt_a, scaler_w, scaler_a, data, target, 
         p.grad = None
     net.arch_frozen = True
     try:
-        opt_w.zero_grad(set_to_none=True)
-        with amp:
-            loss_w = seg_loss(net(data), target)
-        scaler_w.scale(loss_w).backward()
-        scaler_w.step(opt_w)
-        scaler_w.update()
+        weight_step(net, opt_w, scaler_w, data, target, device)
     finally:
         net.arch_frozen = False
-
-
-def baseline_iteration(net, opt, scaler, data, target, device):
-    """nnU-Net's own training step: AMP forward, deep-supervision loss, SGD."""
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-        loss = seg_loss(net(data), target)
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
 
 
 def measured(net, step, iterations: int, device) -> dict:
@@ -156,7 +151,7 @@ def run_baseline(plan_name, plan, device, iterations):
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     data = torch.randn(batch, in_ch, *patch, device=device)
     target = torch.randint(0, classes, (batch, *patch), device=device)
-    return dict(row, **measured(net, lambda: baseline_iteration(net, opt, scaler, data, target, device), iterations,
+    return dict(row, **measured(net, lambda: weight_step(net, opt, scaler, data, target, device), iterations,
                                 device))
 
 

@@ -162,10 +162,6 @@ def cell_genotype_file(w, change=None):
     return w.file("cell_genotype.json", json.dumps(d))
 
 
-def iac_genotype_file(w):
-    return cell_genotype_file(w)
-
-
 def monai_json(w, change=None):
     from nnunet_nas.genotypes.monai_compat import to_monai_codes
     from nnunet_nas.genotypes.schema import load_genotype
@@ -253,12 +249,17 @@ def _plans_text(text):
     return setup
 
 
+def _as_2d(d):
+    d.update(op_set="dints_2d", spatial_dims=2, ops=[[o and "conv_3x3" for o in row] for row in d["ops"]])
+
+
 CASES = [
     # ---- nnU-Net's own configurations are never replaced (case 1 of the issue), names, bases
     Case("add-arch-replaces-3d_fullres", _add("--name", "3d_fullres", "--overwrite"), "3d_fullres.*never replaced",
          "another --name"),
-    Case("add-arch-replaces-2d", _add("-c", "2d", "--name", "2d", "--overwrite", "--genotype", "X"),
-         "", ""),  # placeholder, replaced below (needs a 2-D genotype)
+    Case("add-arch-replaces-2d", lambda w: ADD + ["-c", "2d", "--name", "2d", "--overwrite", "--genotype",
+                                                  genotype_file(w, _as_2d)],
+         "'2d' is nnU-Net's own configuration and is never replaced", "another --name"),
     Case("add-arch-3d_fullres-no-overwrite", _add("--name", "3d_fullres"), "never replaced", "another --name"),
     Case("add-arch-replaces-a-base", _add("--name", "3d_fullres_dints", "--overwrite"), "base of another|never "
          "replaced", "another --name",
@@ -312,15 +313,15 @@ CASES = [
     Case("method-mismatch", _add("--method", "scnas"), "nnunet_nas.grid genotype", "matching --method"),
     Case("host-for-a-method-without-host", _add("--host-checkpoint", "x.pth"), "does not start from a trained "
          "model", "leave it out"),
-    Case("host-missing", _add_genotype(iac_genotype_file, "--method", "iac", "--host-checkpoint", "/nope/x.pth"),
+    Case("host-missing", _add_genotype(cell_genotype_file, "--method", "iac", "--host-checkpoint", "/nope/x.pth"),
          "no such file", "checkpoint"),
-    Case("host-is-text", lambda w: ADD + ["--genotype", iac_genotype_file(w), "--method", "iac",
+    Case("host-is-text", lambda w: ADD + ["--genotype", cell_genotype_file(w), "--method", "iac",
                                           "--host-checkpoint", w.file("host.pth", "not a model")],
          "cannot be read as a torch file", "nnU-Net checkpoint"),
-    Case("host-is-code", lambda w: ADD + ["--genotype", iac_genotype_file(w), "--method", "iac",
+    Case("host-is-code", lambda w: ADD + ["--genotype", cell_genotype_file(w), "--method", "iac",
                                           "--host-checkpoint", evil_file(w, "host_evil.pth")],
          "does not unpickle", "nnU-Net checkpoint"),
-    Case("host-is-a-search", lambda w: ADD + ["--genotype", iac_genotype_file(w), "--method", "iac",
+    Case("host-is-a-search", lambda w: ADD + ["--genotype", cell_genotype_file(w), "--method", "iac",
                                               "--host-checkpoint", os.path.join(w.fold, "checkpoint_final.pth")],
          "architecture-search checkpoint", "Train the host first"),
     # ---- genotype files
@@ -425,14 +426,6 @@ CASES = [
                                                  "3d_fullres_dast"], "dataset '995'", "planned with"),
 ]
 
-
-def _as_2d(d):
-    d.update(op_set="dints_2d", spatial_dims=2, ops=[[o and "conv_3x3" for o in row] for row in d["ops"]])
-
-
-CASES[1] = Case("add-arch-replaces-2d", lambda w: ADD + ["-c", "2d", "--name", "2d", "--overwrite", "--genotype",
-                                                         genotype_file(w, _as_2d)],
-                "'2d' is nnU-Net's own configuration and is never replaced", "another --name")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -42,7 +42,8 @@ class DiNTSSearchConfig(SearchConfig):
     # 2 * channel_mul is the paper's literal "twice the search filters" [paper 4.1]
     export_channel_mul: Optional[float] = None
     memory_budget: float = 0.8  # sigma of Eq. 10 [paper]: a share of memory_reference
-    memory_reference: str = "max_discrete"  # [ours] largest discrete architecture; "paper": Eq. 9's M_a, see documentation/dints.md
+    # [ours] largest discrete architecture; "paper": Eq. 9's M_a, see documentation/dints.md
+    memory_reference: str = "max_discrete"
     # Eq. 10 holds the ratio at sigma from both sides [paper]; "upper": only memory above sigma costs (a cap)
     memory_penalty: str = "two_sided"
     topology_weight: float = 0.001  # lambda of Eq. 11 [paper]
@@ -142,8 +143,8 @@ def check_search(net, cfg: DiNTSSearchConfig) -> None:
         raise ConfigError(f"{type(cfg).__name__}: memory_budget={cfg.memory_budget} is above the largest memory ratio "
                           f"this space can reach with memory_reference={cfg.memory_reference!r}: the attainable range "
                           f"is (0, {attainable:.3f}]. Above it the memory term pushes every search towards the "
-                          f"densest, costliest architecture. Choose a budget in that range (see documentation/dints.md, "
-                          f"memory budget).")
+                          f"densest, costliest architecture. Choose a budget in that range (see "
+                          f"documentation/dints.md, memory budget).")
 
 
 def plot_genotype(genotype: GridGenotype, path: str) -> str:

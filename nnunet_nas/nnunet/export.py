@@ -8,10 +8,10 @@ from typing import Optional
 
 from nnunet_nas.errors import ConfigError, EnvironmentSetupError, InputFileError
 from nnunet_nas.genotypes.schema import Genotype
-from nnunet_nas.io import load_torch_file, read_json
+from nnunet_nas.io import read_json
 from nnunet_nas.nnunet.plans_io import (PlansError, check_configuration_name, check_registration, load_plans,
                                         plans_file, register_configuration)
-from nnunet_nas.nnunet.search_state import SEARCH_STATE_KEY
+from nnunet_nas.nnunet.search_state import SEARCH_STATE_KEY, read_checkpoint
 from nnunet_nas.patch import round_up_patch
 from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import SearchMethod, get_method
@@ -196,11 +196,10 @@ def write_genotype_files(method: SearchMethod, genotype: Genotype, folder: str, 
 
 def read_search_checkpoint(checkpoint_path: str):
     """``(checkpoint, search state, method)`` of a search checkpoint; a clear error for anything else."""
-    ckpt = load_torch_file(checkpoint_path, "a search checkpoint (a search fold folder's checkpoint_final.pth / "
+    ckpt = read_checkpoint(checkpoint_path, "a search checkpoint (a search fold folder's checkpoint_final.pth / "
                                             "checkpoint_latest.pth / checkpoint_best.pth)")
-    state = ckpt.get(SEARCH_STATE_KEY) if isinstance(ckpt, dict) else None
-    weights = ckpt.get("network_weights") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not isinstance(weights, dict) or not any(k.startswith("arch.") for k in weights):
+    state = ckpt.get(SEARCH_STATE_KEY)
+    if not isinstance(state, dict) or not any(k.startswith("arch.") for k in ckpt["network_weights"]):
         raise InputFileError(f"{checkpoint_path} is not an architecture-search checkpoint (no architecture "
                              f"parameters). Pass the checkpoint of a search trainer (-tr nnUNetTrainer<Method>Search).")
     init = ckpt.get("init_args")

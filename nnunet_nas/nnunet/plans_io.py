@@ -91,19 +91,22 @@ def check_configuration_name(name: str) -> None:
                          f"digits, '_', '-' and '.', starting with a letter or digit; no '/' or spaces).")
 
 
+def written_by_us(entry: dict) -> bool:
+    """A configuration entry whose architecture names a network class of nnunet_nas."""
+    return str((entry.get("architecture") or {}).get("network_class_name", "")).startswith(OUR_NETWORK_PREFIX)
+
+
 def protected_configurations(plans: dict) -> List[str]:
     """Configurations never replaced: nnU-Net's own, those another configuration inherits from, and those not
     written by nnunet_nas (no network class of ours)."""
     configs = plans["configurations"]
     protected = {c for c in NNUNET_CONFIGURATIONS if c in configs}
     protected |= {c.get("inherits_from") for c in configs.values() if c.get("inherits_from") in configs}
-    protected |= {name for name, c in configs.items()
-                  if not str((c.get("architecture") or {}).get("network_class_name", "")).startswith(
-                      OUR_NETWORK_PREFIX)}
+    protected |= {name for name, c in configs.items() if not written_by_us(c)}
     return sorted(protected)
 
 
-def trained_model_folders(plans_path: str, plans: dict, name: str, results_folder: Optional[str] = None) -> List[str]:
+def trained_model_folders(plans: dict, name: str, results_folder: Optional[str] = None) -> List[str]:
     """Fold folders of ``nnUNet_results`` holding a checkpoint of configuration ``name`` of this plans file."""
     if results_folder is None:
         from nnunetv2.paths import nnUNet_results as results_folder
@@ -145,7 +148,7 @@ def check_registration(plans_path: str, plans: dict, base_config: str, name: str
         why = "nnU-Net's own configuration" if name in NNUNET_CONFIGURATIONS else "the base it would inherit from"
     elif children:
         why = f"the base of {children}"
-    elif name in protected_configurations(plans) and not same:
+    elif old is not None and not written_by_us(old) and not same:
         why = "not written by nnunet_nas"
     else:
         why = None
@@ -157,7 +160,7 @@ def check_registration(plans_path: str, plans: dict, base_config: str, name: str
     if not overwrite:
         raise PlansError(f"{plans_path}: configuration {name!r} already holds a different architecture. Choose another "
                          f"name, or pass --overwrite to replace it (the old plans are kept as {plans_path}.bak.<n>).")
-    trained = trained_model_folders(plans_path, plans, name)
+    trained = trained_model_folders(plans, name)
     if trained:
         raise PlansError(f"configuration {name!r} has trained models ({', '.join(trained)}): replacing its "
                          f"architecture would make a resume or retrain silently change the network. Register under "

@@ -10,11 +10,13 @@ from nnunet_nas.io import load_torch_file
 SEARCH_STATE_KEY = "nnunet_nas_search_state"
 
 
-def read_checkpoint(path: str) -> dict:
-    """A checkpoint file as data (``weights_only``), with one error naming the file when it is no checkpoint."""
-    checkpoint = load_torch_file(path, "an nnU-Net checkpoint (checkpoint_final.pth / checkpoint_latest.pth)")
+def read_checkpoint(path: str, what: str = "an nnU-Net checkpoint (checkpoint_final.pth / checkpoint_latest.pth)"
+                    ) -> dict:
+    """A checkpoint file as data (``weights_only``), with one error naming the file and ``what`` was expected when it
+    is no checkpoint."""
+    checkpoint = load_torch_file(path, what)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("network_weights"), dict):
-        raise InputFileError(f"{path} is not an nnU-Net checkpoint (no network_weights).")
+        raise InputFileError(f"{path} is not an nnU-Net checkpoint (no network_weights); expected {what}.")
     return checkpoint
 
 
