@@ -18,10 +18,9 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hippocampus_2d import DATA, REPO, fold_timing, update_markdown  # noqa: E402
+from harness import REPO, RESULTS, update_markdown
+from hippocampus_2d import DATA, fold_timing
 
-RESULTS = os.path.join(REPO, "benchmarks", "results")
 RUNS = {  # row label -> (method, search trainer, results JSON)
     "DiNTS": ("dints", "nnUNetTrainerDiNTSSearchHippo2D_L8D3_20x25_fit", "hippocampus_2d_dast_dints.json"),
     "DAST": ("dast", "nnUNetTrainerDASTSearchHippo2D_L8D3_20x25", "hippocampus_2d_dast.json"),

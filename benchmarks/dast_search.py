@@ -24,14 +24,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from dints_vs_monai import _peak_rss_mb, machine
+from harness import REPO, run_child
 
 SGD_KW = dict(lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)  # nnU-Net's
 
@@ -119,7 +116,6 @@ def build(method_name, cfg, patch, device, classes=2):
 # ------------------------------------------------------------------------------------------------ step
 def child_step(method_name, blocks, depths, mul, size, repeats, device_name):
     import torch
-    from dints_vs_monai import _peak_rss_mb
     from nnunet_nas.arch.memory import saved_activation_elements
     from nnunet_nas.config import DASTSearchConfig, DiNTSSearchConfig
     device = torch.device(device_name)
@@ -156,18 +152,13 @@ def child_step(method_name, blocks, depths, mul, size, repeats, device_name):
 
 
 def step(args):
-    sys.path.insert(0, HERE)
-    from dints_vs_monai import machine_info
     rows = []
     for method_name in ("dints", "dast"):
         cmd = [sys.executable, os.path.abspath(__file__), "_child_step", method_name, str(args.blocks),
                str(args.depths), str(args.channel_mul), str(args.size), str(args.repeats), args.device]
-        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
-        if res.returncode:
-            raise SystemExit(res.stderr)
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        rows.append(run_child(cmd))
         print(json.dumps(rows[-1]), flush=True)
-    out = {"machine": machine_info(rows[0]["threads"]), "rows": rows,
+    out = {"machine": machine(rows[0]["threads"]), "rows": rows,
            "dast_over_dints": {k: rows[1][k] / rows[0][k] for k in ("iter_s", "peak_rss_mb", "saved_activations_mib",
                                                                    "peak_cuda_mb") if k in rows[0]}}
     print(json.dumps(out["dast_over_dints"]))
@@ -215,8 +206,6 @@ def one_search(sigma, seed, args):
 
 
 def trend(args):
-    sys.path.insert(0, HERE)
-    from dints_vs_monai import machine_info
     from nnunet_nas.arch.memory import GridMemoryModel
     from nnunet_nas.methods.dast import DAST_OP_SETS
     runs = []
@@ -240,7 +229,7 @@ def trend(args):
             "mean_transformer_level": statistics.mean(levels) if levels else None,
             "transformers": sum(r["transformers"] for r in rs), "active_edges": sum(r["active_edges"] for r in rs),
             "discrete_memory_ratio": statistics.mean(r["discrete_memory_ratio"] for r in rs)}
-    out = {"machine": machine_info(1), "settings": {k: v for k, v in vars(args).items() if k != "func"},
+    out = {"machine": machine(1), "settings": {k: v for k, v in vars(args).items() if k != "func"},
            "op_cost_per_output_element": {"edges_into_level": [int(t) for t in model._topo.edge_out],
                                           "ops": list(model.op_names), "table": model.op_cost.tolist()},
            "summary": summary, "runs": runs}

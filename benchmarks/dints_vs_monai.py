@@ -36,19 +36,14 @@ its own subprocess; the decoded codes are compared.
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import tracemalloc
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from harness import loadavg, machine_info, package_version, ram_gib, run_child
 
 # tutorial configuration
 CHANNEL_MUL, NUM_BLOCKS, NUM_DEPTHS = 0.5, 12, 4
@@ -88,13 +83,6 @@ class _RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, _rss_mb())
-
-
-def _loadavg():
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def seg_loss(logits, labels):
@@ -343,42 +331,19 @@ def child_decode(impl: str, repeats: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------ parent
 def _run_child(args, extra) -> dict:
+    """One case in a fresh process (this script with ``--child``): its JSON, with the wall-clock and the load."""
     cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads)] + extra
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    load_before = _loadavg()
+    load_before = loadavg()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        raise RuntimeError(f"benchmark case {extra} failed with exit code {proc.returncode}")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    res = json.loads(line[len("RESULT "):])
-    res.update(wall_s=wall, loadavg_before=load_before, loadavg_after=_loadavg())
+    res = run_child(cmd, env)
+    res.update(wall_s=time.perf_counter() - t0, loadavg_before=load_before, loadavg_after=loadavg())
     return res
 
 
-def machine_info(threads: int) -> dict:
-    import torch
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    ram_gb = None
-    try:
-        with open("/proc/meminfo") as f:
-            ram_gb = round(int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1]) / 1024 ** 2, 1)
-    except (OSError, StopIteration):
-        pass
-    try:
-        import monai
-        monai_version = monai.__version__
-    except ImportError:
-        monai_version = None
-    return dict(cpu=cpu, cores=os.cpu_count(), ram_gb=ram_gb, torch=torch.__version__, monai=monai_version,
-                python=platform.python_version(), threads=threads, loadavg=_loadavg())
+def machine(threads: int) -> dict:
+    """:func:`harness.machine_info` with the memory, MONAI's version, the threads and the load."""
+    return machine_info(ram_gb=ram_gib(), monai=package_version("monai"), threads=threads, loadavg=loadavg())
 
 
 def _fmt_ratio(r):
@@ -393,9 +358,7 @@ def parent(args) -> int:
     gpu = args.device == "cuda"
     sizes = [32] if args.quick and not args.sizes_given else args.sizes
     repeats = 1 if args.quick and not args.repeats_given else args.repeats
-    info = machine_info(args.threads)
-    if gpu:
-        info["gpu"] = torch.cuda.get_device_name(0)
+    info = machine(args.threads)
     print(f"machine: {info}")
     print(f"config: channel_mul {CHANNEL_MUL}, {NUM_BLOCKS} blocks, {NUM_DEPTHS} depths, batch {BATCH}, "
           f"{IN_CHANNELS} input channel, {NUM_CLASSES} classes, device {args.device}{' (AMP)' if gpu else ''}, "
@@ -431,7 +394,8 @@ def parent(args) -> int:
     time_target = TARGET_TIME_GPU if gpu else TARGET_TIME_CPU
     by = {(r["impl"], r["size"]): r for r in results["search"]}
     print()
-    print(f"| size | impl | iteration s (median) | weight step s | arch step s | process CPU s/iteration | {mem_name} |")
+    print("| size | impl | iteration s (median) | weight step s | arch step s | process CPU s/iteration "
+          f"| {mem_name} |")
     print("|---|---|---|---|---|---|---|")
     for size in sizes:
         for impl in ("monai", "ours"):
@@ -441,7 +405,8 @@ def parent(args) -> int:
                       f"| {r['iter_cpu_s']:.2f} | {r[mem_key]:,.0f} |")
     ratios = []
     print()
-    print("| size | time ours/MONAI | speed-up | CPU time ours/MONAI | memory ours/MONAI | time target | memory target |")
+    print("| size | time ours/MONAI | speed-up | CPU time ours/MONAI | memory ours/MONAI | time target "
+          "| memory target |")
     print("|---|---|---|---|---|---|---|")
     for size in sizes:
         m, o = by.get(("monai", size)), by.get(("ours", size))
@@ -453,7 +418,8 @@ def parent(args) -> int:
         ratios.append(dict(size=size, time_ratio=tr, speedup=1 / tr, cpu_time_ratio=cr, memory_ratio=mr,
                            time_target=time_target,
                            time_met=t_ok, memory_target=None if gpu else TARGET_MEM_CPU, memory_met=m_ok))
-        print(f"| {size}^3 | {tr:.3f} | {1 / tr:.2f}x | {cr:.3f} | {mr:.3f} | <= {time_target:.2f}: {'met' if t_ok else 'NOT met'} "
+        print(f"| {size}^3 | {tr:.3f} | {1 / tr:.2f}x | {cr:.3f} | {mr:.3f} "
+              f"| <= {time_target:.2f}: {'met' if t_ok else 'NOT met'} "
               f"| {'-' if gpu else ('<= %.1f: ' % TARGET_MEM_CPU) + ('met' if m_ok else 'NOT met')} |")
     results["ratios"] = ratios
     dec = {r["impl"]: r for r in results["decode"]}
@@ -474,7 +440,7 @@ def parent(args) -> int:
         print(f"decode speed-up MONAI/ours: {sp_med:,.0f}x (median), {sp_first:,.0f}x (our first call, cold tables); "
               f"target >= {TARGET_DECODE:.0f}x: {'met' if results['decode_summary']['met'] else 'NOT met'}; "
               f"identical codes: {same}")
-    results["machine"]["loadavg_end"] = _loadavg()
+    results["machine"]["loadavg_end"] = loadavg()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
@@ -511,7 +477,7 @@ def main(argv=None) -> int:
         res = child_decode(args.impl, args.repeats)
     else:
         return parent(args)
-    print("RESULT " + json.dumps(res), flush=True)
+    print(json.dumps(res), flush=True)
     return 0
 
 

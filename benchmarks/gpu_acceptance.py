@@ -5,8 +5,9 @@ For each registered method (IAC and the baseline build nnU-Net's planned network
 batchgenerators and dynamic-network-architectures; where those are missing they are skipped: carry their wheels) and
 each plan below, a few search iterations exactly as the search trainer takes them: an architecture step (weights
 frozen, AMP, the method's regularisers in fp32, its own GradScaler) and a weight step (alpha frozen, AMP, nnU-Net's
-SGD), on random data of the plan's patch and batch
-(the patch rounded up as the search trainer rounds it). Written per run, appended to the JSON after every step so a
+SGD), on random data of the plan's patch and batch (the search space following the plan's per-axis strides and
+kernels, the patch rounded only where the space needs it, as the search trainer does; ``--geometry isotropic`` builds
+the space as before 0.2 for comparison). Written per run, appended to the JSON after every step so a
 cut-off run still reports: ``torch.cuda.max_memory_allocated``, seconds per iteration (after one warm-up), or the
 out-of-memory error. The rest of the acceptance run (the memory fit, compile, a found configuration trained and
 predicted through nnU-Net) comes with the GPU issue.
@@ -18,7 +19,6 @@ predicted through nnU-Net) comes with the GPU issue.
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -31,9 +31,18 @@ from nnunet_nas.patch import round_up_patch
 from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import get_method, method_names
 
-# nnU-Net's own 3d_fullres plans (GPU_MEMORY_AUDIT.md): patch, batch, input channels, classes
-PLANS = {"hippocampus_3d_fullres": ([40, 56, 40], 9, 1, 3), "pancreas_like_3d_fullres": ([40, 224, 224], 2, 1, 3)}
-TINY_PLANS = {"tiny_3d": ([16, 16, 16], 2, 1, 3)}
+from harness import machine_info
+
+# nnU-Net's own 3d_fullres plans (GPU_MEMORY_AUDIT.md): patch, batch, input channels, classes, per-stage strides
+# and kernels (MSD Hippocampus; MSD Pancreas's 2.5 x 0.8 x 0.8 mm: the first stage convolves and pools in-plane only)
+ISOTROPIC_4 = ([[1, 1, 1]] + [[2, 2, 2]] * 3, [[3, 3, 3]] * 4)
+PANCREAS_GEOMETRY = ([[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+                     [[1, 3, 3]] + [[3, 3, 3]] * 5)
+PLANS = {"hippocampus_3d_fullres": ([40, 56, 40], 9, 1, 3) + ISOTROPIC_4,
+         "pancreas_like_3d_fullres": ([40, 224, 224], 2, 1, 3) + PANCREAS_GEOMETRY}
+TINY_PLANS = {"tiny_thick_slices_3d": ([4, 16, 16], 2, 1, 3, [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2]],
+                                       [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3]])}
+GEOMETRIES = ("plan", "isotropic")  # the plan's strides and kernels, or every level 2x with 3^3 kernels (before 0.2)
 TINY = {"dints": dict(num_blocks=2, num_depths=2, channel_mul=0.125),
         "dast": dict(num_blocks=2, num_depths=2, channel_mul=0.125),
         "scnas": dict(num_nodes=2, channel_mul=0.0625), "iac": dict(num_nodes=2, partial_channels=2)}
@@ -41,16 +50,11 @@ UNET_BLOCK = {"network_class_name": "dynamic_network_architectures.architectures
               "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
 
 
-def planned_unet(patch):
-    """nnU-Net's PlainConvUNet as its planner would lay it out for this 3-D patch (IAC's host)."""
-    strides, shape = [[1, 1, 1]], list(patch)
-    while len(strides) < 6 and any(s >= 8 for s in shape):
-        step = [2 if s >= 8 else 1 for s in shape]
-        strides.append(step)
-        shape = [s // t for s, t in zip(shape, step)]
+def planned_unet(strides, kernels):
+    """nnU-Net's PlainConvUNet as its planner lays it out with these per-stage strides and kernels (IAC's host)."""
     n = len(strides)
     kwargs = {"n_stages": n, "features_per_stage": [min(32 * 2 ** i, 320) for i in range(n)],
-              "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * n, "strides": strides,
+              "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": kernels, "strides": strides,
               "n_conv_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True,
               "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
               "norm_op_kwargs": {"eps": 1e-5, "affine": True},
@@ -59,12 +63,26 @@ def planned_unet(patch):
     return dict(UNET_BLOCK, arch_kwargs=kwargs)
 
 
-def build(method, cfg, patch, in_ch, classes, device):
+def search_plan(method, cfg, plan, geometry: str):
+    """``(planned network, search patch)`` of a search at ``plan``: with ``geometry="plan"`` the space follows the
+    plan's strides and kernels and the patch is nnU-Net's (rounded only where the space needs it); with
+    ``"isotropic"`` the space is built as before plan geometries (every level 2x, 3^3 kernels, the patch rounded up
+    to 2^levels) while IAC's host keeps the plan."""
+    patch, _, _, _, strides, kernels = plan
+    block = planned_unet(strides, kernels)
+    if geometry == "isotropic" and method.search_downsamplings is not None:
+        block["arch_kwargs"] = {k: v for k, v in block["arch_kwargs"].items() if k not in ("strides", "kernel_sizes")}
+    planned = PlannedNetwork.from_block(block)
+    space, _ = method.search_geometry(cfg, planned, 3)
+    patch = patch if space is None else round_up_patch(patch, space.divisor)
+    return replace(planned, patch_size=tuple(patch)), patch
+
+
+def build(method, cfg, planned, in_ch, classes, device):
     op_set = method.op_set_for(cfg, 3)
-    planned = PlannedNetwork.from_block(planned_unet(patch), patch_size=patch)
     supernet = method.build_supernet(cfg, op_set, in_ch, classes, 3, True, planned=planned)
     net = SearchNetwork(supernet, method.build_arch_params(cfg, supernet, op_set), method.make_weighting(cfg))
-    return net.to(device)
+    return net if device.type == "cpu" else net.to(device)  # built on the CPU (fake tensors cannot move)
 
 
 def seg_loss(outputs, target):
@@ -135,13 +153,13 @@ def measured(net, step, iterations: int, device) -> dict:
 
 def run_baseline(plan_name, plan, device, iterations):
     """nnU-Net's planned PlainConvUNet at the plan (the memory the found networks are compared with)."""
-    patch, batch, in_ch, classes = plan
+    patch, batch, in_ch, classes, strides, kernels = plan
     row = {"method": "nnunet_plainconvunet", "plan": plan_name, "search_patch": patch, "batch": batch}
     try:
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     except ImportError:
         return dict(row, skipped="nnunetv2 is not installed here")
-    block = planned_unet(patch)
+    block = planned_unet(strides, kernels)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -155,14 +173,14 @@ def run_baseline(plan_name, plan, device, iterations):
                                 device))
 
 
-def run_one(name, plan_name, plan, device, tiny, iterations):
+def run_one(name, plan_name, plan, device, tiny, iterations, geometry="plan"):
     method = get_method(name)
     cfg = method.config_class()
     if tiny:
         cfg = replace(cfg, **TINY[name])
-    patch, batch, in_ch, classes = plan
-    patch = round_up_patch(patch, method.search_patch_divisor(cfg))
-    row = {"method": name, "plan": plan_name, "search_patch": patch, "batch": batch}
+    _, batch, in_ch, classes, _, _ = plan
+    planned, patch = search_plan(method, cfg, plan, geometry)
+    row = {"method": name, "plan": plan_name, "geometry": geometry, "search_patch": patch, "batch": batch}
     if method.trained_host:
         try:
             import dynamic_network_architectures  # noqa: F401
@@ -174,7 +192,7 @@ def run_one(name, plan_name, plan, device, tiny, iterations):
         torch.cuda.reset_peak_memory_stats()
     try:
         torch.manual_seed(0)
-        net = build(method, cfg, patch, in_ch, classes, device)
+        net = build(method, cfg, planned, in_ch, classes, device)
         opt_w = torch.optim.SGD(list(net.weight_parameters()), 0.01, momentum=0.99, nesterov=True)
         opt_a = torch.optim.Adam(list(net.arch_parameters()), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas))
         scalers = [torch.amp.GradScaler(device.type, enabled=device.type == "cuda") for _ in range(2)]
@@ -195,19 +213,25 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="tiny configs and plan (the CPU rehearsal)")
     p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     p.add_argument("--iterations", type=int, default=None, help="default: 3 (2 with --tiny)")
+    p.add_argument("--geometry", nargs="+", choices=GEOMETRIES, default=["plan"],
+                   help="the search space's geometry: the plan's strides and kernels, and/or isotropic (as before "
+                        "0.2) for comparison")
     p.add_argument("--out", required=True, help="JSON written after every run")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    report = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
-                          "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
-                          "total_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1)
-                          if device.type == "cuda" else None}, "runs": []}
+    info = machine_info()
+    cuda = device.type == "cuda"
+    report = {"machine": dict(info, device=torch.cuda.get_device_name() if cuda else info["platform"],
+                              total_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1)
+                              if cuda else None), "runs": []}
     plans = TINY_PLANS if args.tiny else PLANS
     iterations = args.iterations or (2 if args.tiny else 3)
     for plan_name, plan in plans.items():
-        for name in ["nnunet"] + (args.methods or method_names()):
+        runs = [("nnunet", None)] + [(name, g) for name in (args.methods or method_names()) for g in args.geometry
+                                     if g == "plan" or get_method(name).search_downsamplings is not None]
+        for name, geometry in runs:
             row = run_baseline(plan_name, plan, device, iterations) if name == "nnunet" else \
-                run_one(name, plan_name, plan, device, args.tiny, iterations)
+                run_one(name, plan_name, plan, device, args.tiny, iterations, geometry)
             report["runs"].append(row)
             print(json.dumps(row), flush=True)
             with open(args.out + ".tmp", "w") as f:

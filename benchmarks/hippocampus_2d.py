@@ -27,15 +27,13 @@ import datetime
 import glob
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness import REPO, Runner, machine_info, package_version, ram_gib, update_markdown, uptime
+
 DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "Dataset004_Hippocampus")
 DATASET = "Dataset004_Hippocampus"
 TRAIN_TR = "nnUNetTrainerNAS_20x50"
@@ -45,38 +43,9 @@ SEARCH_TRAINERS = {"dints": "nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25",
 LABELS = {"1": "anterior", "2": "posterior"}
 
 
-def sh(cmd):
-    return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
-
-
 def env_for(work):
     from nnunet_nas.nnunet.environment import nnunet_env
     return nnunet_env(work, [os.path.join(REPO, "benchmarks", "trainers")])
-
-
-def parse_time_file(path):
-    """Wall-clock (s), peak RSS (MiB; of the largest single process of the tree, as GNU time reports it), rc."""
-    if not os.path.isfile(path):
-        return {}
-    text = open(path).read()
-    out = {}
-    m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text)
-    if m:
-        parts = [float(p) for p in m.group(1).split(":")]
-        secs = 0.0
-        for p in parts:
-            secs = secs * 60 + p
-        out["wall_s"] = round(secs, 1)
-    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    if m:
-        out["peak_rss_mib"] = round(int(m.group(1)) / 1024, 1)
-    m = re.search(r"Exit status: (\d+)", text)
-    if m:
-        out["exit_status"] = int(m.group(1))
-    m = re.search(r"Percent of CPU this job got: (\S+)", text)
-    if m:
-        out["cpu_percent"] = m.group(1)
-    return out
 
 
 def prepare_work(work, data=DATA):
@@ -88,47 +57,6 @@ def prepare_work(work, data=DATA):
     if not os.path.isfile(os.path.join(raw, "dataset.json")):
         shutil.copytree(data, raw, dirs_exist_ok=True)
     return env
-
-
-class Runner:
-    def __init__(self, work, env, only_report=False):
-        self.work, self.env, self.only_report = work, env, only_report
-        self.logs = os.path.join(work, "logs")
-        os.makedirs(self.logs, exist_ok=True)
-
-    def step(self, name, cmd, done, resume_cmd=None, resumable=None):
-        """Run ``cmd`` unless ``done()`` (or the runner only reports); returns the step's timing record (from this
-        run or an earlier one)."""
-        tfile = os.path.join(self.logs, f"{name}.time")
-        if self.only_report:
-            pass
-        elif done():
-            print(f"[{name}] already done: skipped", flush=True)
-        else:
-            use = resume_cmd if (resume_cmd and resumable and resumable()) else cmd
-            if use is resume_cmd:
-                print(f"[{name}] interrupted earlier: continuing with --c", flush=True)
-            print(f"[{name}] $ {use}", flush=True)
-            with open(os.path.join(self.logs, f"{name}.uptime_start"), "w") as f:
-                f.write(sh("uptime") + "\n")
-            t0 = time.time()
-            with open(os.path.join(self.logs, f"{name}.log"), "a") as log:
-                rc = subprocess.call(["/usr/bin/time", "-v", "-o", tfile, "bash", "-c", use], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT)
-            with open(os.path.join(self.logs, f"{name}.uptime_end"), "w") as f:
-                f.write(sh("uptime") + "\n")
-            with open(os.path.join(self.logs, f"{name}.rc"), "w") as f:
-                f.write(f"{rc}\n")
-            print(f"[{name}] rc={rc} in {time.time() - t0:.0f} s", flush=True)
-            if rc != 0:
-                raise SystemExit(f"step {name} failed (rc {rc}); see {os.path.join(self.logs, name + '.log')}")
-        rec = parse_time_file(tfile)
-        rec["command"] = cmd
-        for k in ("uptime_start", "uptime_end"):
-            p = os.path.join(self.logs, f"{name}.{k}")
-            if os.path.isfile(p):
-                rec[k] = open(p).read().strip()
-        return rec
 
 
 def plans_path(env):
@@ -255,31 +183,11 @@ def search_epoch_info(fold):
 
 
 def machine():
-    cpu = ""
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem = ""
-    for line in open("/proc/meminfo"):
-        if line.startswith("MemTotal"):
-            mem = f"{int(line.split()[1]) / 1024 ** 2:.1f} GiB"
-    import torch
-    import nnunetv2  # noqa: F401
-    from importlib.metadata import version
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram": mem, "python": platform.python_version(),
-            "torch": torch.__version__, "nnunetv2": version("nnunetv2"),
-            "nnunet_nas": version("nnunet_nas") if _has_dist("nnunet_nas") else "editable",
-            "uptime_at_report": sh("uptime")}
-
-
-def _has_dist(name):
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        version(name)
-        return True
-    except PackageNotFoundError:
-        return False
+    """The machine of the real-data protocols: :func:`harness.machine_info` with the memory, nnU-Net's and our
+    version and the load when the report was written."""
+    ram = ram_gib()
+    return machine_info(ram=f"{ram:.1f} GiB" if ram is not None else "", nnunetv2=package_version("nnunetv2"),
+                        nnunet_nas=package_version("nnunet_nas") or "editable", uptime_at_report=uptime())
 
 
 METHOD_LABELS = {"dints": "DiNTS", "scnas": "SCNAS", "dast": "DAST"}
@@ -345,24 +253,9 @@ def render_table(res, method="dints"):
                      f"on this fold and schedule).")
         bw, nw = res["steps"]["baseline"].get("wall_s"), res["steps"]["retrain"].get("wall_s")
         if bw and nw:
-            lines.append(f"Retrain wall-clock / baseline wall-clock: {nw / bw:.2f}x (same machine; loads in the table).")
+            lines.append(f"Retrain wall-clock / baseline wall-clock: {nw / bw:.2f}x "
+                         "(same machine; loads in the table).")
     return "\n".join(lines)
-
-
-def update_markdown(path, table, start, end):
-    """Replace the table between a benchmark's markers in BENCHMARKS.md (re-read right before an atomic write;
-    nothing else in the file is touched)."""
-    if not os.path.isfile(path):
-        print(f"{path} missing: table not written there")
-        return
-    text = open(path).read()
-    i, j = text.find(start), text.find(end)
-    if i < 0 or j < i:
-        print(f"markers not found in {path}: table not written there")
-        return
-    from nnunet_nas.io import atomic_write_text
-    atomic_write_text(path, text[:i + len(start)] + "\n" + table + "\n" + text[j:])
-    print(f"updated the table in {path}")
 
 
 def main():
@@ -397,7 +290,8 @@ def main():
     pre = os.path.join(env["nnUNet_preprocessed"], DATASET)
     res["steps"]["plan_preprocess"] = r.step(
         "plan_preprocess",
-        f"nnUNetv2_plan_and_preprocess -d 4 -c {cfgs} --verify_dataset_integrity -np {' '.join(['1'] * len(cfgs.split()))} -npfp 1",
+        f"nnUNetv2_plan_and_preprocess -d 4 -c {cfgs} --verify_dataset_integrity "
+        f"-np {' '.join(['1'] * len(cfgs.split()))} -npfp 1",
         done=lambda: os.path.isfile(os.path.join(pre, "nnUNetPlans.json")) and all(
             len(glob.glob(os.path.join(pre, f"nnUNetPlans_{c}", "*"))) >= 200 for c in cfgs.split()))
     if not args.only_report:
@@ -408,7 +302,8 @@ def main():
         cmd = f"nnUNetv2_train 4 {config} 0 -tr {trainer} -device cpu"
         return fold, r.step(name, cmd,
                             done=lambda: os.path.isfile(os.path.join(fold, "validation", "summary.json"))
-                            or (trainer == args.search_trainer and os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))),
+                            or (trainer == args.search_trainer
+                                and os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))),
                             resume_cmd=cmd + " --c",
                             resumable=lambda: os.path.isfile(os.path.join(fold, "checkpoint_latest.pth")))
 

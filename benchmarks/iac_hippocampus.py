@@ -26,8 +26,8 @@ import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import hippocampus_2d as h  # noqa: E402
+import hippocampus_2d as h
+from harness import REPO, RESULTS, Runner, update_markdown
 
 BASE_TR = "nnUNetTrainerNAS_20x50"
 IAC_TR = "nnUNetTrainerIACSearchHippo2D_40x5"
@@ -108,11 +108,11 @@ def main():
     ap.add_argument("--data", default=h.DATA)
     ap.add_argument("--only-report", action="store_true", help="run nothing, collect what is there")
     ap.add_argument("--update-benchmarks-md", action="store_true")
-    ap.add_argument("--out", default=os.path.join(h.REPO, "benchmarks", "results", "iac_hippocampus.json"))
+    ap.add_argument("--out", default=os.path.join(RESULTS, "iac_hippocampus.json"))
     args = ap.parse_args()
 
     env = h.prepare_work(args.work, args.data)
-    r = h.Runner(args.work, env, only_report=args.only_report)
+    r = Runner(args.work, env, only_report=args.only_report)
     res = {"machine": h.machine(), "work": args.work, "steps": {}}
     pre = os.path.join(env["nnUNet_preprocessed"], h.DATASET)
     res["steps"]["plan_preprocess"] = r.step(
@@ -134,7 +134,7 @@ def main():
     _, res["steps"]["search_iac"] = train("search_iac", "2d_bs32", IAC_TR, search=True)
     _, res["steps"]["search_iac_lth"] = train("search_iac_lth", "2d_bs32", LTH_TR, search=True)
     host_checkpoint = os.path.join(base_fold, "checkpoint_final.pth")
-    control_runner = h.Runner(args.work, dict(env, NNUNET_NAS_BENCH_INIT=host_checkpoint), only_report=args.only_report)
+    control_runner = Runner(args.work, dict(env, NNUNET_NAS_BENCH_INIT=host_checkpoint), only_report=args.only_report)
     control_fold, res["steps"]["control"] = train("finetune_control", "2d_bs32", CONTROL_TR, control_runner)
     iac_config, lth_config = found_configuration(env, IAC_TR), found_configuration(env, LTH_TR)
     iac_fold, res["steps"]["finetune_iac"] = train("finetune_iac", iac_config, FT_TR)
@@ -185,7 +185,7 @@ def main():
     print(json.dumps({k: res[k] for k in ("speedup", "genotype_agreement")}, indent=2))
     print("\n" + table)
     if args.update_benchmarks_md:
-        h.update_markdown(os.path.join(h.REPO, "BENCHMARKS.md"), table, *MARKERS)
+        update_markdown(os.path.join(REPO, "BENCHMARKS.md"), table, *MARKERS)
 
 
 if __name__ == "__main__":

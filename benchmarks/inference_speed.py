@@ -30,15 +30,12 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hippocampus_2d import (DATA, DATASET, add_bs32, env_for, machine, parse_time_file,  # noqa: E402
-                            update_markdown)
+from harness import REPO, RESULTS, parse_time_file, run_child, update_markdown
+from hippocampus_2d import DATA, DATASET, add_bs32, env_for, machine
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GENOTYPE = os.path.join(REPO, "benchmarks", "results", "hippocampus_2d_dints_genotype.json")
+GENOTYPE = os.path.join(RESULTS, "hippocampus_2d_dints_genotype.json")
 BASE, FOUND = "2d_bs32", "2d_bs32_dints"
 TRAINER = "nnUNetTrainer"
-RESULTS = os.path.join(REPO, "benchmarks", "results")
 TABLE_START = "<!-- inference_speed:table:start -->"
 TABLE_END = "<!-- inference_speed:table:end -->"
 
@@ -198,10 +195,8 @@ def main():
         rows = res["timings"].setdefault(str(threads), {})
         for config in (BASE, FOUND):
             print(f"[{config}, {threads} thread(s)] in-process per-case timing", flush=True)
-            out = subprocess.run([sys.executable, __file__, "--work", args.work, "--time-config", config,
-                                  "--threads", str(threads)], env=dict(env, nnUNet_def_n_proc=str(threads)),
-                                 check=True, capture_output=True, text=True).stdout
-            rows[config] = json.loads(out.strip().splitlines()[-1])
+            rows[config] = run_child([sys.executable, __file__, "--work", args.work, "--time-config", config,
+                                      "--threads", str(threads)], env=dict(env, nnUNet_def_n_proc=str(threads)))
             print(f"[{config}, {threads} thread(s)] nnUNetv2_predict", flush=True)
             rows[config]["command"] = time_command(env, config, threads, args.work)
             print(json.dumps(rows[config]), flush=True)

@@ -15,9 +15,8 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hippocampus_2d import (DATASET, REPO, Runner, add_bs32, env_for, fold_dir, machine,  # noqa: E402
-                            search_epoch_info, update_markdown)
+from harness import RESULTS, Runner, update_markdown
+from hippocampus_2d import DATASET, REPO, add_bs32, env_for, fold_dir, machine, search_epoch_info
 
 FULL_TR = "nnUNetTrainerSCNASSearchHippo2D_20x10"
 JSD_TR = "nnUNetTrainerSCNASSearchHippo2D_20x10_JSD"
@@ -74,7 +73,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/hippo")
     ap.add_argument("--update-benchmarks-md", action="store_true")
-    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "jsd_saving_scnas.json"))
+    ap.add_argument("--out", default=os.path.join(RESULTS, "jsd_saving_scnas.json"))
     args = ap.parse_args()
     env = env_for(args.work)
     if not os.path.isfile(os.path.join(env["nnUNet_preprocessed"], DATASET, "nnUNetPlans.json")):

@@ -7,7 +7,8 @@ identical but for sigma = 0.2 / 0.5 / 0.8 (a share of the largest discrete archi
 same width (channel_mul 0.25), so memory differences come from the found architecture alone. For each exported
 network the script measures the activations autograd keeps for one training step (CPU, fp32, the configuration's
 patch and batch; ``nnunet_nas.arch.memory.saved_activation_elements``) and compares them with the estimate printed
-at export (``batch * compute_conv_feature_map_size(patch) * 4`` bytes). Writes ``benchmarks/results/memory_budget.json``.
+at export (``batch * compute_conv_feature_map_size(patch) * 4`` bytes). Writes
+``benchmarks/results/memory_budget.json``.
 
     python benchmarks/memory_budget.py [--work /tmp/nas_budget]
 """
@@ -15,12 +16,11 @@ at export (``batch * compute_conv_feature_map_size(patch) * 4`` bytes). Writes `
 import argparse
 import json
 import os
-import platform
 import subprocess
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness import REPO, machine_info
+
 TRAINERS = {0.2: "nnUNetTrainerDiNTSBudget02", 0.5: "nnUNetTrainerDiNTSBudget05", 0.8: "nnUNetTrainerDiNTSBudget08"}
 DATASET_ID = 989  # nnunet_nas.demo.SYNTHETIC_DATASET_ID
 DATASET_NAME = f"Dataset{DATASET_ID}_NASDemo"
@@ -60,7 +60,6 @@ def main():
     p.add_argument("--work", default="/tmp/nas_budget")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "memory_budget.json"))
     args = p.parse_args()
-    sys.path.insert(0, REPO)
     from nnunet_nas.demo import make_demo_dataset
     from nnunet_nas.nnunet.environment import nnunet_env
     env = nnunet_env(args.work, [os.path.join(REPO, "benchmarks", "trainers")], n_proc_DA=0)
@@ -83,9 +82,8 @@ def main():
         row.update(measure(env, DATASET_NAME, name))
         rows.append(row)
         print(json.dumps(row), flush=True)
-    import torch
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only",
-              "torch": torch.__version__, "rows": rows,
+    info = machine_info()
+    result = {"machine": f"{info['platform']}, {info['cores']} cores, CPU only", "torch": info["torch"], "rows": rows,
               "measured_increasing": all(a["measured_activation_MiB"] < b["measured_activation_MiB"]
                                          for a, b in zip(rows, rows[1:]))}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -15,13 +15,11 @@ Writes ``benchmarks/results/scnas_sampling.json``.
 import argparse
 import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness import RESULTS, machine_info, run_child
 
 
 def one_variant(variant, dims, size, channel_mul, steps, threads):
@@ -68,18 +66,17 @@ def main():
     p.add_argument("--channel-mul", type=float, default=0.5)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "scnas_sampling.json"))
+    p.add_argument("--out", default=os.path.join(RESULTS, "scnas_sampling.json"))
     p.add_argument("--variant", choices=["pair", "full"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.variant:
         return one_variant(a.variant, a.dims, a.size, a.channel_mul, a.steps, a.threads)
     res = {"dims": a.dims, "patch": [a.size] * a.dims, "batch": 1, "stem_channels": int(32 * a.channel_mul),
-           "threads": a.threads, "steps": a.steps, "machine": {"cpu": _cpu(), "python": platform.python_version()}}
+           "threads": a.threads, "steps": a.steps, "machine": machine_info()}
     for variant in ("pair", "full"):
-        out = subprocess.run([sys.executable, __file__, "--variant", variant, "--dims", str(a.dims), "--size",
-                              str(a.size), "--channel-mul", str(a.channel_mul), "--steps", str(a.steps), "--threads",
-                              str(a.threads)], check=True, capture_output=True, text=True).stdout
-        res[variant] = json.loads(out.strip().splitlines()[-1])
+        res[variant] = run_child([sys.executable, __file__, "--variant", variant, "--dims", str(a.dims), "--size",
+                                  str(a.size), "--channel-mul", str(a.channel_mul), "--steps", str(a.steps),
+                                  "--threads", str(a.threads)])
         print(json.dumps(res[variant]), flush=True)
     pair, full = res["pair"], res["full"]
     res["full_over_pair"] = {"time": full["step_s"] / pair["step_s"],
@@ -88,13 +85,6 @@ def main():
     print(json.dumps(res["full_over_pair"], indent=1))
     from nnunet_nas.io import atomic_write_text
     atomic_write_text(a.out, json.dumps(res, indent=1))
-
-
-def _cpu():
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

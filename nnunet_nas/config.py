@@ -13,6 +13,7 @@ when the search network exists (:meth:`SearchConfig.validate` with ``spatial_dim
 ``check_search``).
 """
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import ClassVar, Optional, Tuple
 
@@ -32,7 +33,7 @@ def _op_set(value) -> Optional[str]:
 def _jsd_rule(value) -> Optional[str]:
     if not isinstance(value, JSDRule):
         return "must be a JSDRule or None (no JSD stability pruning)"
-    message = check_fields(value, JSD_RULES, "jsd", raise_error=False)
+    message = check_fields(value, JSD_RULES, "jsd_pruning", raise_error=False)
     return None if message is None else f"has {message}"
 
 
@@ -40,8 +41,32 @@ JSD_RULES = {"window": integer(1), "threshold": number(0), "top_k": integer(1), 
              "min_epoch": optional(integer(0)), "temperature": number(0, lo_open=True), "early_stop": boolean}
 
 
+# config keys renamed since they were first saved: old name -> new name (old checkpoints and genotypes still load;
+# the old keyword, in a constructor or ``dataclasses.replace``, and the old attribute warn)
+RENAMED_FIELDS = {"jsd": "jsd_pruning"}
+
+
+def _renamed(values: dict, warn: bool) -> dict:
+    for old, new in RENAMED_FIELDS.items():
+        if old in values:
+            if new in values and values[new] != values[old] and not warn:
+                raise ConfigError(f"both {old!r} (its old name) and {new!r} are set; keep {new!r} only.")
+            if warn:
+                warnings.warn(f"SearchConfig field {old!r} is now {new!r}", DeprecationWarning, stacklevel=4)
+            values[new] = values.pop(old)
+    return values
+
+
+class _AcceptsRenamedFields(type):
+    """Lets ``SearchConfig(jsd=...)`` and ``dataclasses.replace(cfg, jsd=...)`` (which calls the class) keep working,
+    with a DeprecationWarning, after a field's rename."""
+
+    def __call__(cls, *args, **kwargs):
+        return super().__call__(*args, **_renamed(kwargs, warn=True))
+
+
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(metaclass=_AcceptsRenamedFields):
     """What every search shares: the bi-level loop, the data split, the optimisers and the export width.
 
     ``data_split`` (weight : architecture) divides the fold's training cases: (1, 1) is DARTS / DiNTS's 50/50,
@@ -65,8 +90,11 @@ class SearchConfig:
     arch_decoupled_weight_decay: bool = False
     arch_grad_clip: Optional[float] = None  # max norm of the architecture gradient; None: no clipping
     loss: str = "dice_ce"  # the search's segmentation loss: nnU-Net's Dice + CE, or "jaccard" (SCNAS's)
+    # [ours] a space with levels of its own takes nnU-Net's per-axis strides and kernels (nnunet_nas/geometry.py);
+    # False: the papers' isotropic space (every level 2x, 3^dims kernels, the patch rounded up to it)
+    follow_plan_geometry: bool = True
     # IAC-LTH's JSD stability pruning and early stop, for any method (strategies/jsd_pruning.py); None: off
-    jsd: Optional[JSDRule] = None
+    jsd_pruning: Optional[JSDRule] = None
 
     rules: ClassVar[dict] = {
         "op_set": optional(Rule(_op_set)), "export_channel_mul": optional(number(0, lo_open=True)),
@@ -75,8 +103,15 @@ class SearchConfig:
         "weight_lr": optional(number(0, lo_open=True)), "weight_betas": pair(number(0, 1, hi_open=True)),
         "arch_lr": number(0, lo_open=True), "arch_betas": pair(number(0, 1, hi_open=True)),
         "arch_weight_decay": number(0), "arch_decoupled_weight_decay": boolean,
-        "arch_grad_clip": optional(number(0, lo_open=True)), "loss": one_of(LOSSES), "jsd": optional(Rule(_jsd_rule)),
+        "arch_grad_clip": optional(number(0, lo_open=True)), "loss": one_of(LOSSES),
+        "follow_plan_geometry": boolean, "jsd_pruning": optional(Rule(_jsd_rule)),
     }
+
+    @property
+    def jsd(self) -> Optional[JSDRule]:
+        """Deprecated name of :attr:`jsd_pruning`."""
+        warnings.warn("SearchConfig.jsd is now SearchConfig.jsd_pruning", DeprecationWarning, stacklevel=2)
+        return self.jsd_pruning
 
     @classmethod
     def all_rules(cls) -> dict:
@@ -118,9 +153,9 @@ class SearchConfig:
         take the defaults, an unknown key at any depth is one :class:`~nnunet_nas.errors.ConfigError` naming its
         path (a typo must not be dropped silently)."""
         source = source or f"{cls.__name__} (from a file)"
-        values = read_fields(cls, d, source)
-        if values.get("jsd") is not None:
-            values["jsd"] = JSDRule(**read_fields(JSDRule, values["jsd"], f"{source}.jsd"))
+        values = read_fields(cls, _renamed(dict(d), warn=False) if isinstance(d, dict) else d, source)
+        if values.get("jsd_pruning") is not None:
+            values["jsd_pruning"] = JSDRule(**read_fields(JSDRule, values["jsd_pruning"], f"{source}.jsd_pruning"))
         try:
             cfg = cls(**values)
         except TypeError as e:

@@ -1,22 +1,29 @@
-"""Patch sizes a search space can take: every extent a multiple of the space's divisor (e.g. 2^D for the
-DiNTS grid). The one place where patches are rounded up; nnU-Net pads smaller images."""
+"""Patch sizes a network can take: every extent a multiple of the network's divisor on its axis (the product of the
+strides down to its coarsest stage, e.g. 2^D per axis for an isotropic DiNTS grid). The one place where patches are
+rounded up; nnU-Net pads smaller images."""
 
-from typing import List, Sequence
+from typing import List, Sequence, Union
 
 from nnunet_nas.errors import PlansError
 
-
-def round_up_patch(patch_size: Sequence[int], divisor: int) -> List[int]:
-    """Each extent rounded up to the next multiple of ``divisor``."""
-    d = int(divisor)
-    return [-(-int(p) // d) * d for p in patch_size]
+Divisor = Union[int, Sequence[int]]
 
 
-def check_patch_divisible(shape: Sequence[int], divisor: int, requirement: str) -> None:
-    """One clear error, with the fix, when a patch extent is not a multiple of ``divisor``; ``requirement`` says
-    which network needs it ("DiNTS with D=3 levels needs every patch extent divisible by 2^D=8")."""
-    if any(int(s) % divisor for s in shape):
+def per_axis(divisor: Divisor, spatial_dims: int) -> List[int]:
+    return [int(divisor)] * spatial_dims if isinstance(divisor, int) else [int(d) for d in divisor]
+
+
+def round_up_patch(patch_size: Sequence[int], divisor: Divisor) -> List[int]:
+    """Each extent rounded up to the next multiple of ``divisor`` (an int, or one per axis); a patch that is already
+    divisible is returned as it is."""
+    return [-(-int(p) // d) * d for p, d in zip(patch_size, per_axis(divisor, len(patch_size)))]
+
+
+def check_patch_divisible(shape: Sequence[int], divisor: Divisor, requirement: str) -> None:
+    """One clear error, with the fix, when a patch extent is not a multiple of ``divisor`` on its axis;
+    ``requirement`` says which network needs it ("DiNTS with D=3 levels needs ...")."""
+    if any(int(s) % d for s, d in zip(shape, per_axis(divisor, len(shape)))):
         raise PlansError(
             f"{requirement}, got patch {list(shape)}. Set the configuration's patch_size in the plans file to a "
-            f"multiple of {divisor} (for example {round_up_patch(shape, divisor)}), or re-export with `nnunet-nas "
+            f"multiple per axis (for example {round_up_patch(shape, divisor)}), or re-export with `nnunet-nas "
             f"export`, which adjusts it.")

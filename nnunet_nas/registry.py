@@ -41,7 +41,11 @@ class SearchMethod:
       nnU-Net's); False: the method's own default width is used (IAC: cells added to nnU-Net's planned network);
     * ``trained_host``: True: the search starts from a trained model of the configuration's planned network, which
       the trainer finds, loads and freezes (the supernet has ``load_host_weights`` and ``host_parameters``);
-    * ``search_patch_divisor(cfg)`` / ``genotype_patch_divisor(genotype)``: patch extents must be multiples;
+    * ``search_downsamplings(cfg)`` -> how many down-sampling stages the search space has; it takes the plan's
+      first ones (per-axis strides and kernels, :mod:`nnunet_nas.geometry`) and the search patch must be divisible
+      by their product per axis. None: the method searches inside nnU-Net's own network, whose plan it keeps (IAC);
+    * ``genotype_patch_divisor(genotype)``: what a found network's patch extents must be multiples of (an int or
+      one per axis);
     * ``make_strategies(cfg)`` -> list of :class:`~nnunet_nas.strategies.base.SearchStrategy`;
     * ``kept_edges(genotype)`` -> bool array over the leading shape of ``op_logits``: the edges the genotype uses
       (optional; the JSD strategy's stop rule looks at those only, at every edge without it);
@@ -66,7 +70,7 @@ class SearchMethod:
     discretize: Callable
     describe: Callable
     fixed_network_kwargs: Callable
-    search_patch_divisor: Callable
+    search_downsamplings: Optional[Callable]
     genotype_patch_divisor: Callable
     history_keys: Tuple[str, ...] = ()
     make_strategies: Callable = field(default=lambda cfg: [])
@@ -89,6 +93,15 @@ class SearchMethod:
         ``tag`` names an export of another checkpoint than the final one (``dints_genotype_checkpoint_best.json``)."""
         stem, ext = os.path.splitext(OUTPUT_FILES[kind])
         return f"{self.name}_{stem}{'_' + tag if tag else ''}{ext}"
+
+    def search_geometry(self, cfg, planned, spatial_dims: int):
+        """``(geometry, note)``: the :class:`~nnunet_nas.geometry.Geometry` the search space takes from the
+        configuration nnU-Net planned (``planned``: a :class:`~nnunet_nas.planned_network.PlannedNetwork`) and a
+        line for the log where it departs from the plan; ``(None, None)`` for a method in nnU-Net's own network."""
+        if self.search_downsamplings is None:
+            return None, None
+        from nnunet_nas.geometry import planned_geometry
+        return planned_geometry(planned, spatial_dims, self.search_downsamplings(cfg) + 1, cfg.follow_plan_geometry)
 
     def op_set_for(self, cfg, spatial_dims: int) -> str:
         """The op set a search with ``cfg`` uses in ``spatial_dims`` (``cfg.op_set`` or the method's default)."""

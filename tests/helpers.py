@@ -93,3 +93,55 @@ SEARCH_TEST_TRAINERS = {
     "dast": ("nnUNetTrainerDASTSearchTest", "3d_fullres"),
     "iac": ("nnUNetTrainerIACSearchTest", "2d"),  # on the host nnUNetTrainerNASTest trained (2d, fold 0)
 }
+
+
+def write_dataset(raw_root: str, dataset_id: int, name: str, kind: str = "labels", num_cases: int = 6,
+                  shape=(16, 32, 32), spacing=(1.0, 1.0, 1.0), channels: int = 1, seed: int = 0) -> str:
+    """A tiny raw dataset ``Dataset<id>_<name>`` in nnU-Net's layout, its arrays ``shape`` (nnU-Net's axis order)
+    at ``spacing`` mm: nested ellipsoids, labelled as ``kind`` says: "labels" (background, shell, core),
+    "regions" (BraTS style: labels 1-3 and the three overlapping regions whole / core / enhancing) or "ignore"
+    (shell and core, and an ignore label over a slab of every case)."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
+    for sub in ("imagesTr", "labelsTr"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    rng = np.random.RandomState(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"))
+    # nnU-Net reads NIfTI through SimpleITK, whose array axes are the file's reversed: write them reversed
+    affine = np.diag(list(reversed([float(s) for s in spacing])) + [1.0])
+    for i in range(num_cases):
+        center = np.array([rng.uniform(0.4, 0.6) * s for s in shape])[:, None, None, None]
+        radii = np.array([rng.uniform(0.25, 0.35) * s for s in shape])[:, None, None, None]
+        r = np.sqrt((((grid - center) / radii) ** 2).sum(0))
+        label = np.zeros(shape, np.uint8)
+        for value, radius in ((1, 1.0), (2, 0.6), (3, 0.3) if kind == "regions" else (2, 0.6)):
+            label[r < radius] = value
+        if kind == "ignore":
+            label[:, : max(1, shape[1] // 4)] = 3  # an unannotated slab
+        for c in range(channels):
+            image = rng.normal(0, 1, shape).astype(np.float32) + (1.0 + c) * (label > 0) + (label > 1)
+            nib.save(nib.Nifti1Image(image.transpose(), affine),
+                     os.path.join(folder, "imagesTr", f"case_{i:03d}_{c:04d}.nii.gz"))
+        nib.save(nib.Nifti1Image(label.transpose(), affine), os.path.join(folder, "labelsTr", f"case_{i:03d}.nii.gz"))
+    labels = {"background": 0, "shell": 1, "core": 2}
+    dataset = {"channel_names": {str(c): f"channel{c}" for c in range(channels)}, "numTraining": num_cases,
+               "file_ending": ".nii.gz", "name": name}
+    if kind == "regions":
+        labels = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}
+        dataset["regions_class_order"] = [1, 2, 3]
+    elif kind == "ignore":
+        labels["ignore"] = 3
+    dataset["labels"] = labels
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump(dataset, f, indent=2)
+    return folder
+
+
+def plan_dataset(env: dict, dataset_id: int, configurations=("3d_fullres",)) -> None:
+    """nnU-Net's real planning and preprocessing of a raw dataset, one process."""
+    plan_env = {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}  # planning calls set_num_threads(n_proc_DA)
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", *configurations, "-np",
+             *(["1"] * len(configurations)), "-npfp", "1"], plan_env)

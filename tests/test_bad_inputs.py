@@ -398,8 +398,9 @@ CASES = [
     Case("export-replaces-base", _export("--name", "3d_fullres", "--overwrite"), "never replaced", "another --name"),
     Case("export-channel-mul-nan", _export("--channel-mul", "nan"), "--channel-mul.*finite", "--help"),
     Case("export-config-unknown-nested-key", _export(checkpoint=lambda w: search_checkpoint_with(
-        w, lambda c: c["nnunet_nas_search_state"]["search_config"].__setitem__("jsd", {"window": 1, "windw": 2}))),
-        r"search_config\.jsd\.windw", "spelling"),
+        w, lambda c: c["nnunet_nas_search_state"]["search_config"].__setitem__("jsd_pruning",
+                                                                               {"window": 1, "windw": 2}))),
+        r"search_config\.jsd_pruning\.windw", "spelling"),
     Case("export-config-nan-budget", _export(checkpoint=lambda w: search_checkpoint_with(
         w, lambda c: c["nnunet_nas_search_state"]["search_config"].__setitem__("memory_budget", float("nan")))),
         "memory_budget=nan", "finite number > 0"),
@@ -495,8 +496,8 @@ BAD_CONFIGS = [
     (SCNASSearchConfig, dict(num_nodes=0), "num_nodes=0 must be an integer >= 1"),
     (IACSearchConfig, dict(partial_channels=0), "partial_channels=0 must be an integer >= 1"),
     (IACSearchConfig, dict(mode="both"), "mode='both' must be one of"),
-    (IACSearchConfig, dict(jsd=JSDRule(window=0)), "window=0 must be an integer >= 1"),
-    (IACSearchConfig, dict(jsd=JSDRule(gamma=1.5)), "gamma=1.5 must be a finite number"),
+    (IACSearchConfig, dict(jsd_pruning=JSDRule(window=0)), "window=0 must be an integer >= 1"),
+    (IACSearchConfig, dict(jsd_pruning=JSDRule(gamma=1.5)), "gamma=1.5 must be a finite number"),
     (SearchConfig, dict(arch_lr=float("nan")), "arch_lr=nan must be a finite number > 0"),
     (SearchConfig, dict(arch_lr=0), "arch_lr=0 must be a finite number > 0"),
     (SearchConfig, dict(warmup_fraction=1.0), r"warmup_fraction=1.0 must be a finite number \[0, 1\)"),

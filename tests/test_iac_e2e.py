@@ -60,7 +60,7 @@ def test_search_freezes_the_host_and_exports_a_configuration_that_starts_from_it
     # freezing really freezes: after the whole search every host tensor is bit-identical to the trained model's
     for k, v in host_weights.items():
         assert torch.equal(search_weights[f"supernet.{k}"], v), k
-    assert any(k.startswith("supernet.cells.") for k in search_weights) and "arch.edge_logits" in search_weights
+    assert any(k.startswith("supernet.cells.") for k in search_weights) and "arch.edge_norm_logits" in search_weights
     g = CellGenotype.load(os.path.join(fold, "iac_genotype.json"))
     assert g.cell_types == ["fusion"] and g.spatial_dims == 2 and g.num_nodes == 2
     for picture in ("iac_architecture.png", "iac_arch_trajectories.png", "iac_network.png", "progress.png"):

@@ -77,16 +77,16 @@ def test_edge_normalised_weighting_is_a_softmax_per_edge_and_per_node():
     torch.manual_seed(0)
     arch = CellEdgeArchParams(2, 5, len(NAMES))
     with torch.no_grad():
-        arch.edge_logits.normal_()
+        arch.edge_norm_logits.normal_()
         arch.op_logits.normal_()
     w = EdgeNormalisedWeighting()(arch)
     torch.testing.assert_close(w.ops, torch.softmax(arch.op_logits, -1))
-    torch.testing.assert_close(w.edges[:, :2], torch.softmax(arch.edge_logits[:, :2], -1))
-    torch.testing.assert_close(w.edges[:, 2:], torch.softmax(arch.edge_logits[:, 2:], -1))
+    torch.testing.assert_close(w.edges[:, :2], torch.softmax(arch.edge_norm_logits[:, :2], -1))
+    torch.testing.assert_close(w.edges[:, 2:], torch.softmax(arch.edge_norm_logits[:, 2:], -1))
     assert w.edges.requires_grad and not w.detach().edges.requires_grad
 
 
-@pytest.mark.parametrize("cfg", [DiNTSSearchConfig(), replace(SCNASSearchConfig(), jsd=JSDRule(window=3)),
+@pytest.mark.parametrize("cfg", [DiNTSSearchConfig(), replace(SCNASSearchConfig(), jsd_pruning=JSDRule(window=3)),
                                  replace(IACSearchConfig(), shared_cell=False, data_split=(2, 1))])
 def test_configs_round_trip_through_their_dict(cfg):
     assert type(cfg).from_dict(cfg.to_dict()) == cfg

@@ -168,3 +168,17 @@ def test_on_a_search_network_the_mask_has_op_logits_shape_and_the_state_resumes(
     assert (a is None and b is None) or torch.equal(a, b)
     assert full.state_dict() == resumed.state_dict()
     assert set(full.history()) == {"jsd_max_score", "jsd_stable_edges", "jsd_alive_ops"}
+
+
+def test_the_strategy_writes_its_calibration_note_to_the_search_log_at_start():
+    from types import SimpleNamespace
+
+    from nnunet_nas.strategies.base import SearchProgress
+    lines = []
+    strategy = JSDStabilityPruning(JSDRule(), arch_optimizer=(0.03, (0.5, 0.999)))
+    strategy.log = lines.append
+    net = SimpleNamespace(arch=SimpleNamespace(op_logits=np.zeros((3, 8))))
+    strategy.on_search_start(net, SearchProgress(epoch=0, num_epochs=4, warmup_epochs=2, arch_steps=0,
+                                                 arch_steps_total=10))
+    assert lines == [calibration_note(JSDRule(), 0.03, (0.5, 0.999), 5, 8)]
+    JSDStabilityPruning(JSDRule()).on_search_start(net, None)  # no optimiser given, no log: nothing to say

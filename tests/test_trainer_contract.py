@@ -12,7 +12,7 @@ import torch
 from helpers import DATASET_NAME, SEARCH_TEST_TRAINERS, TEST_TRAINERS, copy_work
 from nnunet_nas.nnunet.environment import trainer_dir
 from nnunet_nas.nnunet.search_state import SEARCH_STATE_KEY, read_checkpoint
-from nnunet_nas.registry import method_names
+from nnunet_nas.registry import get_method, method_names
 
 HOST_TRAINER = "nnUNetTrainerNASTest"
 
@@ -118,8 +118,12 @@ def test_gpu_acceptance_script_rehearses_on_the_cpu(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "gpu.json"
     p = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "gpu_acceptance.py"), "--device", "cpu",
-                        "--tiny", "--out", str(out)], capture_output=True, text=True, timeout=600)
+                        "--tiny", "--geometry", "plan", "isotropic", "--out", str(out)], capture_output=True, text=True,
+                       timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     runs = json.load(open(out))["runs"]
-    assert sorted(r["method"] for r in runs) == sorted(method_names() + ["nnunet_plainconvunet"])
+    own_geometry = [n for n in method_names() if get_method(n).search_downsamplings is not None]
+    assert sorted(r["method"] for r in runs) == sorted(method_names() + own_geometry + ["nnunet_plainconvunet"])
+    by_geometry = {(r["method"], r.get("geometry")): r["search_patch"] for r in runs}
+    assert by_geometry["dints", "plan"] == [4, 16, 16] and by_geometry["dints", "isotropic"] == [4, 16, 16]
     assert all(r["seconds_per_iteration"] > 0 and "oom" not in r for r in runs), runs

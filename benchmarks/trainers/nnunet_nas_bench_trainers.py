@@ -95,7 +95,7 @@ class nnUNetTrainerSCNASSearchHippo2D_20x10(nnUNetTrainerSCNASSearch):
 class nnUNetTrainerSCNASSearchHippo2D_20x10_JSD(nnUNetTrainerSCNASSearchHippo2D_20x10):
     """The same search with IAC-LTH's JSD stability pruning and early stop at JSDRule's defaults (window 5,
     threshold 1e-3, top 3, gamma 0.5); 20 epochs stay the cap (benchmarks/jsd_saving.py)."""
-    search_config = replace(nnUNetTrainerSCNASSearchHippo2D_20x10.search_config, jsd=JSDRule())
+    search_config = replace(nnUNetTrainerSCNASSearchHippo2D_20x10.search_config, jsd_pruning=JSDRule())
 
 
 class nnUNetTrainerIACSearchHippo2D_40x5(nnUNetTrainerIACSearch):
@@ -116,7 +116,7 @@ class nnUNetTrainerIACSearchHippo2D_40x5(nnUNetTrainerIACSearch):
 class nnUNetTrainerIACLTHSearchHippo2D_40x5(nnUNetTrainerIACSearchHippo2D_40x5):
     """IAC-LTH: the same search with JSD stability pruning and early stop at JSDRule's defaults (window 5, threshold
     1e-3, top 3, gamma 0.5); the 40 epochs of the full search are the cap."""
-    search_config = replace(nnUNetTrainerIACSearchHippo2D_40x5.search_config, jsd=JSDRule())
+    search_config = replace(nnUNetTrainerIACSearchHippo2D_40x5.search_config, jsd_pruning=JSDRule())
 
 
 class nnUNetTrainerNAS_10x50(_ShortSchedule):

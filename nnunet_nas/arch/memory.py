@@ -8,7 +8,8 @@ Unit: stored activation *elements* (multiply by the bytes per element yourself).
     size_out(e) * (1 + sum_n alpha_n * (pre_cost(e) + op_cost_n))
 
 ``size_out(e) = batch * channels[out] * prod(patch / 2^(out+1))`` is the element count of the cell's output
-(grid level ``d`` lives at 1/2^(d+1) of the input resolution, see ``networks/dints_net.py``), ``1`` counts the
+(grid level ``d`` lives at 1/2^(d+1) of the input resolution, see ``networks/dints_net.py``; per axis, ``patch /
+scale(out + 1)`` of the plan's geometry where it is anisotropic), ``1`` counts the
 output itself, ``pre_cost`` is the edge's resolution change (``edge_preprocess_cost(...)``) and ``op_cost_n`` is
 ``OpSpec.memory_cost``. With ``sum_n alpha_n = 1`` (softmax) this is ``size_out * (1 + pre + sum_n alpha_n op_n)``.
 
@@ -39,7 +40,7 @@ counts each cell's norm output, which nothing saves, and a conv op's ReLU output
 
 Everything is linear in ``batch * prod(patch)``, so ratios do not depend on the patch or the batch: tables are
 kept per input voxel ("unit patch") and scaled at the end. Sizes are exact when every patch extent is divisible
-by 2^D, which DiNTSNet requires.
+by the deepest level's scale (2^D on an isotropic geometry), which DiNTSNet requires.
 """
 
 from typing import Mapping, Optional, Sequence
@@ -47,6 +48,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from nnunet_nas.geometry import space_geometry
 from nnunet_nas.ops.catalog import edge_preprocess_cost, edge_preprocess_saved_cost, op_specs
 from nnunet_nas.spaces.grid import default_grid_op_set
 from nnunet_nas.spaces.grid_topology import check_num_blocks, grid_topology
@@ -84,10 +86,12 @@ class GridMemoryModel:
             at that patch enters the per-voxel tables, so ratios then hold for that patch; :meth:`expected`,
             :meth:`full` and :meth:`genotype_elements` at another patch recompute the tables for it.
         op_options: options of such ops (``OpSpec.options``: the transformer's ``token_grid``, ``num_heads``).
+        geometry: the network's :class:`~nnunet_nas.geometry.Geometry` (D + 1 stages; level d is stage d + 1):
+            level sizes and the edges' resampling follow its per-axis strides. None: isotropic.
 
     Attributes (torch float64):
         unit_size: ``[E]`` output elements of edge e per input voxel and batch item,
-            ``channels[out] / 2^((out+1) * dims)``.
+            ``channels[out] / prod(scale(out + 1))`` (``2^((out+1) * dims)`` on an isotropic geometry).
         pre_cost: ``[E]`` preprocess cost of edge e (output-size tensors).
         op_cost: ``[E, N]`` op costs (output-size tensors; the same on every edge for linear ops).
         out_cost: ``[E]`` ``unit_size`` (the "1": the cell output itself).
@@ -96,7 +100,7 @@ class GridMemoryModel:
 
     def __init__(self, num_blocks: int, num_depths: int, channels_per_level: Sequence[int], spatial_dims: int = 3,
                  op_set_name: Optional[str] = None, patch_size: Optional[Sequence[int]] = None,
-                 op_options: Optional[Mapping] = None):
+                 op_options: Optional[Mapping] = None, geometry=None):
         check_num_blocks(num_blocks)
         topo = grid_topology(num_depths)
         channels = [int(c) for c in channels_per_level]
@@ -117,15 +121,15 @@ class GridMemoryModel:
         self.channels = channels
         self.op_names = tuple(s.name for s in specs)
         self._topo = topo
+        self.geometry = geo = space_geometry(geometry, spatial_dims, num_depths + 1, "GridMemoryModel geometry")
         f64 = torch.float64
-        self.pre_cost = torch.tensor(
-            [edge_preprocess_cost(channels[i], channels[o], int(d), spatial_dims)
-             for i, o, d in zip(topo.edge_in, topo.edge_out, topo.edge_dir)], dtype=f64)
-        self._pre_saved = torch.tensor(
-            [edge_preprocess_saved_cost(channels[i], channels[o], int(d), spatial_dims)
-             for i, o, d in zip(topo.edge_in, topo.edge_out, topo.edge_dir)], dtype=f64)
-        self.unit_size = torch.tensor([channels[o] * 2.0 ** (-(int(o) + 1) * spatial_dims) for o in topo.edge_out],
-                                      dtype=f64)
+        edges = [(int(i), int(o), int(d)) for i, o, d in zip(topo.edge_in, topo.edge_out, topo.edge_dir)]
+        self.pre_cost = torch.tensor([edge_preprocess_cost(channels[i], channels[o], d, spatial_dims,
+                                                           geo.strides[max(i, o) + 1]) for i, o, d in edges], dtype=f64)
+        self._pre_saved = torch.tensor([edge_preprocess_saved_cost(channels[i], channels[o], d, spatial_dims,
+                                                                   geo.strides[max(i, o) + 1]) for i, o, d in edges],
+                                       dtype=f64)
+        self.unit_size = torch.tensor([channels[o] / float(np.prod(geo.scale(o + 1))) for _, o, _ in edges], dtype=f64)
         self.out_cost = self.unit_size.clone()
         self._tables_by_patch = {}
         self.op_cost, self.op_edge_cost, self.saved_edge_cost, self._full_unit, self._max_unit = \
@@ -145,7 +149,7 @@ class GridMemoryModel:
             if spec.linear:
                 continue
             for e, o in enumerate(self._topo.edge_out):
-                shape = [self.channels[o]] + [int(p) >> (int(o) + 1) for p in patch_size]
+                shape = [self.channels[o]] + list(self.geometry.shape(patch_size, int(o) + 1))
                 per_output = spec.memory_elements(shape, self.op_options) / float(np.prod(shape, dtype=np.float64))
                 cost[e, n] = saved[e, n] = per_output  # measured on autograd's saved tensors (ops/transformer.py)
         op_edge_cost = self.unit_size[:, None] * (self.pre_cost[:, None] + cost)
@@ -161,7 +165,8 @@ class GridMemoryModel:
     def from_network(cls, net) -> "GridMemoryModel":
         """The model of a :class:`~nnunet_nas.networks.dints_net.DiNTSNet`'s grid (supernet or fixed)."""
         s = net.space
-        return cls(s.num_blocks, s.num_depths, s.channels, s.spatial_dims, s.op_set_name, net.patch_size, s.op_options)
+        return cls(s.num_blocks, s.num_depths, s.channels, s.spatial_dims, s.op_set_name, net.patch_size, s.op_options,
+                   s.geometry)
 
     # ------------------------------------------------------------------ helpers
     def _tables(self, like: torch.Tensor):
@@ -268,7 +273,7 @@ def network_feature_map_size(net, input_size) -> int:
     if len(size) != dims:
         raise ValueError(f"network_feature_map_size: give the {dims} spatial extents only, got {list(input_size)}.")
     f = net.filters
-    n = [float(np.prod([s // 2 ** r for s in size], dtype=np.float64)) for r in range(net.num_depths + 2)]
+    n = [float(np.prod(net.geometry.shape(size, r), dtype=np.float64)) for r in range(net.num_depths + 1)]
     in_ch = net.input_channels
     num_classes = net.stem_finals[-1].out_channels
     total = 0.0

@@ -7,13 +7,16 @@ unpruned search's state dict holds the logits alone. Pruned ops get probability 
 
 :class:`CellArchParams` (SCNAS): ``op_logits`` [T, E, N] per cell type and edge.
 
-:class:`CellEdgeArchParams` (IAC, PC-DARTS): ``op_logits`` [T, E, N] and ``edge_logits`` [T, E] (beta of edge
-normalisation), both initialised 1e-3 * N(0, 1) [PC-DARTS].
+:class:`CellEdgeArchParams` (IAC, PC-DARTS): ``op_logits`` [T, E, N] and ``edge_norm_logits`` [T, E] (beta of
+edge normalisation), both initialised 1e-3 * N(0, 1) [PC-DARTS]. Before 0.2 beta was called ``edge_logits``
+like the grid's edge gates: checkpoints with that name still load.
 
 :class:`GridArchParams` (DiNTS / DAST):
 ``edge_logits`` [L, E]: p_e = sigmoid (paper Eq. 2), initialised N(0, 0.01) [paper section 4.1].
 ``op_logits``  [L, E, N]: alpha = softmax over ops, initialised N(1, 0.01) [paper].
 """
+
+import warnings
 
 import torch
 from torch import nn
@@ -90,8 +93,29 @@ class CellArchParams(ArchParams):
 
 
 class CellEdgeArchParams(CellArchParams):
-    """PC-DARTS cells: ``op_logits`` ``[T, E, N]`` and the edge-normalisation logits ``edge_logits`` ``[T, E]``."""
+    """PC-DARTS cells: ``op_logits`` ``[T, E, N]`` and the edge-normalisation logits ``edge_norm_logits``
+    ``[T, E]``."""
+    RENAMED = {"edge_logits": "edge_norm_logits"}  # old state-dict name -> new
 
     def __init__(self, num_cell_types: int, num_edges: int, num_ops: int):
         super().__init__(num_cell_types, num_edges, num_ops)
-        self.edge_logits = nn.Parameter(torch.randn(num_cell_types, num_edges) * 1e-3)
+        self.edge_norm_logits = nn.Parameter(torch.randn(num_cell_types, num_edges) * 1e-3)
+
+    @property
+    def edge_logits(self) -> nn.Parameter:
+        """Deprecated name of :attr:`edge_norm_logits`."""
+        warnings.warn("CellEdgeArchParams.edge_logits is now edge_norm_logits", DeprecationWarning, stacklevel=2)
+        return self.edge_norm_logits
+
+    @classmethod
+    def upgrade_state(cls, state: dict, prefix: str = "") -> dict:
+        """``state`` (a state dict, or its entries under ``prefix``) with names saved before a rename made current,
+        in place; returns it."""
+        for old, new in cls.RENAMED.items():
+            if prefix + old in state and prefix + new not in state:
+                state[prefix + new] = state.pop(prefix + old)
+        return state
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.upgrade_state(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -161,5 +161,5 @@ class EdgeNormalisedWeighting(Weighting):
     of each cell node (:func:`~nnunet_nas.spaces.cell.node_softmax`)."""
 
     def __call__(self, arch) -> EdgeNormalisedWeights:
-        num_nodes = cell_num_nodes(arch.edge_logits.shape[-1])
-        return EdgeNormalisedWeights(arch.op_probs(), node_softmax(arch.edge_logits, num_nodes))
+        num_nodes = cell_num_nodes(arch.edge_norm_logits.shape[-1])
+        return EdgeNormalisedWeights(arch.op_probs(), node_softmax(arch.edge_norm_logits, num_nodes))

@@ -1,14 +1,15 @@
 """The cell genotype (DARTS-style methods: SCNAS's four cell types, IAC's implanted cell): versioned JSON.
 
-JSON layout (``version`` 1)::
+JSON layout (``version`` 2; version 1, without ``geometry``, still loads, as isotropic)::
 
-    {"schema": "nnunet_nas.cells", "version": 1, "op_set": "scnas_3d", "spatial_dims": 3, "num_nodes": 4,
+    {"schema": "nnunet_nas.cells", "version": 2, "op_set": "scnas_3d", "spatial_dims": 3, "num_nodes": 4,
      "cell_types": ["encoder_normal", "reduction", "decoder_normal", "expansion"],
      "encoder_normal": [                       # one row per intermediate node j: the op on each incoming edge,
        ["conv_3x3x3", null],                   # from states 0 .. j+1 (inputs s0, s1, then earlier nodes);
        ["skip", null, "max_pool_3"],           # null: no edge (the search chose "zero")
        ...],
      ...
+     "geometry": {"strides": [...], "kernels": [...]},  # per resolution level; null: isotropic (or the host's)
      "provenance": {...}}
 
 Every node keeps at least one incoming edge (:meth:`CellGenotype.validate`); op names must belong to the op set.
@@ -19,13 +20,14 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from nnunet_nas.genotypes.schema import (Genotype, GenotypeError, expect_int, expect_provenance, expect_rows,
-                                         register_schema)
+from nnunet_nas.genotypes.schema import (Genotype, GenotypeError, expect_geometry, expect_int, expect_provenance,
+                                         expect_rows, geometry_dict, register_schema)
 from nnunet_nas.ops.catalog import OP_SETS, get_op_set
 
 SCHEMA = "nnunet_nas.cells"
-VERSION = 1
-_FIXED_KEYS = ("schema", "version", "op_set", "spatial_dims", "num_nodes", "cell_types", "provenance")
+VERSION = 2
+READS = (1, 2)
+_FIXED_KEYS = ("schema", "version", "op_set", "spatial_dims", "num_nodes", "cell_types", "geometry", "provenance")
 
 
 @register_schema(SCHEMA)
@@ -36,6 +38,7 @@ class CellGenotype(Genotype):
     num_nodes: int = 4
     provenance: dict = field(default_factory=dict)
     spatial_dims: Optional[int] = None  # None: the op set's
+    geometry: Optional[object] = None  # Geometry of the network's resolution levels; None: isotropic
 
     @property
     def cell_types(self) -> List[str]:
@@ -102,6 +105,7 @@ class CellGenotype(Genotype):
         d = {"schema": SCHEMA, "version": VERSION, "op_set": self.op_set, "spatial_dims": self.spatial_dims,
              "num_nodes": self.num_nodes, "cell_types": self.cell_types}
         d.update({name: [list(r) for r in rows] for name, rows in self.cells.items()})
+        d["geometry"] = geometry_dict(self.geometry)
         d["provenance"] = self.provenance
         return d
 
@@ -109,9 +113,9 @@ class CellGenotype(Genotype):
     def from_dict(cls, d: dict, source: str = "genotype") -> "CellGenotype":
         if d.get("schema") != SCHEMA:
             raise GenotypeError(f"{source}: schema {d.get('schema')!r} is not {SCHEMA!r}.")
-        if d.get("version") != VERSION:
+        if d.get("version") not in READS:
             raise GenotypeError(f"{source}: cell genotype version {d.get('version')!r} is not supported (this "
-                                f"nnunet_nas reads version {VERSION}); upgrade nnunet_nas.")
+                                f"nnunet_nas reads versions {list(READS)}); upgrade nnunet_nas.")
         missing = [k for k in ("op_set", "num_nodes", "cell_types") if k not in d]
         types = d.get("cell_types")
         if missing or not isinstance(types, list) or not all(isinstance(t, str) for t in types):
@@ -131,5 +135,6 @@ class CellGenotype(Genotype):
         spatial_dims = None if d.get("spatial_dims") is None else expect_int(d["spatial_dims"], "spatial_dims", source)
         g = cls(d["op_set"], cells, expect_int(d["num_nodes"], "num_nodes", source), expect_provenance(d, source),
                 spatial_dims)
+        g.geometry = expect_geometry(d, d["version"], g.spatial_dims, source)
         g.validate(source)
         return g

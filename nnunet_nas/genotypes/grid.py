@@ -1,12 +1,13 @@
 """The grid genotype (DiNTS / DAST): versioned JSON with op names, never op indices.
 
-JSON layout (``version`` 1)::
+JSON layout (``version`` 2; version 1, without ``geometry``, still loads, as isotropic)::
 
-    {"schema": "nnunet_nas.grid", "version": 1, "op_set": "dints_3d", "spatial_dims": 3,
+    {"schema": "nnunet_nas.grid", "version": 2, "op_set": "dints_3d", "spatial_dims": 3,
      "num_blocks": L, "num_depths": D,
      "node_a": [[0/1] * D] * (L + 1),        # row 0: inputs of block 0; row b+1: outputs of block b
      "edges":  [[0/1] * E] * L,              # E = 3D-2, MONAI path order (nnunet_nas.spaces.grid_topology)
      "ops":    [[op name or null] * E] * L,  # null on inactive edges
+     "geometry": {"strides": [[..] * dims] * (D + 1), "kernels": [..]},  # null: isotropic
      "provenance": {...}}                    # method, dataset, fold, epoch, package version, config
 
 ``node_a`` is redundant with ``edges`` and is checked against it; a genotype is feasible when every block is
@@ -18,13 +19,14 @@ from typing import Optional
 
 import numpy as np
 
-from nnunet_nas.genotypes.schema import (Genotype, GenotypeError, expect_int, expect_provenance, expect_rows,
-                                         register_schema)
+from nnunet_nas.genotypes.schema import (Genotype, GenotypeError, expect_geometry, expect_int, expect_provenance,
+                                         expect_rows, geometry_dict, register_schema)
 from nnunet_nas.ops.catalog import OP_SETS, get_op_set, op_names, op_sets_with
 from nnunet_nas.spaces.grid_topology import check_num_blocks, check_num_depths, grid_topology
 
 SCHEMA = "nnunet_nas.grid"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 
 
 @register_schema(SCHEMA)
@@ -36,6 +38,7 @@ class GridGenotype(Genotype):
     ops: list  # [L][E] op name or None
     provenance: dict = field(default_factory=dict)
     spatial_dims: Optional[int] = None  # None: the op set's
+    geometry: Optional[object] = None  # Geometry of the D + 1 stages (input, levels); None: isotropic
 
     @property
     def num_blocks(self) -> int:
@@ -56,7 +59,8 @@ class GridGenotype(Genotype):
             "schema": SCHEMA, "version": VERSION, "op_set": self.op_set, "spatial_dims": self.spatial_dims,
             "num_blocks": self.num_blocks, "num_depths": self.num_depths,
             "node_a": self.node_a.astype(int).tolist(), "edges": self.arch_code_a.astype(int).tolist(),
-            "ops": [list(r) for r in self.ops], "provenance": dict(self.provenance),
+            "ops": [list(r) for r in self.ops], "geometry": geometry_dict(self.geometry),
+            "provenance": dict(self.provenance),
         }
 
     @classmethod
@@ -67,9 +71,9 @@ class GridGenotype(Genotype):
             raise GenotypeError(f"{source}: schema is {d.get('schema')!r}, expected {SCHEMA!r}. Is this a DiNTS "
                                 f"genotype written by nnunet_nas? MONAI arch codes are imported with "
                                 f"`nnunet-nas add-arch --monai FILE`.")
-        if d.get("version") != VERSION:  # a future version 2 is migrated here
+        if d.get("version") not in READS:
             raise GenotypeError(f"{source}: genotype version {d.get('version')!r} is not supported by this nnunet_nas "
-                                f"(reads version {VERSION}); upgrade nnunet_nas or re-export the genotype.")
+                                f"(reads versions {list(READS)}); upgrade nnunet_nas or re-export the genotype.")
         missing = [k for k in ("op_set", "num_blocks", "num_depths", "node_a", "edges", "ops") if k not in d]
         if missing:
             raise GenotypeError(f"{source}: missing keys {missing}; the file is truncated or not a genotype.")
@@ -85,6 +89,7 @@ class GridGenotype(Genotype):
         spatial_dims = None if d.get("spatial_dims") is None else expect_int(d["spatial_dims"], "spatial_dims", source)
         g = cls(d["op_set"], np.asarray(node_a, dtype=np.int64), np.asarray(edges, dtype=np.int64), ops,
                 expect_provenance(d, source), spatial_dims)
+        g.geometry = expect_geometry(d, d["version"], g.spatial_dims, source)
         g.validate(source, expected_blocks=expect_int(d["num_blocks"], "num_blocks", source),
                    expected_depths=expect_int(d["num_depths"], "num_depths", source))
         return g
@@ -102,6 +107,9 @@ class GridGenotype(Genotype):
                                 f"({get_op_set(self.op_set).spatial_dims}-D).")
         topo = grid_topology(self.num_depths)
         L, D, E = self.num_blocks, self.num_depths, topo.num_edges
+        if self.geometry is not None and self.geometry.num_stages != D + 1:
+            raise GenotypeError(f"{source}: geometry has {self.geometry.num_stages} stages, a grid of D={D} levels "
+                                f"needs D + 1 = {D + 1} (the input stage and one per level).")
         if expected_depths is not None and expected_depths != D or expected_blocks is not None and expected_blocks != L:
             raise GenotypeError(f"{source}: num_blocks/num_depths ({expected_blocks}, {expected_depths}) disagree with "
                                 f"the arrays ([L, E] = {list(self.arch_code_a.shape)}, node_a {list(self.node_a.shape)}).")

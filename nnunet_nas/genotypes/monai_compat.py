@@ -4,6 +4,9 @@ MONAI layout (``monai.networks.nets.dints``): ``node_a`` [L+1, D] (its docstring
 ``arch_code_a`` [L, E] 0/1 floats, ``arch_code_c`` [L, E] op indices 0 skip, 1 conv3x3x3, 2 P3D 3x3x1,
 3 P3D 3x1x3, 4 P3D 1x3x3 (``nnunet_nas.ops.catalog.DINTS_3D`` has the same order). The path order is the same
 as ours. Files are a torch pickle of numpy arrays (MONAI tutorials) or JSON lists (``../shared/reference``).
+
+MONAI's architectures are isotropic (every level 2x, 3x3x3 kernels): an imported genotype records no geometry, so
+its network is built isotropic whatever the plan it is registered on, and the export says so.
 """
 
 from typing import Optional

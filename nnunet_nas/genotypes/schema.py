@@ -2,14 +2,15 @@
 
 A genotype is the whole hand-off between a search and the fixed network (DARTS): a small, versioned,
 human-readable JSON object with a ``schema`` name (``nnunet_nas.grid`` for DiNTS / DAST, a cell schema for
-DARTS-style methods), a ``version``, op names (never indices), ``spatial_dims`` and a ``provenance``. Each genotype
-class registers its schema name with :func:`register_schema`; :func:`genotype_from_dict` and
-:func:`load_genotype` read any of them.
+DARTS-style methods), a ``version``, op names (never indices), ``spatial_dims``, the ``geometry`` it was searched
+in (per-axis strides and kernels from nnU-Net's plan, version 2; null or absent: isotropic) and a
+``provenance``. Each genotype class registers its schema name with :func:`register_schema`;
+:func:`genotype_from_dict` and :func:`load_genotype` read any of them.
 """
 
 import json
 import numbers
-from typing import Dict, Type
+from typing import Dict, Optional, Type
 
 from nnunet_nas.errors import UserError
 from nnunet_nas.io import atomic_write_text, read_json
@@ -45,6 +46,25 @@ def expect_provenance(d: dict, source: str) -> dict:
     if not isinstance(provenance, dict):
         raise GenotypeError(f"{source}: provenance must be an object, found {type(provenance).__name__}.")
     return dict(provenance)
+
+
+def expect_geometry(d: dict, version: int, spatial_dims: Optional[int], source: str):
+    """The per-axis strides and kernels a genotype was searched with (:class:`~nnunet_nas.geometry.Geometry`);
+    None (isotropic) for a genotype of a version written before geometries were recorded, or with ``null``."""
+    from nnunet_nas.errors import PlansError
+    from nnunet_nas.geometry import Geometry
+    if version < 2 or d.get("geometry") is None:
+        return None
+    if spatial_dims is None:
+        raise GenotypeError(f"{source}: a geometry needs spatial_dims.")
+    try:
+        return Geometry.from_dict(d["geometry"], spatial_dims, f"{source}: geometry")
+    except PlansError as e:
+        raise GenotypeError(str(e)) from None
+
+
+def geometry_dict(geometry) -> Optional[dict]:
+    return None if geometry is None else geometry.to_dict()
 
 
 def register_schema(name: str):

@@ -70,8 +70,9 @@ def _patch(planned, what: str):
 
 def build_supernet(cfg: DASTSearchConfig, op_set: str, input_channels: int, num_classes: int, spatial_dims: int,
                    deep_supervision: bool, planned=None):
+    geometry = dints.search_geometry(cfg, planned, spatial_dims)
     return DiNTSNet(input_channels, num_classes, None, cfg.num_blocks, cfg.num_depths, spatial_dims, cfg.channel_mul,
-                    op_set=op_set, strides=dints.search_strides(cfg.num_depths, spatial_dims),
+                    op_set=op_set, strides=geometry.output_strides(cfg.num_depths), geometry=geometry,
                     deep_supervision=deep_supervision, recompute_norms=cfg.recompute_norms,
                     patch_size=_patch(planned, "search space"), op_options=cfg.op_options(),
                     channel_multiple=cfg.num_heads)

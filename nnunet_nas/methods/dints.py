@@ -21,6 +21,7 @@ from nnunet_nas.config_rules import boolean, integer, number, one_of
 from nnunet_nas.discretize.grid_path import decode_grid_codes
 from nnunet_nas.errors import ConfigError
 from nnunet_nas.genotypes.grid import GridGenotype
+from nnunet_nas.geometry import Geometry, planned_geometry, space_geometry
 from nnunet_nas.genotypes.monai_compat import from_monai_codes
 from nnunet_nas.networks.dints_net import DiNTSNet
 from nnunet_nas.ops.catalog import op_names
@@ -61,15 +62,16 @@ class DiNTSSearchConfig(SearchConfig):
     }
 
 
-def search_strides(num_depths: int, spatial_dims: int):
-    """Deep-supervision strides of the supernet: full resolution, then one 2x per level."""
-    return [[1] * spatial_dims] + [[2] * spatial_dims] * num_depths
+def search_geometry(cfg: DiNTSSearchConfig, planned, spatial_dims: int) -> Geometry:
+    """The plan's first D down-samplings (the stem's and the grid's, :mod:`nnunet_nas.geometry`)."""
+    return planned_geometry(planned, spatial_dims, cfg.num_depths + 1, cfg.follow_plan_geometry)[0]
 
 
 def build_supernet(cfg: DiNTSSearchConfig, op_set: str, input_channels: int, num_classes: int, spatial_dims: int,
                    deep_supervision: bool, planned=None):
+    geometry = search_geometry(cfg, planned, spatial_dims)
     return DiNTSNet(input_channels, num_classes, None, cfg.num_blocks, cfg.num_depths, spatial_dims, cfg.channel_mul,
-                    op_set=op_set, strides=search_strides(cfg.num_depths, spatial_dims),
+                    op_set=op_set, strides=geometry.output_strides(cfg.num_depths), geometry=geometry,
                     deep_supervision=deep_supervision, recompute_norms=cfg.recompute_norms)
 
 
@@ -125,15 +127,19 @@ def describe(net, cfg: DiNTSSearchConfig):
     }
 
 
+def genotype_geometry(genotype: GridGenotype) -> Geometry:
+    """The geometry the genotype was searched in (isotropic for a genotype that records none)."""
+    return space_geometry(genotype.geometry, genotype.spatial_dims, genotype.num_depths + 1)
+
+
 def fixed_network_kwargs(genotype: GridGenotype, channel_mul: float, base_channels: int = 32,
                          planned=None) -> dict:
-    """``arch_kwargs`` of an exported grid architecture: deep supervision at every decoder resolution
-    1/2^0 .. 1/2^(k+1) (k = deepest active level of the last block)."""
-    dims = genotype.spatial_dims
+    """``arch_kwargs`` of an exported grid architecture: the genotype (with the geometry it was searched in) and
+    deep supervision at every decoder resolution, stages 0 .. k + 1 (k = deepest active level of the last block),
+    in nnU-Net's ``strides`` convention."""
     deepest = int(np.flatnonzero(genotype.node_a[-1]).max())
-    strides = [[1] * dims] + [[2] * dims] * (deepest + 2)
     return {"genotype": genotype.to_dict(), "channel_mul": float(channel_mul), "base_channels": int(base_channels),
-            "strides": strides}
+            "strides": genotype_geometry(genotype).output_strides(deepest + 2)}
 
 
 def check_search(net, cfg: DiNTSSearchConfig) -> None:
@@ -181,8 +187,8 @@ DINTS = register_method(SearchMethod(
     discretize=discretize,
     describe=describe,
     fixed_network_kwargs=fixed_network_kwargs,
-    search_patch_divisor=lambda cfg: 2 ** cfg.num_depths,
-    genotype_patch_divisor=lambda genotype: 2 ** genotype.num_depths,
+    search_downsamplings=lambda cfg: cfg.num_depths,
+    genotype_patch_divisor=lambda genotype: genotype_geometry(genotype).divisor,
     history_keys=HISTORY_KEYS,
     kept_edges=lambda genotype: np.asarray(genotype.arch_code_a, dtype=bool),  # [L, E], op_logits' order
     plot_genotype=plot_genotype,

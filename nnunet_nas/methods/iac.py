@@ -90,9 +90,10 @@ def build_arch_params(cfg: IACSearchConfig, supernet: IACUNet, op_set: str) -> C
 
 def discretize(arch_state, op_set: str, provenance=None, cfg: Optional[IACSearchConfig] = None) -> CellGenotype:
     cfg = cfg if cfg is not None else IACSearchConfig()
+    arch_state = CellEdgeArchParams.upgrade_state(dict(arch_state))
     probs = masked_op_probs(arch_state["op_logits"].detach().float().cpu(), arch_state.get("alive_ops")).numpy()
     num_nodes = cell_num_nodes(probs.shape[1])
-    edge_weights = node_softmax(arch_state["edge_logits"].detach().float().cpu(), num_nodes).numpy()
+    edge_weights = node_softmax(arch_state["edge_norm_logits"].detach().float().cpu(), num_nodes).numpy()
     types = iac_cell_types(probs.shape[0], probs.shape[0] == 1, cfg.mode)
     return CellGenotype.from_edge_ops(op_set, {t: top_edges_cell(probs[i], edge_weights[i], op_set, num_nodes,
                                                                   cfg.edges_per_node, cfg.max_parameter_free_ops)
@@ -102,7 +103,7 @@ def discretize(arch_state, op_set: str, provenance=None, cfg: Optional[IACSearch
 @torch.no_grad()
 def describe(net, cfg: IACSearchConfig):
     probs = net.arch.op_probs().float().cpu()
-    edges = node_softmax(net.arch.edge_logits.float().cpu(), cfg.num_nodes)
+    edges = node_softmax(net.arch.edge_norm_logits.float().cpu(), cfg.num_nodes)
     # beta: the entropies of the node softmaxes sum over a cell's edges; reported per node
     return {"arch_entropy_alpha": float(mean_entropy(probs)),
             "arch_entropy_beta": float(mean_entropy(edges) / cfg.num_nodes),
@@ -162,7 +163,7 @@ IAC = register_method(SearchMethod(
     discretize=discretize,
     describe=describe,
     fixed_network_kwargs=fixed_network_kwargs,
-    search_patch_divisor=lambda cfg: 1,
+    search_downsamplings=None,
     genotype_patch_divisor=lambda genotype: 1,
     history_keys=HISTORY_KEYS,
     kept_edges=CellGenotype.kept_edges,

@@ -19,6 +19,7 @@ from nnunet_nas.config_rules import integer, number, one_of
 from nnunet_nas.discretize.cell import argmax_cell
 from nnunet_nas.errors import ConfigError
 from nnunet_nas.genotypes.cell import CellGenotype
+from nnunet_nas.geometry import Geometry, planned_geometry, space_geometry
 from nnunet_nas.networks.scnas_net import CELL_TYPES, DEFAULT_OP_SETS, NUM_LEVELS, SCNASNet
 from nnunet_nas.ops.catalog import op_names
 from nnunet_nas.registry import SearchMethod, register_method
@@ -63,15 +64,23 @@ class SCNASSearchConfig(SearchConfig):
                               f"end > 0).")
 
 
-def output_strides(spatial_dims: int):
-    """Deep supervision at 1, 1/2, 1/4, 1/8 (nnU-Net's convention: one stride entry more than outputs)."""
-    return [[1] * spatial_dims] + [[2] * spatial_dims] * (NUM_LEVELS + 1)
+def output_strides(geometry: Geometry):
+    """Deep supervision at every level, 0 .. 3 (nnU-Net's convention: one stride entry more than outputs)."""
+    return geometry.output_strides(NUM_LEVELS + 1)
 
 
 def build_supernet(cfg: SCNASSearchConfig, op_set: str, input_channels: int, num_classes: int, spatial_dims: int,
                    deep_supervision: bool, planned=None) -> SCNASNet:
+    # the plan's first three down-samplings
+    geometry = planned_geometry(planned, spatial_dims, NUM_LEVELS + 1, cfg.follow_plan_geometry)[0]
     return SCNASNet(input_channels, num_classes, None, spatial_dims, cfg.channel_mul, num_nodes=cfg.num_nodes,
-                    op_set=op_set, strides=output_strides(spatial_dims), deep_supervision=deep_supervision)
+                    op_set=op_set, strides=output_strides(geometry), deep_supervision=deep_supervision,
+                    geometry=geometry)
+
+
+def genotype_geometry(genotype: CellGenotype) -> Geometry:
+    """The geometry the genotype was searched in (isotropic for a genotype that records none)."""
+    return space_geometry(genotype.geometry, genotype.spatial_dims, NUM_LEVELS + 1)
 
 
 def build_arch_params(cfg: SCNASSearchConfig, supernet, op_set: str) -> CellArchParams:
@@ -100,7 +109,7 @@ def describe(net, cfg: SCNASSearchConfig):
 def fixed_network_kwargs(genotype: CellGenotype, channel_mul: float, base_channels: int = 32,
                          planned=None) -> dict:
     return {"genotype": genotype.to_dict(), "channel_mul": float(channel_mul), "base_channels": int(base_channels),
-            "strides": output_strides(genotype.spatial_dims)}
+            "strides": output_strides(genotype_geometry(genotype))}
 
 
 def search_notes(net, cfg: SCNASSearchConfig):
@@ -134,8 +143,8 @@ SCNAS = register_method(SearchMethod(
     discretize=discretize,
     describe=describe,
     fixed_network_kwargs=fixed_network_kwargs,
-    search_patch_divisor=lambda cfg: 2 ** NUM_LEVELS,
-    genotype_patch_divisor=lambda genotype: 2 ** NUM_LEVELS,
+    search_downsamplings=lambda cfg: NUM_LEVELS,
+    genotype_patch_divisor=lambda genotype: genotype_geometry(genotype).divisor,
     history_keys=HISTORY_KEYS,
     make_strategies=make_strategies,
     kept_edges=CellGenotype.kept_edges,

@@ -8,7 +8,7 @@ from a plans ``architecture`` block::
     "arch_kwargs": {"genotype": {...}, "channel_mul": 1.0, "strides": [[1,1,1],[2,2,2],...]}
 
 An op set with ops that fit themselves to the feature maps (DAST's transformer: its token grid) needs
-``patch_size`` (level d is ``patch >> (d + 1)``) and takes their settings in ``op_options``; ``channel_multiple``
+``patch_size`` (level d is ``patch / scale(d + 1)``) and takes their settings in ``op_options``; ``channel_multiple``
 rounds the grid's channels down to a multiple (DAST: of the attention heads). DAST's export writes all three.
 
 Stems and tail follow MONAI's layout (parameter counts agree): level d of the grid lives at 1/2^(d+1) of the
@@ -16,8 +16,9 @@ input resolution with ``f[d+1]`` channels, ``f[i] = int(base_channels * 2^i * ch
 
 Deep supervision [ours]: the tail has decoder features at 1/2^r for r = 0..k+1 (k = deepest active node of the
 last block: the grid output entering the tail at 1/2^(k+1), then the output of each up-sampling stem); a 1x1
-head on each gives nnU-Net's extra outputs, highest resolution first. ``strides`` in ``arch_kwargs`` (first
-entry all ones, then 2s) tells nnU-Net how many there are (at most k+2). The heads exist only when the network is
+head on each gives nnU-Net's extra outputs, highest resolution first. ``strides`` in ``arch_kwargs`` (the
+geometry's strides, nnU-Net's convention: one entry more than outputs) tells nnU-Net how many there are (at most
+k+2) and at which scales. The heads exist only when the network is
 built with ``deep_supervision=True`` (nnU-Net's training); built without (nnU-Net's prediction), it has none and
 ignores head weights in a state dict it loads.
 
@@ -40,7 +41,8 @@ from nnunet_nas.errors import ConfigError, PlansError
 from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.networks.common import DecoderSwitch, drop_head_weights, with_deep_supervision
 from nnunet_nas.ops.catalog import op_specs
-from nnunet_nas.ops.conv import ActConvNorm, conv_nd, norm_nd
+from nnunet_nas.geometry import space_geometry
+from nnunet_nas.ops.conv import ActConvNorm, conv_nd, norm_nd, upsample
 from nnunet_nas.patch import check_patch_divisible
 from nnunet_nas.spaces.grid import GridSpace, default_grid_op_set
 from nnunet_nas.spaces.grid_topology import check_num_depths
@@ -51,7 +53,7 @@ class DiNTSNet(nn.Module):
                  num_depths: int = 4, spatial_dims: int = 3, channel_mul: float = 1.0, base_channels: int = 32,
                  op_set: Optional[str] = None, strides: Optional[Sequence] = None, deep_supervision: bool = False,
                  recompute_norms: bool = True, patch_size: Optional[Sequence[int]] = None,
-                 op_options: Optional[dict] = None, channel_multiple: int = 1, **unused):
+                 op_options: Optional[dict] = None, channel_multiple: int = 1, geometry=None, **unused):
         super().__init__()
         if unused:
             raise TypeError(f"DiNTSNet got unexpected arguments {sorted(unused)}.")
@@ -59,7 +61,14 @@ class DiNTSNet(nn.Module):
             genotype = genotype if isinstance(genotype, GridGenotype) else GridGenotype.from_dict(genotype)
             num_blocks, num_depths = genotype.num_blocks, genotype.num_depths
             spatial_dims, op_set = genotype.spatial_dims, genotype.op_set
+            if genotype.geometry is not None:
+                if geometry is not None and space_geometry(geometry, spatial_dims, num_depths + 1) != genotype.geometry:
+                    raise PlansError("DiNTSNet: the geometry given differs from the genotype's; leave it out (the "
+                                     "genotype records the geometry it was searched in).")
+                geometry = genotype.geometry
         check_num_depths(num_depths)
+        # per-axis strides and kernels of the input stage and the D levels (level d: stage d + 1)
+        self.geometry = space_geometry(geometry, spatial_dims, num_depths + 1, "DiNTSNet geometry")
         op_set = op_set or default_grid_op_set(spatial_dims)
         self.genotype = genotype
         self.num_blocks, self.num_depths, self.spatial_dims = num_blocks, num_depths, spatial_dims
@@ -79,8 +88,10 @@ class DiNTSNet(nn.Module):
                              f"patch_size (the configuration's patch, as the export writes it into arch_kwargs).")
         if self.patch_size is not None and len(self.patch_size) != spatial_dims:
             raise PlansError(f"DiNTSNet: patch_size {self.patch_size} is not {spatial_dims}-D.")
+        geo = self.geometry
         grid = dict(feature_shapes=None if self.patch_size is None else
-                    [[p >> (d + 1) for p in self.patch_size] for d in range(num_depths)], op_options=op_options)
+                    [list(geo.shape(self.patch_size, d + 1)) for d in range(num_depths)], op_options=op_options,
+                    geometry=geo)
         if genotype is None:
             self.input_nodes = np.ones(num_depths, dtype=bool)
             self.deepest = num_depths - 1
@@ -92,14 +103,16 @@ class DiNTSNet(nn.Module):
             self.space = GridSpace(num_blocks, num_depths, f[1:], spatial_dims, op_set,
                                    edge_mask=genotype.arch_code_a, op_index=genotype.op_indices(), **grid)
         self.input_channels = input_channels
+        k, pad = geo.kernels, [tuple(a // 2 for a in kernel) for kernel in geo.kernels]
         self.stem_down = nn.ModuleDict({str(d): nn.Sequential(
-            conv(input_channels, f[d], 3, padding=1, bias=False), norm_nd(spatial_dims, f[d]), nn.ReLU(),
-            conv(f[d], f[d + 1], 3, stride=2, padding=1, bias=False), norm_nd(spatial_dims, f[d + 1]),
+            conv(input_channels, f[d], k[d], padding=pad[d], bias=False), norm_nd(spatial_dims, f[d]), nn.ReLU(),
+            conv(f[d], f[d + 1], k[d + 1], stride=geo.strides[d + 1], padding=pad[d + 1], bias=False),
+            norm_nd(spatial_dims, f[d + 1]),
         ) for d in range(num_depths) if self.input_nodes[d]})
         self.stem_up = nn.ModuleList([nn.Sequential(
-            nn.ReLU(), conv(f[d + 1], f[d], 3, padding=1, bias=False), norm_nd(spatial_dims, f[d]),
+            nn.ReLU(), conv(f[d + 1], f[d], k[d + 1], padding=pad[d + 1], bias=False), norm_nd(spatial_dims, f[d]),
         ) for d in range(num_depths)])
-        self.stem_finals = nn.Sequential(ActConvNorm(f[0], f[0], 3, spatial_dims), conv(f[0], num_classes, 1))
+        self.stem_finals = nn.Sequential(ActConvNorm(f[0], f[0], k[0], spatial_dims), conv(f[0], num_classes, 1))
         self.strides = [list(s) for s in strides] if strides is not None else None
         num_outputs = 1 if strides is None else len(strides) - 1
         if num_outputs < 1 or num_outputs > self.deepest + 2:
@@ -124,15 +137,15 @@ class DiNTSNet(nn.Module):
         return self._memory_model
 
     @property
-    def divisor(self) -> int:
-        """Every spatial extent of the input must be divisible by this: 2^D, the deepest level's scale (MONAI asks
-        for 2^(D+1); nothing in this network needs it, and nnU-Net's 2-D Hippocampus patch 56 x 40 is a multiple of
-        8 but not of 16)."""
-        return 2 ** self.num_depths
+    def divisor(self) -> tuple:
+        """Each spatial extent of the input must be divisible by this, per axis: the deepest level's scale, 2^D on
+        an isotropic geometry (MONAI asks for 2^(D+1); nothing in this network needs it, and nnU-Net's 2-D
+        Hippocampus patch 56 x 40 is a multiple of 8 but not of 16)."""
+        return self.geometry.divisor
 
     def check_input_shape(self, shape) -> None:
-        check_patch_divisible(shape, self.divisor, f"DiNTS with D={self.num_depths} levels needs every patch extent "
-                                                   f"divisible by 2^D={self.divisor}")
+        check_patch_divisible(shape, self.divisor, f"DiNTS with D={self.num_depths} levels needs the patch extents "
+                                                   f"divisible by the deepest level's scale {list(self.divisor)}")
 
     def forward(self, x: torch.Tensor, weights: Optional[torch.Tensor] = None):
         self.check_input_shape(x.shape[2:])
@@ -141,17 +154,19 @@ class DiNTSNet(nn.Module):
             if not self.input_nodes[d]:
                 nodes.append(None)
                 continue
-            xd = x if d == 0 else F.interpolate(x, scale_factor=0.5 ** d, mode=self.mode, align_corners=True)
+            scale = self.geometry.scale(d)
+            xd = x if all(a == 1 for a in scale) else F.interpolate(x, scale_factor=tuple(1.0 / a for a in scale),
+                                                                    mode=self.mode, align_corners=True)
             nodes.append(self.stem_down[str(d)](xd))
         outs = self.space(nodes, weights)
         feats, tmp = [None] * (self.num_depths + 1), None  # feats[r]: decoder feature at 1/2^r, f[r] channels
         for r in range(self.num_depths - 1, -1, -1):
             s = outs[r] if tmp is None else (tmp if outs[r] is None else outs[r] + tmp)
             if s is None:  # an empty coarse level of the last block: zeros, as in the supernet
-                s = x.new_zeros((x.shape[0], self.filters[r + 1]) + tuple(n >> (r + 1) for n in x.shape[2:]))
+                s = x.new_zeros((x.shape[0], self.filters[r + 1]) + self.geometry.shape(x.shape[2:], r + 1))
             if tmp is None:
                 feats[r + 1] = s
-            tmp = F.interpolate(self.stem_up[r](s), scale_factor=2, mode=self.mode, align_corners=True)
+            tmp = upsample(self.stem_up[r](s), self.geometry.strides[r + 1], self.mode)
             feats[r] = tmp
         return with_deep_supervision(self, self.stem_finals(tmp), feats)
 

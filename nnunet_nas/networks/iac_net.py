@@ -117,7 +117,9 @@ class IACUNet(nn.Module):
             k = partial_channels if genotype is None else 1
             width = max(2 * k, k * int(round(c * cell_channel_mul / k)))  # a multiple of K (PC-DARTS)
             ops = None if genotype is None else genotype.edge_ops(cell_type)
-            self.cells.append(Cell(op_set, "normal", [c, c], width, num_nodes, (0, 0), ops, partial_channels=k))
+            kernels = host_kwargs.get("kernel_sizes")  # the host's kernel at this level: the cell's ops follow it
+            self.cells.append(Cell(op_set, "normal", [c, c], width, num_nodes, (0, 0), ops, partial_channels=k,
+                                   planned_kernel=None if kernels is None else kernels[level]))
             out = conv_nd(dims)(width, c, 1)
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)

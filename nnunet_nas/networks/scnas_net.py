@@ -1,7 +1,8 @@
 """SCNAS network (Kim et al., MICCAI 2019, Fig. 1): a U-Net of searched cells of four types.
 
-Layout, with level l at 1/2^l of the input resolution and ``c_l = c_0 * 2^l`` channels (``c_0 = int(base_channels *
-channel_mul)``, the stem width)::
+Layout, with level l at 1/2^l of the input resolution (per axis: ``1 / scale(l)`` of the ``geometry`` nnU-Net planned,
+whose kernels the level's ops follow, :mod:`nnunet_nas.geometry`) and ``c_l = c_0 * 2^l`` channels (``c_0 =
+int(base_channels * channel_mul)``, the stem width)::
 
     stem (level 0)
     reduction 0->1, encoder-normal 1, reduction 1->2, encoder-normal 2, reduction 2->3, encoder-normal 3
@@ -31,6 +32,7 @@ from torch import nn
 from nnunet_nas.arch.weighting import SampledOpWeights
 from nnunet_nas.errors import ConfigError, PlansError
 from nnunet_nas.genotypes.cell import CellGenotype
+from nnunet_nas.geometry import space_geometry
 from nnunet_nas.networks.common import DecoderSwitch, drop_head_weights, with_deep_supervision
 from nnunet_nas.ops.catalog import get_op_set
 from nnunet_nas.ops.conv import ActConvNorm, conv_nd, norm_nd
@@ -58,17 +60,22 @@ def cell_plan():
 class SCNASNet(nn.Module):
     def __init__(self, input_channels: int, num_classes: int, genotype=None, spatial_dims: int = 3,
                  channel_mul: float = 1.5, base_channels: int = 32, num_nodes: int = 4, op_set: Optional[str] = None,
-                 strides: Optional[Sequence] = None, deep_supervision: bool = False, **unused):
+                 strides: Optional[Sequence] = None, deep_supervision: bool = False, geometry=None, **unused):
         super().__init__()
         if unused:
             raise TypeError(f"SCNASNet got unexpected arguments {sorted(unused)}.")
         self._kwargs = dict(input_channels=input_channels, num_classes=num_classes, genotype=genotype,
                             spatial_dims=spatial_dims, channel_mul=channel_mul, base_channels=base_channels,
-                            num_nodes=num_nodes, op_set=op_set, strides=strides, deep_supervision=deep_supervision)
+                            num_nodes=num_nodes, op_set=op_set, strides=strides, deep_supervision=deep_supervision,
+                            geometry=geometry)
         if genotype is not None:
             genotype = genotype if isinstance(genotype, CellGenotype) else CellGenotype.from_dict(genotype)
             genotype.validate("SCNASNet genotype", CELL_TYPES)
             spatial_dims, op_set, num_nodes = genotype.spatial_dims, genotype.op_set, genotype.num_nodes
+            if genotype.geometry is not None:
+                geometry = genotype.geometry
+        # per-axis strides and kernels of the levels 0 .. NUM_LEVELS (nnU-Net's plan; isotropic where absent)
+        self.geometry = geo = space_geometry(geometry, spatial_dims, NUM_LEVELS + 1, "SCNASNet geometry")
         op_set = op_set or DEFAULT_OP_SETS[spatial_dims]
         if get_op_set(op_set).spatial_dims != spatial_dims:
             raise ConfigError(f"SCNASNet: op set {op_set!r} is not {spatial_dims}-D.")
@@ -78,7 +85,9 @@ class SCNASNet(nn.Module):
             raise ConfigError(f"SCNASNet: channel_mul={channel_mul} gives a stem of {c0} channels; use a larger one.")
         self.channels = [c0 * 2 ** level for level in range(NUM_LEVELS + 1)]
         style = get_op_set(op_set).style
-        self.stem = nn.Sequential(conv_nd(spatial_dims)(input_channels, c0, 3, padding=1, bias=False),
+        k0 = geo.kernels[0]
+        self.stem = nn.Sequential(conv_nd(spatial_dims)(input_channels, c0, k0, padding=tuple(k // 2 for k in k0),
+                                                        bias=False),
                                   norm_nd(spatial_dims, c0, style))
         self.plan = cell_plan()
         self.cells = nn.ModuleList()
@@ -86,10 +95,16 @@ class SCNASNet(nn.Module):
         for i, (cell_type, level_in, level_out, _) in enumerate(self.plan):
             sources = self._sources(i)
             ops = None if genotype is None else genotype.edge_ops(cell_type)
+            # an input is brought to the cell's working resolution (an expansion cell's output level) by the plan's
+            # stride between the two levels
+            target = level_out if _KIND[cell_type] == "expansion" else level_in
             self.cells.append(Cell(op_set, _KIND[cell_type], [self.channels[levels[s]] for s in sources],
-                                   self.channels[level_out], num_nodes, [levels[s] - level_in for s in sources], ops))
+                                   self.channels[level_out], num_nodes, [levels[s] - level_in for s in sources], ops,
+                                   stride=geo.strides[max(level_in, level_out)],
+                                   in_factors=[geo.strides[max(levels[s], target)] for s in sources],
+                                   planned_kernel=geo.kernels[level_out]))
             levels.append(level_out)
-        self.out = nn.Sequential(ActConvNorm(c0, c0, 3, spatial_dims, style=style),
+        self.out = nn.Sequential(ActConvNorm(c0, c0, k0, spatial_dims, style=style),
                                  conv_nd(spatial_dims)(c0, num_classes, 1))
         self.strides = [list(s) for s in strides] if strides is not None else None
         num_outputs = 1 if strides is None else len(strides) - 1
@@ -110,12 +125,13 @@ class SCNASNet(nn.Module):
         return [max(i - 1, 0), i]
 
     @property
-    def divisor(self) -> int:
-        return 2 ** NUM_LEVELS
+    def divisor(self) -> tuple:
+        """Per axis: the coarsest level's scale (8 on an isotropic geometry: three 2x down-samplings)."""
+        return self.geometry.divisor
 
     def check_input_shape(self, shape) -> None:
-        check_patch_divisible(shape, self.divisor, f"SCNAS needs every patch extent divisible by {self.divisor} "
-                                                   f"(three 2x down-samplings)")
+        check_patch_divisible(shape, self.divisor, f"SCNAS needs the patch extents divisible by its coarsest "
+                                                   f"level's scale {list(self.divisor)}")
 
     def forward(self, x: torch.Tensor, weights=None):
         self.check_input_shape(x.shape[2:])

@@ -3,7 +3,7 @@ picture beside the checkpoint, and a plans entry ``<base>_<method>`` naming the 
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from nnunet_nas.errors import ConfigError, EnvironmentSetupError, InputFileError
@@ -74,11 +74,13 @@ def prepare_registration(plans_path: str, base_config: str, method: SearchMethod
     if len(base["patch_size"]) != genotype.spatial_dims:
         raise PlansError(f"configuration {base_config!r} is {len(base['patch_size'])}-D but the genotype is "
                          f"{genotype.spatial_dims}-D; pick a matching base configuration.")
+    _log_geometry(method, genotype, base, base_config, log)
     divisor = method.genotype_patch_divisor(genotype)
     patch = round_up_patch(base["patch_size"], divisor)
     if patch != list(base["patch_size"]):
-        log(f"patch size {list(base['patch_size'])} -> {patch} (this architecture needs multiples of {divisor})")
-    channels, classes = _dataset_channels_and_classes(plans_path)
+        log(f"patch size {list(base['patch_size'])} -> {patch} (this architecture needs multiples of {divisor} per "
+            f"axis)")
+    channels, classes = network_channels(plans_path, plans, base_config)
     if not isinstance(base.get("architecture"), dict):
         raise PlansError(f"{plans_path}: configuration {base_config!r} has no architecture object; it is not an "
                          f"nnU-Net configuration. Re-plan the dataset or restore a backup.")
@@ -93,7 +95,26 @@ def prepare_registration(plans_path: str, base_config: str, method: SearchMethod
         _log_added_memory(plans_path, base_config, method.name, fixed, patch, channels, classes, log)
     name = check_registration(plans_path, plans, base_config, name, arch, overwrite, auto_rename)
     return Registration(plans_path, base_config, name, arch, patch, overwrite, auto_rename,
-                        _memory_text(fixed, patch, base.get("batch_size", 2)))
+                        _memory_text(fixed, patch, base.get("batch_size", 2), channels, classes))
+
+
+def _log_geometry(method: SearchMethod, genotype: Genotype, base: dict, base_config: str, log) -> None:
+    """Say where the found network's geometry (the genotype's) is not the base configuration's plan."""
+    if method.search_downsamplings is None:  # the method's network is nnU-Net's own
+        return
+    searched = getattr(genotype, "geometry", None)
+    if searched is None:
+        log("note: the genotype records no geometry (written before nnunet_nas recorded the plan's strides and "
+            "kernels, or imported from MONAI): the network is built isotropic, 2x per axis with kernels 3")
+        return
+    from nnunet_nas.geometry import planned_geometry
+    plan, _ = planned_geometry(PlannedNetwork.from_block(base.get("architecture") or {"network_class_name": "?"}),
+                               genotype.spatial_dims, searched.num_stages)
+    if plan != searched:
+        log(f"note: the architecture was searched at strides {[list(s) for s in searched.strides]} and kernels "
+            f"{[list(k) for k in searched.kernels]}; configuration {base_config!r} plans strides "
+            f"{[list(s) for s in plan.strides]} and kernels {[list(k) for k in plan.kernels]}. The network keeps "
+            f"the searched geometry (search on this configuration to follow its plan).")
 
 
 def register_searched_configuration(plans_path: str, base_config: str, method: SearchMethod, genotype: Genotype,
@@ -150,8 +171,14 @@ def _log_added_memory(plans_path, base_config, method_name, net, patch, channels
         f"({elements / planned:.2f}x); pass --channel-mul to choose the cells' width")
 
 
-def _dataset_channels_and_classes(plans_path: str):
-    """(input channels, output channels) from the dataset.json beside the plans (1, 2 if it is missing)."""
+def network_channels(plans_path: str, plans: dict, configuration: str):
+    """(input channels, output channels) of the network nnU-Net builds for ``configuration``, counted as nnU-Net
+    counts them: the image channels, plus the previous stage's one-hot foreground labels in a cascade
+    (``determine_num_input_channels``); one output per label, or per region for a region-based (BraTS-style)
+    dataset, the ignore label excluded (the label manager's ``num_segmentation_heads``). (1, 2) where the
+    dataset.json beside the plans is missing."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     path = os.path.join(os.path.dirname(plans_path), "dataset.json")
     if not os.path.isfile(path):
         return 1, 2
@@ -159,17 +186,24 @@ def _dataset_channels_and_classes(plans_path: str):
     if not isinstance(d.get("channel_names"), dict) or not isinstance(d.get("labels"), dict):
         raise InputFileError(f"{path}: no 'channel_names' and 'labels' objects; it is not nnU-Net's dataset.json. "
                              f"Copy it again from the raw dataset (nnUNetv2_plan_and_preprocess writes it).")
-    return len(d["channel_names"]), len(d["labels"])
+    manager = PlansManager(plans)
+    try:
+        return (determine_num_input_channels(manager, configuration, d),
+                manager.get_label_manager(d).num_segmentation_heads)
+    except Exception as e:  # noqa: BLE001 - nnU-Net's own checks of labels, regions and the ignore label
+        raise InputFileError(f"{path}: nnU-Net cannot read its labels ({type(e).__name__}: {e}); fix dataset.json "
+                             f"as nnU-Net's documentation on labels, regions and the ignore label says.") from None
 
 
-def _memory_text(net, patch, batch_size) -> str:
+def _memory_text(net, patch, batch_size, channels, classes) -> str:
     from nnunet_nas.arch.memory import estimate_training_memory_bytes
     fp32 = estimate_training_memory_bytes(net, patch, batch_size, amp=False) / 2 ** 30
     amp = estimate_training_memory_bytes(net, patch, batch_size, amp=True) / 2 ** 30
     params = sum(p.numel() for p in net.parameters()) / 1e6
     activations = batch_size * net.compute_conv_feature_map_size(patch) * 4 / 2 ** 30
     return (f"{amp:.2f} GiB with AMP / {fp32:.2f} GiB fp32, of which activations {activations:.2f} GiB fp32 "
-            f"(patch {patch}, batch {batch_size}, {params:.2f} M parameters)")
+            f"(patch {patch}, batch {batch_size}, {channels} input channels, {classes} outputs, {params:.2f} M "
+            f"parameters)")
 
 
 def genotype_tag(checkpoint_path: str) -> Optional[str]:
@@ -229,6 +263,8 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
     """
     ckpt, state, method = read_search_checkpoint(checkpoint_path)
     config = method.config_class.from_dict(state["search_config"], source=f"{checkpoint_path}: search_config")
+    if "follow_plan_geometry" not in state["search_config"]:  # searched before 0.2: in the isotropic space
+        config = replace(config, follow_plan_geometry=False)
     init = ckpt["init_args"]
     plans, searched = init["plans"], init["configuration"]
     path = preprocessed_plans_path(plans.get("dataset_name"), plans.get("plans_name"))
@@ -241,6 +277,9 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
                   "nnunet_nas_version": _version()}
     arch_state = {k[len("arch."):]: v for k, v in ckpt["network_weights"].items() if k.startswith("arch.")}
     genotype = method.discretize(arch_state, op_set, provenance, cfg=config)
+    geometry, _ = method.search_geometry(config, PlannedNetwork.from_block(_resolved(plans, searched)["architecture"]),
+                                         dims)  # the geometry the search ran in, from the plans it ran with
+    genotype.geometry = geometry
     mul = config.export_channel_mul if channel_mul is None else channel_mul  # None: fitted
     registration = prepare_registration(path, base_config or searched, method, genotype, mul, name=name,
                                         overwrite=overwrite, auto_rename=name is None and not overwrite,
@@ -260,7 +299,7 @@ def check_export_inputs(dataset_name: str, plans_identifier: str, configuration:
     plans = load_plans(path)
     _resolved(plans, configuration)
     check_configuration_name(f"{configuration}_{method.name}")
-    channels, classes = _dataset_channels_and_classes(path)
+    channels, classes = network_channels(path, plans, configuration)
     if method.fits_width and cfg.export_channel_mul is None:
         planned_network_elements(path, configuration, channels, classes)  # on the meta device: shapes only
 

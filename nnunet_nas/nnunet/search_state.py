@@ -26,7 +26,9 @@ def differing_settings(saved: dict, current: dict) -> List[str]:
     later version, at its default) is not a difference."""
     lines = [f"{k}: {saved.get(k)!r} in the checkpoint, {current[k]!r} now" for k in ("method", "op_set")
              if saved.get(k) != current[k]]
+    from nnunet_nas.config import RENAMED_FIELDS
     old, new = saved.get("search_config") or {}, current["search_config"]
+    old = {RENAMED_FIELDS.get(k, k): v for k, v in old.items()}  # a checkpoint written before a field's rename
     for k in sorted(old):
         if old[k] != new.get(k, "<absent>"):
             lines.append(f"search_config.{k}: {old[k]!r} in the checkpoint, {new.get(k, '<absent>')!r} now")

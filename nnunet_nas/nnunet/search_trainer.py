@@ -44,7 +44,7 @@ from nnunet_nas.patch import round_up_patch
 from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import SearchMethod, get_method
 from nnunet_nas.strategies.base import SearchProgress, SearchStrategy
-from nnunet_nas.strategies.jsd_pruning import JSDStabilityPruning, calibration_note
+from nnunet_nas.strategies.jsd_pruning import JSDStabilityPruning
 from nnunet_nas.strategies.pruning import prune_search_network, rebuild_optimizer
 
 ADAM_DEFAULT_LR = 1e-3
@@ -116,8 +116,11 @@ class NASSearchTrainer(nnUNetTrainer):
         """The method's strategies for this config, plus JSD stability pruning where the config asks for it (a
         variant may add its own)."""
         strategies = list(self.method.make_strategies(self.cfg))
-        if self.cfg.jsd is not None:
-            strategies.append(JSDStabilityPruning(self.cfg.jsd, genotype_fn=self.current_genotype))
+        if self.cfg.jsd_pruning is not None:
+            strategies.append(JSDStabilityPruning(self.cfg.jsd_pruning, genotype_fn=self.current_genotype,
+                                                  arch_optimizer=(self.cfg.arch_lr, self.cfg.arch_betas)))
+        for s in strategies:
+            s.log = self.print_to_log_file
         return strategies
 
     def current_genotype(self, net: SearchNetwork):
@@ -140,15 +143,25 @@ class NASSearchTrainer(nnUNetTrainer):
 
     # ------------------------------------------------------------------ set-up
     def _adapt_patch_size(self) -> None:
-        """Round the patch up to what the search space needs, in the trainer's configuration and in the plans
-        copy that training writes next to the checkpoint (so prediction with this trainer uses it too)."""
-        patch = list(self.configuration_manager.patch_size)
-        div = self.method.search_patch_divisor(self.cfg)
-        new = round_up_patch(patch, div)
+        """Follow the plan's geometry: the search space takes the configuration's per-axis strides and kernels
+        (:meth:`SearchMethod.search_geometry`); the patch is rounded up only where it is not divisible by their
+        product per axis (nnU-Net's own patches are), in the trainer's configuration and in the plans copy that
+        training writes next to the checkpoint (so prediction with this trainer uses it too)."""
+        cm = self.configuration_manager
+        geometry, note = self.method.search_geometry(self.cfg, PlannedNetwork.from_configuration_manager(cm),
+                                                     len(cm.patch_size))
+        if geometry is None:  # the method searches inside nnU-Net's own network
+            return
+        self.print_to_log_file(f"{type(self).__name__}: search space geometry from the plan: strides "
+                               f"{[list(s) for s in geometry.strides]}, kernels {[list(k) for k in geometry.kernels]}"
+                               + (f" ({note})" if note else ""))
+        patch = list(cm.patch_size)
+        new = round_up_patch(patch, geometry.divisor)
         if new != patch:
-            self.print_to_log_file(f"{type(self).__name__}: patch size {patch} -> {new} (divisible by {div}, as the "
-                                   f"search space requires; smaller images are padded by nnU-Net)")
-            self.configuration_manager.configuration["patch_size"] = new
+            self.print_to_log_file(f"{type(self).__name__}: patch size {patch} -> {new} (divisible by "
+                                   f"{list(geometry.divisor)} per axis, as the search space requires; smaller images "
+                                   f"are padded by nnU-Net)")
+            cm.configuration["patch_size"] = new
             self.plans_manager.plans["configurations"][self.configuration_name]["patch_size"] = new
 
     @classmethod
@@ -257,9 +270,6 @@ class NASSearchTrainer(nnUNetTrainer):
         net = self._unwrap()
         for line in (self.method.search_notes(net, self.cfg) if self.method.search_notes else []):
             self.print_to_log_file(line)
-        if self.cfg.jsd is not None:
-            self.print_to_log_file(calibration_note(self.cfg.jsd, self.cfg.arch_lr, self.cfg.arch_betas,
-                                                    self.num_iterations_per_epoch, net.arch.op_logits.shape[-1]))
         for s in self.strategies:
             s.on_search_start(net, self.progress())
         if self.local_rank == 0 and self.method.plot_supernet is not None:

@@ -56,13 +56,13 @@ class nnUNetTrainerSCNASSearchDemo(nnUNetTrainerSCNASSearch):
 class nnUNetTrainerDiNTSSearch_JSD(nnUNetTrainerDiNTSSearch):
     """DiNTS with IAC-LTH's JSD stability pruning and early stop (JSDRule's defaults, the threshold scaled to DiNTS's
     arch_lr 0.008: 0.18); the epoch count stays the cap."""
-    search_config = replace(DiNTSSearchConfig(), jsd=JSDRule.for_arch_lr(DiNTSSearchConfig().arch_lr))
+    search_config = replace(DiNTSSearchConfig(), jsd_pruning=JSDRule.for_arch_lr(DiNTSSearchConfig().arch_lr))
 
 
 class nnUNetTrainerSCNASSearch_JSD(nnUNetTrainerSCNASSearch):
     """SCNAS with IAC-LTH's JSD stability pruning and early stop (JSDRule's defaults, the threshold scaled to SCNAS's
     arch_lr 3e-3: 0.025); 200 epochs stay the cap."""
-    search_config = replace(SCNASSearchConfig(), jsd=JSDRule.for_arch_lr(SCNASSearchConfig().arch_lr))
+    search_config = replace(SCNASSearchConfig(), jsd_pruning=JSDRule.for_arch_lr(SCNASSearchConfig().arch_lr))
 
 
 class nnUNetTrainerIACSearch(NASSearchTrainer):
@@ -82,7 +82,7 @@ class nnUNetTrainerIACSearch_perLevel(nnUNetTrainerIACSearch):
 class nnUNetTrainerIACLTHSearch(nnUNetTrainerIACSearch):
     """IAC-LTH: IAC with Jensen-Shannon stability pruning and early stop (JSDRule's defaults); the 200 epochs of IAC
     are the cap."""
-    search_config = replace(IACSearchConfig(), jsd=JSDRule())
+    search_config = replace(IACSearchConfig(), jsd_pruning=JSDRule())
 
 
 class nnUNetTrainerDASTSearch(NASSearchTrainer):

@@ -24,6 +24,7 @@ import numpy as np
 from torch import nn
 
 from nnunet_nas.errors import ConfigError
+from nnunet_nas.geometry import as_axes, fit_kernel
 from nnunet_nas.ops.conv import (DINTS_STYLE, SCNAS_STYLE, ActConvNorm, FactorizedConv, FactorizedIncrease,
                                  FactorizedReduce, OpStyle, SepConv)
 from nnunet_nas.ops.pooling import Pool, Zero, skip_op
@@ -33,7 +34,8 @@ from nnunet_nas.ops.transformer import NUM_HEADS, TransformerOp, resolve_token_g
 @dataclass(frozen=True)
 class OpSpec:
     name: str
-    build: Callable[..., nn.Module]  # (in_channels, out_channels, spatial_dims, stride=1, style=...) -> module
+    # (in_channels, out_channels, spatial_dims, stride=1, style=..., planned_kernel=None, **options) -> module
+    build: Callable[..., nn.Module]
     memory_cost: float  # stored tensors of the op's output size (for linear ops)
     memory_fn: Optional[Callable[[Sequence[int]], float]] = None  # out_shape (C, *spatial) -> elements
     # tensors of the output size autograd really keeps for the op in a discrete network (its nonlinearity's output,
@@ -56,13 +58,17 @@ class OpSpec:
     def _options(self, options: Optional[Mapping]) -> dict:
         return {k: v for k, v in (options or {}).items() if k in self.options and k != "feature_shape"}
 
-    def make(self, in_channels: int, out_channels: int, spatial_dims: int, stride: int = 1, style: OpStyle = None,
-             feature_shape: Optional[Sequence[int]] = None, options: Optional[Mapping] = None) -> nn.Module:
-        """``build`` with the options this op takes (``feature_shape``: spatial extents of the map it reads)."""
+    def make(self, in_channels: int, out_channels: int, spatial_dims: int, stride=1, style: OpStyle = None,
+             feature_shape: Optional[Sequence[int]] = None, options: Optional[Mapping] = None,
+             planned_kernel: Optional[Sequence[int]] = None) -> nn.Module:
+        """``build`` with the options this op takes (``feature_shape``: spatial extents of the map it reads;
+        ``stride``: an int or per axis; ``planned_kernel``: the kernel nnU-Net planned at this resolution, whose
+        axes of size 1 the op does not convolve either, :func:`~nnunet_nas.geometry.fit_kernel`)."""
         kwargs = self._options(options)
         if "feature_shape" in self.options:
             kwargs["feature_shape"] = feature_shape
-        return self.build(in_channels, out_channels, spatial_dims, stride, style or DINTS_STYLE, **kwargs)
+        return self.build(in_channels, out_channels, spatial_dims, stride, style or DINTS_STYLE,
+                          planned_kernel=planned_kernel, **kwargs)
 
     def memory_elements(self, out_shape: Sequence[int], options: Optional[Mapping] = None) -> float:
         """Stored activation elements of one sample of this op with output shape ``(C, *spatial)``."""
@@ -85,36 +91,45 @@ class OpSet:
         return names.index(name)
 
 
-def _skip(ci, co, d, stride=1, style=DINTS_STYLE):
+def _skip(ci, co, d, stride=1, style=DINTS_STYLE, planned_kernel=None):
     return skip_op(ci, co, d, stride, style)
 
 
 def _conv(kernel, dilation=1):
-    return lambda ci, co, d, stride=1, style=DINTS_STYLE: ActConvNorm(ci, co, kernel, d, dilation, stride, style)
+    def build(ci, co, d, stride=1, style=DINTS_STYLE, planned_kernel=None):
+        return ActConvNorm(ci, co, fit_kernel(kernel, planned_kernel, d), d, dilation, stride, style)
+    return build
 
 
 def _p3d(kernel, kernel2):
-    return lambda ci, co, d, stride=1, style=DINTS_STYLE: FactorizedConv(ci, co, kernel, kernel2, d, stride, style)
+    def build(ci, co, d, stride=1, style=DINTS_STYLE, planned_kernel=None):
+        return FactorizedConv(ci, co, fit_kernel(kernel, planned_kernel, d), fit_kernel(kernel2, planned_kernel, d), d,
+                              stride, style)
+    return build
 
 
 def _sep(kernel, dilation=1, repeats=1):
     """DARTS's ``dil_conv`` (one separable block, dilated) and ``sep_conv`` (two blocks, stride on the first)."""
-    def build(ci, co, d, stride=1, style=DINTS_STYLE):
+    def build(ci, co, d, stride=1, style=DINTS_STYLE, planned_kernel=None):
+        k = fit_kernel(kernel, planned_kernel, d)
         if repeats == 1:
-            return SepConv(ci, co, kernel, d, dilation, stride, style)
-        return nn.Sequential(SepConv(ci, ci, kernel, d, dilation, stride, style), SepConv(ci, co, kernel, d, 1, 1, style))
+            return SepConv(ci, co, k, d, dilation, stride, style)
+        return nn.Sequential(SepConv(ci, ci, k, d, dilation, stride, style), SepConv(ci, co, k, d, 1, 1, style))
     return build
 
 
 def _pool(kind):
-    return lambda ci, co, d, stride=1, style=DINTS_STYLE: Pool(kind, ci, co, 3, d, stride, style)
+    def build(ci, co, d, stride=1, style=DINTS_STYLE, planned_kernel=None):
+        return Pool(kind, ci, co, fit_kernel(3, planned_kernel, d), d, stride, style)
+    return build
 
 
-def _zero(ci, co, d, stride=1, style=DINTS_STYLE):
+def _zero(ci, co, d, stride=1, style=DINTS_STYLE, planned_kernel=None):
     return Zero(ci, co, d, stride)
 
 
-def _transformer(ci, co, d, stride=1, style=DINTS_STYLE, feature_shape=None, token_grid=None, num_heads=NUM_HEADS):
+def _transformer(ci, co, d, stride=1, style=DINTS_STYLE, planned_kernel=None, feature_shape=None, token_grid=None,
+                 num_heads=NUM_HEADS):
     return TransformerOp(ci, co, d, stride, style, resolve_token_grid(token_grid, d, feature_shape), num_heads)
 
 
@@ -219,39 +234,47 @@ def op_names(name: str) -> Tuple[str, ...]:
     return tuple(o.name for o in op_specs(name))
 
 
-def edge_preprocess_cost(in_channels: int, out_channels: int, direction: int, spatial_dims: int) -> float:
+def _factor_voxels(factor, spatial_dims: int) -> int:
+    return int(np.prod(as_axes(2 if factor is None else factor, spatial_dims)))
+
+
+def edge_preprocess_cost(in_channels: int, out_channels: int, direction: int, spatial_dims: int,
+                         factor=None) -> float:
     """Memory cost (in output-size tensors) of :func:`edge_preprocess`, without building modules (which would
     draw from the RNG)."""
     ratio = in_channels / out_channels
-    if direction == -1:
-        return 3.0 + ratio * 2 ** spatial_dims  # ReLU input at 2x resolution, the concat, the norm output
+    if direction == -1:  # ReLU input at the finer resolution, the concat, the norm output
+        return 3.0 + ratio * _factor_voxels(factor, spatial_dims)
     if direction == 1:
         return 2.0 + 2.0 * ratio  # up-sampled input, its ReLU, the norm output
     return 0.0 if in_channels == out_channels else 1.0 + 2.0 * ratio
 
 
-def edge_preprocess_saved_cost(in_channels: int, out_channels: int, direction: int, spatial_dims: int) -> float:
+def edge_preprocess_saved_cost(in_channels: int, out_channels: int, direction: int, spatial_dims: int,
+                               factor=None) -> float:
     """What autograd keeps for :func:`edge_preprocess` in a discrete network (output-size tensors): the ReLU output
     (the input of its convs) and the norm's input; interpolation and concatenation keep nothing."""
     ratio = in_channels / out_channels
     if direction == -1:
-        return ratio * 2 ** spatial_dims + 1.0
+        return ratio * _factor_voxels(factor, spatial_dims) + 1.0
     if direction == 1:
         return ratio + 1.0
     return 0.0 if in_channels == out_channels else ratio + 1.0
 
 
 def edge_preprocess(in_channels: int, out_channels: int, direction: int, spatial_dims: int,
-                    style: OpStyle = DINTS_STYLE) -> nn.Module:
+                    style: OpStyle = DINTS_STYLE, factor=None) -> nn.Module:
     """Resolution/channel change in front of a grid cell (its cost: :func:`edge_preprocess_cost`).
 
-    ``direction`` is ``edge_in - edge_out`` in levels: -1 means the source is finer (2x down-sampling),
-    +1 coarser (2x up-sampling), 0 same resolution (identity, or a 1x1 conv when the channels differ).
+    ``direction`` is ``edge_in - edge_out`` in levels: -1 means the source is finer (down-sampling by ``factor``),
+    +1 coarser (up-sampling by ``factor``), 0 same resolution (identity, or a 1x1 conv when the channels differ).
+    ``factor``: per axis (the plan's stride between the two levels), default 2 on every axis.
     """
+    factor = as_axes(2 if factor is None else factor, spatial_dims)
     if direction == -1:
-        return FactorizedReduce(in_channels, out_channels, spatial_dims, style)
+        return FactorizedReduce(in_channels, out_channels, spatial_dims, style, factor)
     if direction == 1:
-        return FactorizedIncrease(in_channels, out_channels, spatial_dims, style)
+        return FactorizedIncrease(in_channels, out_channels, spatial_dims, style, factor)
     if in_channels == out_channels:
         return nn.Identity()
     return ActConvNorm(in_channels, out_channels, 1, spatial_dims, style=style)

@@ -149,34 +149,53 @@ class SepConv(nn.Sequential):
 
 
 class FactorizedReduce(nn.Module):
-    """2x down-sampling edge (DARTS 'factorized reduce'): ReLU, two stride-2 1x1 convs on ``x`` and on ``x``
-    shifted by one voxel, concatenated, then InstanceNorm. Input extents must be even."""
+    """Down-sampling edge (DARTS 'factorized reduce'): ReLU, two 1x1 convs at ``stride`` (2, or per axis: 1 or 2) on
+    ``x`` and on ``x`` shifted by one voxel along the strided axes, concatenated, then InstanceNorm. Extents along
+    the strided axes must be even."""
 
-    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3, style: OpStyle = DINTS_STYLE):
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3, style: OpStyle = DINTS_STYLE,
+                 stride=2):
         super().__init__()
         conv = conv_nd(spatial_dims)
         self.spatial_dims = spatial_dims
+        self.stride = (int(stride),) * spatial_dims if isinstance(stride, int) else tuple(int(s) for s in stride)
         self.act = style.make_nonlin()
-        self.conv = conv(in_channels, out_channels // 2, 1, stride=2, bias=False)
-        self.conv2 = conv(in_channels, out_channels - out_channels // 2, 1, stride=2, bias=False)
+        self.conv = conv(in_channels, out_channels // 2, 1, stride=self.stride, bias=False)
+        self.conv2 = conv(in_channels, out_channels - out_channels // 2, 1, stride=self.stride, bias=False)
         self.norm = norm_nd(spatial_dims, out_channels, style)
+
+    def shifted(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` shifted by one voxel along the strided axes (the second conv's input)."""
+        return x[(Ellipsis,) + tuple(slice(1, None) if s > 1 else slice(None) for s in self.stride)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(x)
-        shifted = x[(Ellipsis,) + (slice(1, None),) * self.spatial_dims]
-        return self.norm(torch.cat([self.conv(x), self.conv2(shifted)], dim=1))
+        return self.norm(torch.cat([self.conv(x), self.conv2(self.shifted(x))], dim=1))
 
 
 class FactorizedIncrease(nn.Module):
-    """2x up-sampling edge: (tri/bi)linear x2 (align_corners=True) -> ReLU -> 1x1 conv -> InstanceNorm."""
+    """Up-sampling edge: (tri/bi)linear x ``scale`` (2, or per axis; align_corners=True) -> ReLU -> 1x1 conv ->
+    InstanceNorm."""
 
-    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3, style: OpStyle = DINTS_STYLE):
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3, style: OpStyle = DINTS_STYLE,
+                 scale=2):
         super().__init__()
         self.mode = "trilinear" if spatial_dims == 3 else "bilinear"
+        self.scale = (int(scale),) * spatial_dims if isinstance(scale, int) else tuple(int(s) for s in scale)
         self.act = style.make_nonlin()
         self.conv = conv_nd(spatial_dims)(in_channels, out_channels, 1, bias=False)
         self.norm = norm_nd(spatial_dims, out_channels, style)
 
+    def upsample(self, x: torch.Tensor) -> torch.Tensor:
+        return upsample(x, self.scale, self.mode)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=True)
-        return self.norm(self.conv(self.act(x)))
+        return self.norm(self.conv(self.act(self.upsample(x))))
+
+
+def upsample(x: torch.Tensor, scale, mode: str) -> torch.Tensor:
+    """``x`` up-sampled by ``scale`` per axis (align_corners=True); ``x`` itself where the scale is all ones."""
+    scale = tuple(scale)
+    if all(s == 1 for s in scale):
+        return x
+    return F.interpolate(x, scale_factor=tuple(float(s) for s in scale), mode=mode, align_corners=True)

@@ -106,8 +106,9 @@ class TransformerOp(nn.Module):
             raise ConfigError(f"TransformerOp: {out_channels} channels are not divisible by {num_heads} attention "
                              f"heads; use a channel count that is a multiple of {num_heads} (a wider channel_mul) or "
                              f"fewer heads.")
-        if stride not in (1, 2):
-            raise ValueError(f"TransformerOp: stride {stride} must be 1 or 2.")
+        stride = (int(stride),) * spatial_dims if isinstance(stride, int) else tuple(int(s) for s in stride)
+        if any(s not in (1, 2) for s in stride):
+            raise ValueError(f"TransformerOp: stride {list(stride)} must be 1 or 2 per axis.")
         d = out_channels
         self.spatial_dims, self.stride = spatial_dims, stride
         self.token_grid = resolve_token_grid(token_grid, spatial_dims)
@@ -149,7 +150,7 @@ class TransformerOp(nn.Module):
         q = self.dec_norm3(q + self.dec_ffn(q))
         y, weights = self.seg_attn(q, memory, memory, need_weights=need_weights)  # no residual [paper]
         y = y.transpose(1, 2).reshape(x.shape[0], -1, *self.token_grid)
-        out_size = [s // self.stride for s in size]
+        out_size = [s // t for s, t in zip(size, self.stride)]
         return F.interpolate(self.reverse(y), size=out_size, mode=mode, align_corners=False), weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from nnunet_nas.geometry import as_axes
 from nnunet_nas.ops.catalog import edge_preprocess, get_op_set
 from nnunet_nas.ops.conv import ActConvNorm
 from nnunet_nas.spaces.mixed_op import MixedOp
@@ -64,12 +65,18 @@ def cell_num_nodes(num_edges: int) -> int:
 
 class Cell(nn.Module):
     """One cell. ``in_channels``: channels of ``(s0, s1)``; ``in_scales``: their resolution relative to the
-    cell's input resolution (0: the same, -1: twice as fine, +1: half as fine), e.g. DARTS's "previous-previous
-    cell was a reduction cell" is ``in_scales=(-1, 0)``."""
+    cell's input resolution (0: the same, -1: one level finer, +1: one level coarser), e.g. DARTS's
+    "previous-previous cell was a reduction cell" is ``in_scales=(-1, 0)``.
+
+    Geometry (nnU-Net's plan, :mod:`nnunet_nas.geometry`; defaults: isotropic): ``stride`` is a reduction cell's
+    down-sampling and an expansion cell's up-sampling per axis (2); ``in_factors`` the per-axis factor between
+    each input's level and the resolution its preprocessing brings it to (2); ``planned_kernel`` the kernel nnU-Net
+    planned at the cell's output resolution, which its ops follow (:func:`~nnunet_nas.geometry.fit_kernel`)."""
 
     def __init__(self, op_set: str, kind: str, in_channels: Sequence[int], channels: int, num_nodes: int = 4,
                  in_scales: Sequence[int] = (0, 0), ops: Optional[Sequence[Optional[str]]] = None,
-                 partial_channels: int = 1):
+                 partial_channels: int = 1, stride=2, in_factors: Optional[Sequence] = None,
+                 planned_kernel: Optional[Sequence[int]] = None):
         super().__init__()
         if kind not in CELL_KINDS:
             raise ValueError(f"Cell: kind {kind!r} is not one of {CELL_KINDS}.")
@@ -90,18 +97,22 @@ class Cell(nn.Module):
         # fixed cell prepares only the inputs its edges read (no unused parameter: nnU-Net's DDP needs that)
         extra = 1 if kind == "expansion" else 0
         read = {src for e, (src, _) in enumerate(self.edges) if src < 2 and (ops is None or ops[e] is not None)}
+        stride = as_axes(stride, dims)
+        factors = [stride if kind == "expansion" else (2,) * dims] * 2 if in_factors is None else in_factors
         self.preprocess = nn.ModuleDict({
-            str(i): edge_preprocess(c, channels, scale + extra, dims, style) if scale + extra in (-1, 0, 1)
-            else _bad_scale(scale) for i, (c, scale) in enumerate(zip(in_channels, in_scales)) if i in read})
+            str(i): edge_preprocess(c, channels, scale + extra, dims, style, factor=factors[i])
+            if scale + extra in (-1, 0, 1) else _bad_scale(scale)
+            for i, (c, scale) in enumerate(zip(in_channels, in_scales)) if i in read})
         self.edge_ops = nn.ModuleList()
         self.op_names = tuple(o.name for o in spec.ops)
         for e, (src, _) in enumerate(self.edges):
-            stride = 2 if kind == "reduction" and src < 2 else 1
+            edge_stride = stride if kind == "reduction" and src < 2 else 1
             if self.is_search:
-                self.edge_ops.append(MixedOp(spec.ops, op_channels, op_channels, dims, stride, style))
+                self.edge_ops.append(MixedOp(spec.ops, op_channels, op_channels, dims, edge_stride, style,
+                                             planned_kernel))
             else:  # the chosen op alone, under the supernet's module names (a fixed cell loads supernet weights)
                 chosen = [] if ops[e] is None else [spec.ops[spec.index(ops[e])]]
-                self.edge_ops.append(MixedOp(chosen, channels, channels, dims, stride, style))
+                self.edge_ops.append(MixedOp(chosen, channels, channels, dims, edge_stride, style, planned_kernel))
         self.project = ActConvNorm(num_nodes * channels, channels, 1, dims, style=style)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: Optional[torch.Tensor] = None,
@@ -146,4 +157,4 @@ class Cell(nn.Module):
 
 
 def _bad_scale(scale):
-    raise ValueError(f"Cell: input scale {scale} is not supported (the inputs must be within one 2x step).")
+    raise ValueError(f"Cell: input scale {scale} is not supported (the inputs must be within one level).")

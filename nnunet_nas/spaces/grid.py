@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from nnunet_nas.geometry import space_geometry
 from nnunet_nas.ops.catalog import edge_preprocess, op_specs
 from nnunet_nas.ops.conv import FactorizedReduce
 from nnunet_nas.spaces.grid_topology import check_num_blocks, grid_topology
@@ -41,11 +42,12 @@ def default_grid_op_set(spatial_dims: int) -> str:
 
 
 class GridCell(nn.Module):
-    def __init__(self, in_channels, out_channels, direction, spatial_dims, specs, feature_shape=None, op_options=None):
+    def __init__(self, in_channels, out_channels, direction, spatial_dims, specs, feature_shape=None, op_options=None,
+                 factor=None, planned_kernel=None):
         super().__init__()
-        self.pre = edge_preprocess(in_channels, out_channels, direction, spatial_dims)
+        self.pre = edge_preprocess(in_channels, out_channels, direction, spatial_dims, factor=factor)
         self.ops = nn.ModuleDict({s.name: s.make(out_channels, out_channels, spatial_dims, feature_shape=feature_shape,
-                                                 options=op_options) for s in specs})
+                                                 options=op_options, planned_kernel=planned_kernel) for s in specs})
 
 
 class GridSpace(nn.Module):
@@ -63,13 +65,19 @@ class GridSpace(nn.Module):
         feature_shapes: ``[D]`` spatial extents of the levels, for ops that take ``feature_shape`` (DAST's
             transformer fits its token grid to them); ``None``: unknown.
         op_options: options forwarded to the ops that name them (``OpSpec.options``).
+        geometry: the network's :class:`~nnunet_nas.geometry.Geometry` of ``D + 1`` stages (stage 0: the input
+            resolution; level ``d`` is stage ``d + 1``): an edge between levels ``d`` and ``d + 1`` resamples by
+            stage ``d + 2``'s stride, a cell's ops at level ``d`` use stage ``d + 1``'s kernel. ``None``:
+            isotropic (2x per axis, 3^dims kernels).
     """
 
     def __init__(self, num_blocks: int, num_depths: int, channels: Sequence[int], spatial_dims: int = 3,
                  op_set_name: str = "dints_3d", edge_mask=None, op_index=None, recompute_norms: bool = True,
-                 feature_shapes: Optional[Sequence[Sequence[int]]] = None, op_options: Optional[dict] = None):
+                 feature_shapes: Optional[Sequence[Sequence[int]]] = None, op_options: Optional[dict] = None,
+                 geometry=None):
         super().__init__()
         check_num_blocks(num_blocks)
+        self.geometry = space_geometry(geometry, spatial_dims, num_depths + 1, "GridSpace geometry")
         self.topology = topo = grid_topology(num_depths)
         self.num_blocks, self.num_depths, self.spatial_dims = num_blocks, num_depths, spatial_dims
         self.channels = [int(c) for c in channels]
@@ -99,12 +107,13 @@ class GridSpace(nn.Module):
                 if not mask[b, e]:
                     continue
                 specs = self.specs if self.is_search else (self.specs[op_index[b, e]],)
-                out = int(topo.edge_out[e])
+                src, out = int(topo.edge_in[e]), int(topo.edge_out[e])
                 shape = None if feature_shapes is None else self.feature_shapes[out]
                 try:
-                    self.cells[f"b{b}_e{e}"] = GridCell(self.channels[topo.edge_in[e]], self.channels[out],
-                                                        int(topo.edge_dir[e]), spatial_dims, specs, shape,
-                                                        self.op_options)
+                    self.cells[f"b{b}_e{e}"] = GridCell(
+                        self.channels[src], self.channels[out], int(topo.edge_dir[e]), spatial_dims, specs, shape,
+                        self.op_options, factor=self.geometry.strides[max(src, out) + 1],
+                        planned_kernel=self.geometry.kernels[out + 1])
                 except ValueError as err:  # an op that cannot live at this level: say which level
                     where = f"level {out} ({self.channels[out]} channels" + (
                         "" if shape is None else f", feature map {'x'.join(map(str, shape))}") + ")"
@@ -173,8 +182,7 @@ class GridSpace(nn.Module):
         if acts[src] is None:
             acts[src] = F.relu(x)
         if isinstance(cell.pre, FactorizedReduce):
-            p = cell.pre.norm(torch.cat([cell.pre.conv(acts[src]),
-                                         cell.pre.conv2(acts[src][(Ellipsis,) + (slice(1, None),) * self.spatial_dims])], 1))
+            p = cell.pre.norm(torch.cat([cell.pre.conv(acts[src]), cell.pre.conv2(cell.pre.shifted(acts[src]))], 1))
             r = F.relu(p)
         elif isinstance(cell.pre, nn.Identity):
             p, r = x, acts[src]

@@ -159,10 +159,6 @@ class EdgePlan:
             return None  # a module this function does not know: the checkpoint path handles it
 
 
-def _shifted(x: torch.Tensor, dims: int) -> torch.Tensor:
-    return x[(Ellipsis,) + (slice(1, None),) * dims]
-
-
 def _norm_forward(norm: nn.Module, z: torch.Tensor):
     """InstanceNorm (affine, no running stats) as ``F.instance_norm`` computes it, plus its saved statistics."""
     b, c = z.shape[:2]
@@ -200,7 +196,6 @@ class LeanEdge(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan: EdgePlan, relu_cache: list, x, w, *params):
-        dims = plan.spatial_dims
         kind = plan.pre_kind
         if kind in ("identity", "reduce", "actconv") and relu_cache[0] is None:
             relu_cache[0] = F.relu(x)
@@ -210,11 +205,11 @@ class LeanEdge(torch.autograd.Function):
         else:
             if kind == "reduce":
                 rs = relu_cache[0]
-                c = torch.cat([plan.pre_convs[0](rs), plan.pre_convs[1](_shifted(rs, dims))], 1)
+                c = torch.cat([plan.pre_convs[0](rs), plan.pre_convs[1](plan.pre.shifted(rs))], 1)
             elif kind == "actconv":
                 c = _conv_forward(plan.pre_convs[0], relu_cache[0])
             else:  # increase
-                u = F.relu(F.interpolate(x, scale_factor=2, mode=plan.pre.mode, align_corners=True))
+                u = F.relu(plan.pre.upsample(x))
                 c = _conv_forward(plan.pre_convs[0], u)
                 del u
             p, mean, invstd = _norm_forward(plan.pre_norm, c)
@@ -378,7 +373,7 @@ def _pre_backward(plan: EdgePlan, x, c, pre_stats, grad_p_box: list, grads: _Par
         conv = plan.pre_convs[0]
         with torch.enable_grad():
             x_leaf = x.detach().requires_grad_(need_x)
-            u = F.relu(F.interpolate(x_leaf, scale_factor=2, mode=plan.pre.mode, align_corners=True))
+            u = F.relu(plan.pre.upsample(x_leaf))
         gu, gw, gb = _conv_grads(conv, grad_c, u.detach(), u.shape, need_x, grads.needs(conv.weight),
                                  grads.needs(conv.bias))
         grads.put_conv(conv, gw, gb)
@@ -390,7 +385,7 @@ def _pre_backward(plan: EdgePlan, x, c, pre_stats, grad_p_box: list, grads: _Par
     if plan.pre_kind == "reduce":
         conv_a, conv_b = plan.pre_convs
         split = conv_a.out_channels
-        pieces = [(conv_a, grad_c[:, :split], rs), (conv_b, grad_c[:, split:], _shifted(rs, plan.spatial_dims))]
+        pieces = [(conv_a, grad_c[:, :split], rs), (conv_b, grad_c[:, split:], plan.pre.shifted(rs))]
     else:
         pieces = [(plan.pre_convs[0], grad_c, rs)]
     grad_rs = None
@@ -404,7 +399,7 @@ def _pre_backward(plan: EdgePlan, x, c, pre_stats, grad_p_box: list, grads: _Par
         else:  # the shifted input of the second conv of a FactorizedReduce
             if grad_rs is None:
                 grad_rs = torch.zeros_like(rs)
-            _shifted(grad_rs, plan.spatial_dims).add_(gi)
+            plan.pre.shifted(grad_rs).add_(gi)
     if need_x and grad_rs is not None:
         grad_x = _threshold_backward(grad_rs, rs, 0)
     return grad_x

@@ -27,18 +27,19 @@ def weighted_op_sum(indexed_ops: Iterable[Tuple[int, nn.Module]], x: torch.Tenso
 
 
 class MixedOp(nn.Module):
-    """All candidate ops of one edge, ``in_channels -> out_channels`` at ``stride``.
+    """All candidate ops of one edge, ``in_channels -> out_channels`` at ``stride`` (an int or per axis), with
+    the kernel nnU-Net planned at the edge's resolution (``planned_kernel``, :meth:`OpSpec.make`).
 
     ``forward(x, w, active=None)``: ``w`` is ``[N]`` (N = size of the op set); ``active`` restricts the sum to
     some op indices (sampling methods that run only the sampled ops); removed ops never run.
     """
 
     def __init__(self, specs: Sequence[OpSpec], in_channels: int, out_channels: int, spatial_dims: int,
-                 stride: int = 1, style: OpStyle = DINTS_STYLE):
+                 stride=1, style: OpStyle = DINTS_STYLE, planned_kernel: Optional[Sequence[int]] = None):
         super().__init__()
         self.op_names = tuple(s.name for s in specs)
-        self.ops = nn.ModuleDict({s.name: s.build(in_channels, out_channels, spatial_dims, stride, style)
-                                  for s in specs})
+        self.ops = nn.ModuleDict({s.name: s.make(in_channels, out_channels, spatial_dims, stride, style,
+                                                 planned_kernel=planned_kernel) for s in specs})
 
     def alive(self) -> Tuple[int, ...]:
         return tuple(n for n, name in enumerate(self.op_names) if name in self.ops)

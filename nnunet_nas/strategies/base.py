@@ -12,12 +12,15 @@ The trainer runs DARTS's first-order bi-level loop itself; strategies add to it 
 * ``history()``: scalars logged per epoch (name -> float); ``state_dict`` / ``load_state_dict``: resume;
 * ``plot(folder)``: a picture of the strategy's own trajectory beside nnU-Net's ``progress.png`` (optional).
 
+A strategy writes to the search's log with ``self.note(line)`` (the trainer sets ``log`` to nnU-Net's
+``print_to_log_file``; without a trainer, notes go nowhere).
+
 Decisions are functions of the architecture parameters, which DDP keeps identical on every rank; the trainer
 still takes rank 0's decision.
 """
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -29,6 +32,10 @@ class SearchProgress:
     warmup_epochs: int
     arch_steps: int  # architecture updates done so far
     arch_steps_total: int  # planned architecture updates
+
+    @property
+    def arch_steps_per_epoch(self) -> int:
+        return max(1, self.arch_steps_total // max(1, self.num_epochs - self.warmup_epochs))
 
     @property
     def arch_fraction(self) -> float:
@@ -46,6 +53,11 @@ class SearchProgress:
 class SearchStrategy:
     """Base: every hook does nothing."""
     name = "strategy"
+    log: Optional[Callable[[str], None]] = None
+
+    def note(self, line: str) -> None:
+        if self.log is not None:
+            self.log(line)
 
     def on_search_start(self, net, progress: SearchProgress) -> None:
         pass

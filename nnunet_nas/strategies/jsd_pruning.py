@@ -149,12 +149,15 @@ class JSDStabilityPruning(SearchStrategy):
 
     ``genotype_fn(net) -> (key, kept)``: a hashable key of the current discrete genotype and a bool array (the
     leading shape of ``op_logits``) of the edges it uses, ``None`` for all; without it the key is every edge's
-    argmax and every edge counts.
+    argmax and every edge counts. ``arch_optimizer``: the architecture optimiser's ``(lr, betas)``; with it the
+    search's log starts with :func:`calibration_note` (whether the rule can call a converged edge stable at this
+    schedule).
     """
     name = "jsd_stability"
 
-    def __init__(self, rule: JSDRule = JSDRule(), genotype_fn: Optional[Callable] = None):
-        self.rule, self.genotype_fn = rule, genotype_fn
+    def __init__(self, rule: JSDRule = JSDRule(), genotype_fn: Optional[Callable] = None,
+                 arch_optimizer: Optional[Tuple[float, Tuple[float, float]]] = None):
+        self.rule, self.genotype_fn, self.arch_optimizer = rule, genotype_fn, arch_optimizer
         self.snapshots: List[List[List[float]]] = []  # per edge, the last W + 1 importance distributions
         self.genotypes: List[str] = []  # keys of the last W + 1 genotypes
         self.scores: List[float] = []  # S_e of the last epoch (nan: fewer than W + 1 snapshots)
@@ -164,6 +167,12 @@ class JSDStabilityPruning(SearchStrategy):
         self.trajectory = {"epoch": [], "score": [], "alive": []}  # per recorded epoch, per edge
         self.stop_now = False
         self.stop_epoch: Optional[int] = None
+
+    def on_search_start(self, net, progress: SearchProgress) -> None:
+        if self.arch_optimizer is not None:
+            lr, betas = self.arch_optimizer
+            self.note(calibration_note(self.rule, lr, betas, progress.arch_steps_per_epoch,
+                                       net.arch.op_logits.shape[-1]))
 
     # ------------------------------------------------------------------ the rule, on plain arrays
     def observe(self, logits: np.ndarray, alive: np.ndarray, epoch: int, min_epoch: int,

@@ -19,6 +19,7 @@ from nnunet_nas.config import SearchConfig
 from nnunet_nas.genotypes.schema import genotype_from_dict
 from nnunet_nas.nnunet.export import register_searched_configuration
 from nnunet_nas.nnunet.search_network import SearchNetwork
+from nnunet_nas.patch import round_up_patch
 from nnunet_nas.registry import get_method, method_names
 from nnunet_nas.strategies.base import SearchProgress
 from nnunet_nas.strategies.jsd_pruning import JSDRule, JSDStabilityPruning
@@ -40,7 +41,8 @@ def _search_network(name, dims, in_ch=1, classes=3):
 
 
 def _patch(method, cfg, dims):
-    return [max(2 * method.search_patch_divisor(cfg), 16)] * dims
+    geometry, _ = method.search_geometry(cfg, tiny_planned(dims), dims)
+    return [16] * dims if geometry is None else [max(2 * d, 16) for d in geometry.divisor]
 
 
 def test_every_method_has_a_tiny_config_and_a_config_extending_the_base():
@@ -131,7 +133,7 @@ def test_export_registers_a_configuration_the_stock_trainer_builds(name, dims, t
     used = register_searched_configuration(str(path), base, method, g, 0.125, log=lambda *a: None)
     assert used == f"{base}_{name}"
     cm = PlansManager(str(path)).get_configuration(used)
-    assert all(p % method.genotype_patch_divisor(g) == 0 for p in cm.patch_size)
+    assert round_up_patch(cm.patch_size, method.genotype_patch_divisor(g)) == list(cm.patch_size)
     fixed = nnUNetTrainer.build_network_architecture(PlansManager(str(path)), cm, 1, 3, True)
     assert isinstance(fixed, method.network_class)
     strides = cm.network_arch_init_kwargs["strides"]  # what nnU-Net's deep supervision reads
