@@ -13,6 +13,7 @@ when the search network exists (:meth:`SearchConfig.validate` with ``spatial_dim
 ``check_search``).
 """
 
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from typing import ClassVar, Optional, Tuple
@@ -46,15 +47,27 @@ JSD_RULES = {"window": integer(1), "threshold": number(0), "top_k": integer(1), 
 RENAMED_FIELDS = {"jsd": "jsd_pruning"}
 
 
-def _renamed(values: dict, warn: bool) -> dict:
+def _renamed(values: dict, warn: bool, replacing: bool = False) -> dict:
+    """``values`` with the old names of :data:`RENAMED_FIELDS` replaced; both names with different values is one
+    :class:`ConfigError`, except in ``dataclasses.replace`` (``replacing``), which passes the current value under the
+    new name and the change under the old one."""
     for old, new in RENAMED_FIELDS.items():
         if old in values:
-            if new in values and values[new] != values[old] and not warn:
+            if new in values and values[new] != values[old] and not replacing:
                 raise ConfigError(f"both {old!r} (its old name) and {new!r} are set; keep {new!r} only.")
             if warn:
-                warnings.warn(f"SearchConfig field {old!r} is now {new!r}", DeprecationWarning, stacklevel=4)
+                warnings.warn(f"SearchConfig field {old!r} is now {new!r}", DeprecationWarning,
+                              stacklevel=_caller_stacklevel())
             values[new] = values.pop(old)
     return values
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside this module and :mod:`dataclasses` (the user's line)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") in (__name__, "dataclasses"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class _AcceptsRenamedFields(type):
@@ -62,7 +75,8 @@ class _AcceptsRenamedFields(type):
     with a DeprecationWarning, after a field's rename."""
 
     def __call__(cls, *args, **kwargs):
-        return super().__call__(*args, **_renamed(kwargs, warn=True))
+        replacing = sys._getframe(1).f_globals.get("__name__") == "dataclasses"
+        return super().__call__(*args, **_renamed(kwargs, warn=True, replacing=replacing))
 
 
 @dataclass(frozen=True)

@@ -77,13 +77,16 @@ class Geometry:
     @classmethod
     def checked(cls, strides, kernels, spatial_dims: int, source: str) -> "Geometry":
         """A geometry from untrusted lists, with one :class:`PlansError` naming what is wrong."""
-        def rows(value, what):
+        def is_count(v):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        def rows(value, what):  # one entry per stage: an int (every axis) or one per axis, as nnU-Net's U-Nets take
             if not isinstance(value, (list, tuple)) or not value or not all(
-                    isinstance(r, (list, tuple)) and len(r) == spatial_dims and all(
-                        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in r) for r in value):
+                    is_count(r) or isinstance(r, (list, tuple)) and len(r) == spatial_dims and all(map(is_count, r))
+                    for r in value):
                 raise PlansError(f"{source}: {what} must be a non-empty list of {spatial_dims} positive integers per "
                                  f"stage, found {value!r}.")
-            return [tuple(r) for r in value]
+            return [as_axes(r, spatial_dims) for r in value]
         strides, kernels = rows(strides, "strides"), rows(kernels, "kernel_sizes")
         if len(strides) != len(kernels):
             raise PlansError(f"{source}: {len(strides)} strides but {len(kernels)} kernel sizes; nnU-Net plans one of "
@@ -165,8 +168,12 @@ def planned_geometry(planned, spatial_dims: int, num_stages: int, follow_plan: b
     if not follow_plan:
         return Geometry.isotropic(spatial_dims, num_stages), (
             "follow_plan_geometry=False: the search space is isotropic (2x per axis, kernels 3), as in the papers")
-    plan = None if planned is None else Geometry.from_plan(planned.kwargs, spatial_dims,
-                                                           f"the planned network ({planned.class_name})")
+    try:
+        plan = None if planned is None else Geometry.from_plan(planned.kwargs, spatial_dims,
+                                                               f"the planned network ({planned.class_name})")
+    except PlansError as e:
+        raise PlansError(f"{e} Or search in the papers' isotropic space: follow_plan_geometry=False in the search "
+                         f"config.") from None
     if plan is None:
         return Geometry.isotropic(spatial_dims, num_stages), (
             "the planned network names no strides and kernel sizes: the search space is isotropic (2x per axis, "

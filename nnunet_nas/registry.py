@@ -97,10 +97,13 @@ class SearchMethod:
     def search_geometry(self, cfg, planned, spatial_dims: int):
         """``(geometry, note)``: the :class:`~nnunet_nas.geometry.Geometry` the search space takes from the
         configuration nnU-Net planned (``planned``: a :class:`~nnunet_nas.planned_network.PlannedNetwork`) and a
-        line for the log where it departs from the plan; ``(None, None)`` for a method in nnU-Net's own network."""
+        line for the log where it departs from the plan. A method in nnU-Net's own network (no
+        ``search_downsamplings``) keeps all the plan's stages: ``(plan, None)``, or ``(None, None)`` where the plan
+        names none or ``cfg.follow_plan_geometry`` is off."""
+        from nnunet_nas.geometry import Geometry, planned_geometry
         if self.search_downsamplings is None:
-            return None, None
-        from nnunet_nas.geometry import planned_geometry
+            plan = None if planned is None else Geometry.from_plan(planned.kwargs, spatial_dims)
+            return (plan if cfg.follow_plan_geometry else None), None
         return planned_geometry(planned, spatial_dims, self.search_downsamplings(cfg) + 1, cfg.follow_plan_geometry)
 
     def op_set_for(self, cfg, spatial_dims: int) -> str:

@@ -359,3 +359,36 @@ def test_lean_cpu_edges_give_plain_autograds_values_and_gradients_at_any_geometr
     torch.testing.assert_close(lean_out, plain_out, rtol=1e-4, atol=1e-5 * float(plain_out.abs().max()))
     lean, plain = torch.cat([g.flatten() for g in lean_grads]), torch.cat([g.flatten() for g in plain_grads])
     assert float((lean - plain).norm() / plain.norm()) < 1e-4
+
+
+def test_checkpoints_and_genotypes_of_before_keep_the_isotropic_space():
+    """A 0.1 search checkpoint holds no follow_plan_geometry: --c with today's default names the difference instead
+    of resuming in another space, and its export is isotropic; a 0.1 IAC genotype keeps isotropic cells on any
+    host, so the models trained from it still load."""
+    from nnunet_nas.methods.iac import IACUNet
+    from nnunet_nas.nnunet.search_state import differing_settings, saved_search_config
+    old = TINY_CONFIGS["dints"].to_dict()
+    del old["follow_plan_geometry"]
+    state = {"method": "dints", "op_set": "dints_3d", "search_config": old}
+    assert saved_search_config(state)["follow_plan_geometry"] is False
+    lines = differing_settings(state, {"method": "dints", "op_set": "dints_3d",
+                                       "search_config": TINY_CONFIGS["dints"].to_dict()})
+    assert lines == ["search_config.follow_plan_geometry: False in the checkpoint, True now"]
+    method, cfg = get_method("iac"), TINY_CONFIGS["iac"]
+    plan = planned(3, THICK_SLICES)
+    sup = method.build_supernet(cfg, method.op_set_for(cfg, 3), 1, 3, 3, True, planned=plan)
+    genotype = method.discretize(dict(method.build_arch_params(cfg, sup, "darts_3d").state_dict()), "darts_3d",
+                                 cfg=cfg)
+    assert genotype.geometry is None  # as a 0.1 export wrote it
+    kwargs = method.fixed_network_kwargs(genotype, None, planned=plan)
+    assert all(len(set(k)) == 1 for k in _conv_kernels(IACUNet(1, 3, **kwargs).cells[0]))  # cubic kernels
+    genotype.geometry = method.search_geometry(cfg, plan, 3)[0]  # as today's export writes it
+    kwargs = method.fixed_network_kwargs(genotype, None, planned=plan)
+    assert all(k[0] == 1 for k in _conv_kernels(IACUNet(1, 3, **kwargs).cells[0]))
+
+
+def test_per_stage_integer_strides_are_read_as_nnunets_unets_read_them():
+    geometry = Geometry.from_plan({"strides": [1, 2, [1, 2, 2]], "kernel_sizes": [3, [1, 3, 3], 3]}, 3)
+    assert geometry.strides == ((1, 1, 1), (2, 2, 2), (1, 2, 2)) and geometry.kernels[1] == (1, 3, 3)
+    with pytest.raises(PlansError, match="follow_plan_geometry=False"):
+        planned_geometry(planned(2, {"strides": [[1, 1], [3, 2]], "kernel_sizes": [[3, 3], [3, 3]]}), 2, 2)

@@ -129,7 +129,8 @@ def describe(net, cfg: DiNTSSearchConfig):
 
 def genotype_geometry(genotype: GridGenotype) -> Geometry:
     """The geometry the genotype was searched in (isotropic for a genotype that records none)."""
-    return space_geometry(genotype.geometry, genotype.spatial_dims, genotype.num_depths + 1)
+    return space_geometry(genotype.geometry, genotype.spatial_dims, genotype.num_depths + 1,
+                          f"the genotype's geometry ({genotype.provenance.get('checkpoint', 'grid genotype')})")
 
 
 def fixed_network_kwargs(genotype: GridGenotype, channel_mul: float, base_channels: int = 32,

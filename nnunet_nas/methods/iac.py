@@ -80,7 +80,7 @@ def build_supernet(cfg: IACSearchConfig, op_set: str, input_channels: int, num_c
     return IACUNet(input_channels, num_classes, planned.class_name, planned.kwargs, planned.requires_import,
                    op_set=op_set, num_nodes=cfg.num_nodes, cell_channel_mul=cfg.cell_channel_mul, mode=cfg.mode,
                    shared_cell=cfg.shared_cell, partial_channels=cfg.partial_channels,
-                   deep_supervision=deep_supervision)
+                   deep_supervision=deep_supervision, geometry=IAC.search_geometry(cfg, planned, spatial_dims)[0])
 
 
 def build_arch_params(cfg: IACSearchConfig, supernet: IACUNet, op_set: str) -> CellEdgeArchParams:

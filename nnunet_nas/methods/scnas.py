@@ -80,7 +80,8 @@ def build_supernet(cfg: SCNASSearchConfig, op_set: str, input_channels: int, num
 
 def genotype_geometry(genotype: CellGenotype) -> Geometry:
     """The geometry the genotype was searched in (isotropic for a genotype that records none)."""
-    return space_geometry(genotype.geometry, genotype.spatial_dims, NUM_LEVELS + 1)
+    return space_geometry(genotype.geometry, genotype.spatial_dims, NUM_LEVELS + 1,
+                          f"the genotype's geometry ({genotype.provenance.get('checkpoint', 'SCNAS genotype')})")
 
 
 def build_arch_params(cfg: SCNASSearchConfig, supernet, op_set: str) -> CellArchParams:

@@ -11,16 +11,16 @@ An op set with ops that fit themselves to the feature maps (DAST's transformer: 
 ``patch_size`` (level d is ``patch / scale(d + 1)``) and takes their settings in ``op_options``; ``channel_multiple``
 rounds the grid's channels down to a multiple (DAST: of the attention heads). DAST's export writes all three.
 
-Stems and tail follow MONAI's layout (parameter counts agree): level d of the grid lives at 1/2^(d+1) of the
-input resolution with ``f[d+1]`` channels, ``f[i] = int(base_channels * 2^i * channel_mul)``.
+Stems and tail follow MONAI's layout (parameter counts agree): level d of the grid lives at stage d + 1, 1/2^(d+1)
+of the input resolution on an isotropic geometry (``1 / scale(d + 1)`` per axis in general, below), with ``f[d+1]``
+channels, ``f[i] = int(base_channels * 2^i * channel_mul)``.
 
-Deep supervision [ours]: the tail has decoder features at 1/2^r for r = 0..k+1 (k = deepest active node of the
-last block: the grid output entering the tail at 1/2^(k+1), then the output of each up-sampling stem); a 1x1
-head on each gives nnU-Net's extra outputs, highest resolution first. ``strides`` in ``arch_kwargs`` (the
-geometry's strides, nnU-Net's convention: one entry more than outputs) tells nnU-Net how many there are (at most
-k+2) and at which scales. The heads exist only when the network is
-built with ``deep_supervision=True`` (nnU-Net's training); built without (nnU-Net's prediction), it has none and
-ignores head weights in a state dict it loads.
+Deep supervision [ours]: the tail has decoder features at stages r = 0..k+1 (k = deepest active node of the last
+block: the grid output entering the tail at stage k+1, then the output of each up-sampling stem); a 1x1 head on
+each gives nnU-Net's extra outputs, highest resolution first. ``strides`` in ``arch_kwargs`` (the geometry's
+strides, nnU-Net's convention: one entry more than outputs) tells nnU-Net how many there are (at most k+2) and at
+which scales. The heads exist only when the network is built with ``deep_supervision=True`` (nnU-Net's training);
+built without (nnU-Net's prediction), it has none and ignores head weights in a state dict it loads.
 
 A fixed network holds no parameter its forward pass does not use (nnU-Net wraps it in DDP without
 ``find_unused_parameters``): stems are built only for the input levels the genotype reads (the published
@@ -159,7 +159,7 @@ class DiNTSNet(nn.Module):
                                                                     mode=self.mode, align_corners=True)
             nodes.append(self.stem_down[str(d)](xd))
         outs = self.space(nodes, weights)
-        feats, tmp = [None] * (self.num_depths + 1), None  # feats[r]: decoder feature at 1/2^r, f[r] channels
+        feats, tmp = [None] * (self.num_depths + 1), None  # feats[r]: decoder feature at stage r, f[r] channels
         for r in range(self.num_depths - 1, -1, -1):
             s = outs[r] if tmp is None else (tmp if outs[r] is None else outs[r] + tmp)
             if s is None:  # an empty coarse level of the last block: zeros, as in the supernet

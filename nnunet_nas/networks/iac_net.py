@@ -33,6 +33,7 @@ from nnunet_nas.arch.weighting import EdgeNormalisedWeights, SampledOpWeights
 from nnunet_nas.errors import ConfigError, InputFileError, MissingFileError, PlansError
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.genotypes.schema import GenotypeError
+from nnunet_nas.geometry import space_geometry
 from nnunet_nas.ops.catalog import get_op_set
 from nnunet_nas.ops.conv import conv_nd
 from nnunet_nas.spaces.cell import Cell
@@ -78,7 +79,7 @@ class IACUNet(nn.Module):
                  host_kwargs_requires_import: Sequence[str] = (), genotype=None, op_set: Optional[str] = None,
                  num_nodes: int = 4, cell_channel_mul: float = 1.0, mode: str = "fusion", shared_cell: bool = True,
                  partial_channels: int = 1, deep_supervision: bool = False, strides=None,
-                 host_checkpoint: Optional[str] = None, **unused):
+                 host_checkpoint: Optional[str] = None, geometry=None, **unused):
         super().__init__()
         if unused:
             raise TypeError(f"IACUNet got unexpected arguments {sorted(unused)}.")
@@ -88,7 +89,8 @@ class IACUNet(nn.Module):
                             host_kwargs=host_kwargs, host_kwargs_requires_import=list(host_kwargs_requires_import),
                             genotype=genotype, op_set=op_set, num_nodes=num_nodes, cell_channel_mul=cell_channel_mul,
                             mode=mode, shared_cell=shared_cell, partial_channels=partial_channels,
-                            deep_supervision=deep_supervision, strides=strides, host_checkpoint=host_checkpoint)
+                            deep_supervision=deep_supervision, strides=strides, host_checkpoint=host_checkpoint,
+                            geometry=geometry)
         host = build_host(host_class, host_kwargs, host_kwargs_requires_import, input_channels, num_classes,
                           deep_supervision)
         self.encoder, self.decoder = host.encoder, host.decoder
@@ -107,19 +109,22 @@ class IACUNet(nn.Module):
             if genotype.spatial_dims != dims:
                 raise GenotypeError(f"IACUNet: a {genotype.spatial_dims}-D genotype for a {dims}-D host.")
             op_set, num_nodes = genotype.op_set, genotype.num_nodes
+            geometry = genotype.geometry  # None for a genotype of 0.1: its cells were isotropic
         op_set = op_set or DEFAULT_OP_SETS[dims]
         if get_op_set(op_set).spatial_dims != dims:
             raise ConfigError(f"IACUNet: op set {op_set!r} is not {dims}-D like the host.")
         self.genotype, self.mode, self.op_set = genotype, mode, op_set
+        # the host's plan, whose kernel at each level the cells' ops follow (None: isotropic cells, as before 0.2)
+        self.geometry = None if geometry is None else space_geometry(geometry, dims, len(host_kwargs["strides"]),
+                                                                     "IACUNet geometry")
         self.cells, self.outs = nn.ModuleList(), nn.ModuleList()
         for level, c in enumerate(skip_channels):
             cell_type = self.cell_types[0 if shared_cell else level]
             k = partial_channels if genotype is None else 1
             width = max(2 * k, k * int(round(c * cell_channel_mul / k)))  # a multiple of K (PC-DARTS)
             ops = None if genotype is None else genotype.edge_ops(cell_type)
-            kernels = host_kwargs.get("kernel_sizes")  # the host's kernel at this level: the cell's ops follow it
             self.cells.append(Cell(op_set, "normal", [c, c], width, num_nodes, (0, 0), ops, partial_channels=k,
-                                   planned_kernel=None if kernels is None else kernels[level]))
+                                   planned_kernel=None if self.geometry is None else self.geometry.kernels[level]))
             out = conv_nd(dims)(width, c, 1)
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)

@@ -73,6 +73,9 @@ class SCNASNet(nn.Module):
             genotype.validate("SCNASNet genotype", CELL_TYPES)
             spatial_dims, op_set, num_nodes = genotype.spatial_dims, genotype.op_set, genotype.num_nodes
             if genotype.geometry is not None:
+                if geometry is not None and space_geometry(geometry, spatial_dims, NUM_LEVELS + 1) != genotype.geometry:
+                    raise PlansError("SCNASNet: the geometry given differs from the genotype's; leave it out (the "
+                                     "genotype records the geometry it was searched in).")
                 geometry = genotype.geometry
         # per-axis strides and kernels of the levels 0 .. NUM_LEVELS (nnU-Net's plan; isotropic where absent)
         self.geometry = geo = space_geometry(geometry, spatial_dims, NUM_LEVELS + 1, "SCNASNet geometry")

@@ -3,7 +3,7 @@ picture beside the checkpoint, and a plans entry ``<base>_<method>`` naming the 
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 from nnunet_nas.errors import ConfigError, EnvironmentSetupError, InputFileError
@@ -11,7 +11,7 @@ from nnunet_nas.genotypes.schema import Genotype
 from nnunet_nas.io import read_json
 from nnunet_nas.nnunet.plans_io import (PlansError, check_configuration_name, check_registration, load_plans,
                                         plans_file, register_configuration)
-from nnunet_nas.nnunet.search_state import SEARCH_STATE_KEY, read_checkpoint
+from nnunet_nas.nnunet.search_state import SEARCH_STATE_KEY, read_checkpoint, saved_search_config
 from nnunet_nas.patch import round_up_patch
 from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import SearchMethod, get_method
@@ -74,6 +74,9 @@ def prepare_registration(plans_path: str, base_config: str, method: SearchMethod
     if len(base["patch_size"]) != genotype.spatial_dims:
         raise PlansError(f"configuration {base_config!r} is {len(base['patch_size'])}-D but the genotype is "
                          f"{genotype.spatial_dims}-D; pick a matching base configuration.")
+    if not isinstance(base.get("architecture"), dict):
+        raise PlansError(f"{plans_path}: configuration {base_config!r} has no architecture object; it is not an "
+                         f"nnU-Net configuration. Re-plan the dataset or restore a backup.")
     _log_geometry(method, genotype, base, base_config, log)
     divisor = method.genotype_patch_divisor(genotype)
     patch = round_up_patch(base["patch_size"], divisor)
@@ -81,9 +84,6 @@ def prepare_registration(plans_path: str, base_config: str, method: SearchMethod
         log(f"patch size {list(base['patch_size'])} -> {patch} (this architecture needs multiples of {divisor} per "
             f"axis)")
     channels, classes = network_channels(plans_path, plans, base_config)
-    if not isinstance(base.get("architecture"), dict):
-        raise PlansError(f"{plans_path}: configuration {base_config!r} has no architecture object; it is not an "
-                         f"nnU-Net configuration. Re-plan the dataset or restore a backup.")
     planned = PlannedNetwork.from_block(base["architecture"], host_checkpoint, patch)
     if channel_mul is None and method.fits_width:
         channel_mul = _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, planned,
@@ -107,9 +107,11 @@ def _log_geometry(method: SearchMethod, genotype: Genotype, base: dict, base_con
         log("note: the genotype records no geometry (written before nnunet_nas recorded the plan's strides and "
             "kernels, or imported from MONAI): the network is built isotropic, 2x per axis with kernels 3")
         return
-    from nnunet_nas.geometry import planned_geometry
-    plan, _ = planned_geometry(PlannedNetwork.from_block(base.get("architecture") or {"network_class_name": "?"}),
-                               genotype.spatial_dims, searched.num_stages)
+    from nnunet_nas.geometry import Geometry
+    plan = Geometry.from_plan(base["architecture"].get("arch_kwargs"), genotype.spatial_dims,
+                              f"configuration {base_config!r}")
+    plan = Geometry.isotropic(genotype.spatial_dims, searched.num_stages) if plan is None else \
+        plan.fit(searched.num_stages)[0]
     if plan != searched:
         log(f"note: the architecture was searched at strides {[list(s) for s in searched.strides]} and kernels "
             f"{[list(k) for k in searched.kernels]}; configuration {base_config!r} plans strides "
@@ -262,9 +264,7 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
     configuration name used.
     """
     ckpt, state, method = read_search_checkpoint(checkpoint_path)
-    config = method.config_class.from_dict(state["search_config"], source=f"{checkpoint_path}: search_config")
-    if "follow_plan_geometry" not in state["search_config"]:  # searched before 0.2: in the isotropic space
-        config = replace(config, follow_plan_geometry=False)
+    config = method.config_class.from_dict(saved_search_config(state), source=f"{checkpoint_path}: search_config")
     init = ckpt["init_args"]
     plans, searched = init["plans"], init["configuration"]
     path = preprocessed_plans_path(plans.get("dataset_name"), plans.get("plans_name"))
@@ -277,9 +277,7 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
                   "nnunet_nas_version": _version()}
     arch_state = {k[len("arch."):]: v for k, v in ckpt["network_weights"].items() if k.startswith("arch.")}
     genotype = method.discretize(arch_state, op_set, provenance, cfg=config)
-    geometry, _ = method.search_geometry(config, PlannedNetwork.from_block(_resolved(plans, searched)["architecture"]),
-                                         dims)  # the geometry the search ran in, from the plans it ran with
-    genotype.geometry = geometry
+    genotype.geometry = _searched_geometry(state, method, config, _resolved(plans, searched), dims, checkpoint_path)
     mul = config.export_channel_mul if channel_mul is None else channel_mul  # None: fitted
     registration = prepare_registration(path, base_config or searched, method, genotype, mul, name=name,
                                         overwrite=overwrite, auto_rename=name is None and not overwrite,
@@ -287,6 +285,17 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
     write_genotype_files(method, genotype, os.path.dirname(os.path.abspath(checkpoint_path)),
                          genotype_tag(checkpoint_path), log=log)
     return registration.commit(log)
+
+
+def _searched_geometry(state: dict, method: SearchMethod, config, searched: dict, dims: int, source: str):
+    """The geometry the search's space had: recorded in its state since 0.2, else what the plans it ran with and
+    its config give."""
+    from nnunet_nas.geometry import Geometry
+    if state.get("geometry") is not None:
+        return Geometry.from_dict(state["geometry"], dims, f"{source}: geometry")
+    block = searched.get("architecture")
+    planned = PlannedNetwork.from_block(block) if isinstance(block, dict) and "network_class_name" in block else None
+    return method.search_geometry(config, planned, dims)[0]
 
 
 def check_export_inputs(dataset_name: str, plans_identifier: str, configuration: str, method: SearchMethod,

@@ -150,7 +150,8 @@ class NASSearchTrainer(nnUNetTrainer):
         cm = self.configuration_manager
         geometry, note = self.method.search_geometry(self.cfg, PlannedNetwork.from_configuration_manager(cm),
                                                      len(cm.patch_size))
-        if geometry is None:  # the method searches inside nnU-Net's own network
+        self.space_geometry = geometry  # recorded in the search state: the export builds the network the search ran
+        if geometry is None:
             return
         self.print_to_log_file(f"{type(self).__name__}: search space geometry from the plan: strides "
                                f"{[list(s) for s in geometry.strides]}, kernels {[list(k) for k in geometry.kernels]}"
@@ -465,6 +466,7 @@ class NASSearchTrainer(nnUNetTrainer):
             "strategies": [s.state_dict() for s in self.strategies],
             "stopped_early": self.stopped_early,
             "host_checkpoint": self.host_checkpoint,
+            "geometry": None if self.space_geometry is None else self.space_geometry.to_dict(),
             "rng": get_rng_state(),
         }
 

@@ -7,11 +7,12 @@ node by node and, within a node, by source state (:func:`cell_edges`). The cell'
 of its intermediate nodes, projected back to the cell's width by a 1x1 nonlinearity-conv-norm block.
 
 The inputs are first brought to the cell's width (and, for an expansion cell, to its output resolution) by
-:func:`~nnunet_nas.ops.catalog.edge_preprocess` (identity, 1x1 conv, factorized reduce or 2x up-sampling + 1x1
-conv). A reduction cell runs the edges leaving its inputs at stride 2 (DARTS); an expansion cell up-samples its
-inputs first (SCNAS). The cell is a search cell (every op of the op set on every edge, ``forward(s0, s1, weights,
-active)``) or a fixed one (``ops``: per edge an op name or ``None`` for no edge); both keep an edge's ops under
-``edge_ops.<e>.ops.<name>``, so a fixed cell loads a supernet's weights.
+:func:`~nnunet_nas.ops.catalog.edge_preprocess` (identity, 1x1 conv, factorized reduce or up-sampling + 1x1
+conv, by the plan's stride between the levels). A reduction cell runs the edges leaving its inputs at its stride
+(2 per axis in DARTS); an expansion cell up-samples its inputs first (SCNAS). The cell is a search cell (every op
+of the op set on every edge, ``forward(s0, s1, weights, active)``) or a fixed one (``ops``: per edge an op name or
+``None`` for no edge); both keep an edge's ops under ``edge_ops.<e>.ops.<name>``, so a fixed cell loads a supernet's
+weights.
 
 Two PC-DARTS options of a search cell (IAC's): ``partial_channels=K`` runs an edge's mixed op on the first 1/K of
 its input channels only, passes the rest through, concatenates both and shuffles the channels in K groups (normal
