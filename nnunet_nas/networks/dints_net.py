@@ -35,14 +35,13 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from nnunet_nas.errors import ConfigError, PlansError
 from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.networks.common import DecoderSwitch, drop_head_weights, with_deep_supervision
 from nnunet_nas.ops.catalog import op_specs
 from nnunet_nas.geometry import space_geometry
-from nnunet_nas.ops.conv import ActConvNorm, conv_nd, norm_nd, upsample
+from nnunet_nas.ops.conv import ActConvNorm, conv_nd, norm_nd, resample, upsample
 from nnunet_nas.patch import check_patch_divisible
 from nnunet_nas.spaces.grid import GridSpace, default_grid_op_set
 from nnunet_nas.spaces.grid_topology import check_num_depths
@@ -155,8 +154,8 @@ class DiNTSNet(nn.Module):
                 nodes.append(None)
                 continue
             scale = self.geometry.scale(d)
-            xd = x if all(a == 1 for a in scale) else F.interpolate(x, scale_factor=tuple(1.0 / a for a in scale),
-                                                                    mode=self.mode, align_corners=True)
+            xd = x if all(a == 1 for a in scale) else resample(x, self.mode, scale_factor=tuple(1.0 / a for a in scale),
+                                                               align_corners=True)
             nodes.append(self.stem_down[str(d)](xd))
         outs = self.space(nodes, weights)
         feats, tmp = [None] * (self.num_depths + 1), None  # feats[r]: decoder feature at stage r, f[r] channels

@@ -198,4 +198,10 @@ def upsample(x: torch.Tensor, scale, mode: str) -> torch.Tensor:
     scale = tuple(scale)
     if all(s == 1 for s in scale):
         return x
-    return F.interpolate(x, scale_factor=tuple(float(s) for s in scale), mode=mode, align_corners=True)
+    return resample(x, mode, scale_factor=tuple(float(s) for s in scale), align_corners=True)
+
+
+def resample(x: torch.Tensor, mode: str, **kwargs) -> torch.Tensor:
+    """``F.interpolate`` in ``x``'s dtype: CUDA's autocast runs (tri/bi)linear interpolation in float32, which would
+    promote everything after it (a whole grid level) to float32 under AMP."""
+    return F.interpolate(x, mode=mode, **kwargs).to(x.dtype)

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nnunet_nas.errors import ConfigError
-from nnunet_nas.ops.conv import DINTS_STYLE, OpStyle, conv_nd
+from nnunet_nas.ops.conv import DINTS_STYLE, OpStyle, conv_nd, resample
 
 NUM_HEADS = 8  # [paper]
 TOKEN_GRID = 8  # [ours, NAS_METHODS.md 4] 8^3 = 512 tokens in 3-D (the paper's 512), 8^2 = 64 in 2-D
@@ -151,7 +151,7 @@ class TransformerOp(nn.Module):
         y, weights = self.seg_attn(q, memory, memory, need_weights=need_weights)  # no residual [paper]
         y = y.transpose(1, 2).reshape(x.shape[0], -1, *self.token_grid)
         out_size = [s // t for s, t in zip(size, self.stride)]
-        return F.interpolate(self.reverse(y), size=out_size, mode=mode, align_corners=False), weights
+        return resample(self.reverse(y), mode, size=out_size, align_corners=False), weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._transform(x, need_weights=False)[0]

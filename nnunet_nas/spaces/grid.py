@@ -175,7 +175,8 @@ class GridSpace(nn.Module):
 
     def _mixed_lean(self, cell: GridCell, x, src, acts, lean_acts, w):
         """``sum_n w_n op_n(pre(x))`` over ``lean_ops`` (``w`` holds their weights, in their order)."""
-        if self.recompute_norms and torch.is_grad_enabled() and x.device.type == "cpu":
+        if (self.recompute_norms and torch.is_grad_enabled() and x.device.type == "cpu"
+                and not torch.is_autocast_enabled("cpu")):  # the kernel computes in its inputs' dtype, not autocast's
             plan = EdgePlan.build(cell, self.skip_index, self.spatial_dims, self.other_op_names)
             if plan is not None:
                 return LeanEdge.apply(plan, lean_acts[src], x, w, *plan.params)
