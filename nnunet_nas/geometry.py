@@ -25,18 +25,18 @@ from nnunet_nas.errors import PlansError
 Axes = Tuple[int, ...]
 
 
-def fit_kernel(kernel, planned_kernel: Optional[Sequence[int]], spatial_dims: int) -> Axes:
-    """An op's ``kernel`` (int or per axis) at a stage whose planned kernel is ``planned_kernel``: 1 on the axes the
-    plan does not convolve, the op's own elsewhere (``None``: unchanged)."""
-    kernel = (int(kernel),) * spatial_dims if isinstance(kernel, int) else tuple(int(k) for k in kernel)
-    if planned_kernel is None:
-        return kernel
-    return tuple(1 if int(p) == 1 else k for k, p in zip(kernel, planned_kernel))
-
-
 def as_axes(value, spatial_dims: int) -> Axes:
     """An int or a per-axis sequence as a per-axis tuple."""
     return (int(value),) * spatial_dims if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def fit_kernel(kernel, planned_kernel: Optional[Sequence[int]], spatial_dims: int) -> Axes:
+    """An op's ``kernel`` (int or per axis) at a stage whose planned kernel is ``planned_kernel``: 1 on the axes the
+    plan does not convolve, the op's own elsewhere (``None``: unchanged)."""
+    kernel = as_axes(kernel, spatial_dims)
+    if planned_kernel is None:
+        return kernel
+    return tuple(1 if int(p) == 1 else k for k, p in zip(kernel, planned_kernel))
 
 
 @dataclass(frozen=True)

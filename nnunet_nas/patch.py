@@ -5,24 +5,21 @@ rounded up; nnU-Net pads smaller images."""
 from typing import List, Sequence, Union
 
 from nnunet_nas.errors import PlansError
+from nnunet_nas.geometry import as_axes
 
 Divisor = Union[int, Sequence[int]]
-
-
-def per_axis(divisor: Divisor, spatial_dims: int) -> List[int]:
-    return [int(divisor)] * spatial_dims if isinstance(divisor, int) else [int(d) for d in divisor]
 
 
 def round_up_patch(patch_size: Sequence[int], divisor: Divisor) -> List[int]:
     """Each extent rounded up to the next multiple of ``divisor`` (an int, or one per axis); a patch that is already
     divisible is returned as it is."""
-    return [-(-int(p) // d) * d for p, d in zip(patch_size, per_axis(divisor, len(patch_size)))]
+    return [-(-int(p) // d) * d for p, d in zip(patch_size, as_axes(divisor, len(patch_size)))]
 
 
 def check_patch_divisible(shape: Sequence[int], divisor: Divisor, requirement: str) -> None:
     """One clear error, with the fix, when a patch extent is not a multiple of ``divisor`` on its axis;
     ``requirement`` says which network needs it ("DiNTS with D=3 levels needs ...")."""
-    if any(int(s) % d for s, d in zip(shape, per_axis(divisor, len(shape)))):
+    if any(int(s) % d for s, d in zip(shape, as_axes(divisor, len(shape)))):
         raise PlansError(
             f"{requirement}, got patch {list(shape)}. Set the configuration's patch_size in the plans file to a "
             f"multiple per axis (for example {round_up_patch(shape, divisor)}), or re-export with `nnunet-nas "

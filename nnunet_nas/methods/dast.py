@@ -70,7 +70,7 @@ def _patch(planned, what: str):
 
 def build_supernet(cfg: DASTSearchConfig, op_set: str, input_channels: int, num_classes: int, spatial_dims: int,
                    deep_supervision: bool, planned=None):
-    geometry = dints.search_geometry(cfg, planned, spatial_dims)
+    geometry = DAST.search_geometry(cfg, planned, spatial_dims)[0]
     return DiNTSNet(input_channels, num_classes, None, cfg.num_blocks, cfg.num_depths, spatial_dims, cfg.channel_mul,
                     op_set=op_set, strides=geometry.output_strides(cfg.num_depths), geometry=geometry,
                     deep_supervision=deep_supervision, recompute_norms=cfg.recompute_norms,

@@ -21,7 +21,7 @@ from nnunet_nas.config_rules import boolean, integer, number, one_of
 from nnunet_nas.discretize.grid_path import decode_grid_codes
 from nnunet_nas.errors import ConfigError
 from nnunet_nas.genotypes.grid import GridGenotype
-from nnunet_nas.geometry import Geometry, planned_geometry, space_geometry
+from nnunet_nas.geometry import Geometry, space_geometry
 from nnunet_nas.genotypes.monai_compat import from_monai_codes
 from nnunet_nas.networks.dints_net import DiNTSNet
 from nnunet_nas.ops.catalog import op_names
@@ -62,14 +62,9 @@ class DiNTSSearchConfig(SearchConfig):
     }
 
 
-def search_geometry(cfg: DiNTSSearchConfig, planned, spatial_dims: int) -> Geometry:
-    """The plan's first D down-samplings (the stem's and the grid's, :mod:`nnunet_nas.geometry`)."""
-    return planned_geometry(planned, spatial_dims, cfg.num_depths + 1, cfg.follow_plan_geometry)[0]
-
-
 def build_supernet(cfg: DiNTSSearchConfig, op_set: str, input_channels: int, num_classes: int, spatial_dims: int,
                    deep_supervision: bool, planned=None):
-    geometry = search_geometry(cfg, planned, spatial_dims)
+    geometry = DINTS.search_geometry(cfg, planned, spatial_dims)[0]  # the plan's first D down-samplings
     return DiNTSNet(input_channels, num_classes, None, cfg.num_blocks, cfg.num_depths, spatial_dims, cfg.channel_mul,
                     op_set=op_set, strides=geometry.output_strides(cfg.num_depths), geometry=geometry,
                     deep_supervision=deep_supervision, recompute_norms=cfg.recompute_norms)

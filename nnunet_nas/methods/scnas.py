@@ -19,7 +19,7 @@ from nnunet_nas.config_rules import integer, number, one_of
 from nnunet_nas.discretize.cell import argmax_cell
 from nnunet_nas.errors import ConfigError
 from nnunet_nas.genotypes.cell import CellGenotype
-from nnunet_nas.geometry import Geometry, planned_geometry, space_geometry
+from nnunet_nas.geometry import Geometry, space_geometry
 from nnunet_nas.networks.scnas_net import CELL_TYPES, DEFAULT_OP_SETS, NUM_LEVELS, SCNASNet
 from nnunet_nas.ops.catalog import op_names
 from nnunet_nas.registry import SearchMethod, register_method
@@ -71,8 +71,7 @@ def output_strides(geometry: Geometry):
 
 def build_supernet(cfg: SCNASSearchConfig, op_set: str, input_channels: int, num_classes: int, spatial_dims: int,
                    deep_supervision: bool, planned=None) -> SCNASNet:
-    # the plan's first three down-samplings
-    geometry = planned_geometry(planned, spatial_dims, NUM_LEVELS + 1, cfg.follow_plan_geometry)[0]
+    geometry = SCNAS.search_geometry(cfg, planned, spatial_dims)[0]  # the plan's first three down-samplings
     return SCNASNet(input_channels, num_classes, None, spatial_dims, cfg.channel_mul, num_nodes=cfg.num_nodes,
                     op_set=op_set, strides=output_strides(geometry), deep_supervision=deep_supervision,
                     geometry=geometry)

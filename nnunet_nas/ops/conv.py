@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nnunet_nas.geometry import as_axes
+
 
 class _InstanceNormByGroupKernel:
     """InstanceNorm that, on the CPU, runs PyTorch's fused group-norm kernel with one group per channel (the same
@@ -107,7 +109,7 @@ class ActConvNorm(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, kernel=3, spatial_dims: int = 3, dilation: int = 1,
                  stride: int = 1, style: OpStyle = DINTS_STYLE, groups: int = 1):
-        kernel = (kernel,) * spatial_dims if isinstance(kernel, int) else tuple(kernel)
+        kernel = as_axes(kernel, spatial_dims)
         super().__init__()
         self.act = style.make_nonlin()
         self.conv = conv_nd(spatial_dims)(in_channels, out_channels, kernel, stride=stride,
@@ -138,7 +140,7 @@ class SepConv(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, kernel=3, spatial_dims: int = 3, dilation: int = 1,
                  stride: int = 1, style: OpStyle = DINTS_STYLE):
-        kernel = (kernel,) * spatial_dims if isinstance(kernel, int) else tuple(kernel)
+        kernel = as_axes(kernel, spatial_dims)
         super().__init__()
         conv = conv_nd(spatial_dims)
         self.act = style.make_nonlin()
@@ -158,7 +160,7 @@ class FactorizedReduce(nn.Module):
         super().__init__()
         conv = conv_nd(spatial_dims)
         self.spatial_dims = spatial_dims
-        self.stride = (int(stride),) * spatial_dims if isinstance(stride, int) else tuple(int(s) for s in stride)
+        self.stride = as_axes(stride, spatial_dims)
         self.act = style.make_nonlin()
         self.conv = conv(in_channels, out_channels // 2, 1, stride=self.stride, bias=False)
         self.conv2 = conv(in_channels, out_channels - out_channels // 2, 1, stride=self.stride, bias=False)
@@ -181,7 +183,7 @@ class FactorizedIncrease(nn.Module):
                  scale=2):
         super().__init__()
         self.mode = "trilinear" if spatial_dims == 3 else "bilinear"
-        self.scale = (int(scale),) * spatial_dims if isinstance(scale, int) else tuple(int(s) for s in scale)
+        self.scale = as_axes(scale, spatial_dims)
         self.act = style.make_nonlin()
         self.conv = conv_nd(spatial_dims)(in_channels, out_channels, 1, bias=False)
         self.norm = norm_nd(spatial_dims, out_channels, style)

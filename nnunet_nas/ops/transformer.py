@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nnunet_nas.errors import ConfigError
+from nnunet_nas.geometry import as_axes
 from nnunet_nas.ops.conv import DINTS_STYLE, OpStyle, conv_nd, resample
 
 NUM_HEADS = 8  # [paper]
@@ -106,7 +107,7 @@ class TransformerOp(nn.Module):
             raise ConfigError(f"TransformerOp: {out_channels} channels are not divisible by {num_heads} attention "
                              f"heads; use a channel count that is a multiple of {num_heads} (a wider channel_mul) or "
                              f"fewer heads.")
-        stride = (int(stride),) * spatial_dims if isinstance(stride, int) else tuple(int(s) for s in stride)
+        stride = as_axes(stride, spatial_dims)
         if any(s not in (1, 2) for s in stride):
             raise ValueError(f"TransformerOp: stride {list(stride)} must be 1 or 2 per axis.")
         d = out_channels
