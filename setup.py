@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="nnunet_nas",
-    version="0.2.0",
+    version="0.3.0",
     description="Neural architecture search (DiNTS, ...) as nnU-Net v2 trainers and configurations",
     packages=find_packages(include=["nnunet_nas", "nnunet_nas.*"]),
     package_data={"nnunet_nas": ["genotypes/zoo/*.json", "demo_data/hippocampus/*.json", "demo_data/hippocampus/*.md",

@@ -9,8 +9,11 @@ SGD), on random data of the plan's patch and batch (the search space following t
 kernels, the patch rounded only where the space needs it, as the search trainer does; ``--geometry isotropic`` builds
 the space as before 0.2 for comparison). Written per run, appended to the JSON after every step so a
 cut-off run still reports: ``torch.cuda.max_memory_allocated``, seconds per iteration (after one warm-up), or the
-out-of-memory error. The rest of the acceptance run (the memory fit, compile, a found configuration trained and
-predicted through nnU-Net) comes with the GPU issue.
+out-of-memory error, beside the estimate the search trainer's memory fit uses (``estimate_gib``: the count of
+:mod:`nnunet_nas.memory_count` on the device's code path). Then the memory fit on smaller cards (``--fit-caps``, GiB):
+the fit chooses the search batch and patch for that card's memory (less the trainer's reserve), and a few iterations
+run at them with the allocator capped there (``torch.cuda.set_per_process_memory_fraction``). Still to come: compile,
+a found configuration trained and predicted through nnU-Net. Runs stop being started after ``--budget-s`` seconds.
 
     PYTHONPATH=. python benchmarks/gpu_acceptance.py --out gpu.json   # on the GPU machine, from a checkout
     python benchmarks/gpu_acceptance.py --device cpu --tiny --out x.json  # the CPU rehearsal (tests run it)
@@ -26,6 +29,9 @@ from dataclasses import replace
 import torch
 from torch.nn import functional as F
 
+from nnunet_nas.memory_count import count_search_iteration
+from nnunet_nas.memory_fit import CUDA_RESERVE_GIB, GIB, MemoryTarget, fit_search, narrowed
+from nnunet_nas.nnunet.search_memory import search_divisor
 from nnunet_nas.nnunet.search_network import SearchNetwork
 from nnunet_nas.patch import round_up_patch
 from nnunet_nas.planned_network import PlannedNetwork
@@ -163,36 +169,64 @@ def run_baseline(plan_name, plan, device, iterations):
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    net = get_network_from_plans(block["network_class_name"], block["arch_kwargs"], block["_kw_requires_import"],
-                                 in_ch, classes, allow_init=True, deep_supervision=True).to(device)
-    opt = torch.optim.SGD(net.parameters(), 0.01, momentum=0.99, nesterov=True)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    data = torch.randn(batch, in_ch, *patch, device=device)
-    target = torch.randint(0, classes, (batch, *patch), device=device)
-    return dict(row, **measured(net, lambda: weight_step(net, opt, scaler, data, target, device), iterations,
-                                device))
+        torch.cuda.set_per_process_memory_fraction(1.0)  # no cap left from a fit run
+    try:
+        net = get_network_from_plans(block["network_class_name"], block["arch_kwargs"], block["_kw_requires_import"],
+                                     in_ch, classes, allow_init=True, deep_supervision=True).to(device)
+        opt = torch.optim.SGD(net.parameters(), 0.01, momentum=0.99, nesterov=True)
+        scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        data = torch.randn(batch, in_ch, *patch, device=device)
+        target = torch.randint(0, classes, (batch, *patch), device=device)
+        return dict(row, **measured(net, lambda: weight_step(net, opt, scaler, data, target, device), iterations,
+                                    device))
+    except torch.cuda.OutOfMemoryError as e:
+        return dict(row, oom=True, message=str(e).splitlines()[0][:200])
 
 
-def run_one(name, plan_name, plan, device, tiny, iterations, geometry="plan"):
+def estimate(method, cfg, planned, in_ch, classes, batch, patch, device):
+    """What the search trainer's memory fit counts for this search (its ``estimate_search_memory``)."""
+    net = build(method, cfg, replace(planned, patch_size=tuple(patch)), in_ch, classes, torch.device("cpu"))
+    if method.trained_host:
+        for p in net.supernet.host_parameters():
+            p.requires_grad_(False)
+    return count_search_iteration(net, batch, patch, in_ch, "cuda", amp=device.type == "cuda")
+
+
+def _config(name, tiny):
     method = get_method(name)
     cfg = method.config_class()
-    if tiny:
-        cfg = replace(cfg, **TINY[name])
-    _, batch, in_ch, classes, _, _ = plan
-    planned, patch = search_plan(method, cfg, plan, geometry)
+    return method, replace(cfg, **TINY[name]) if tiny else cfg
+
+
+def run_one(name, plan_name, plan, device, tiny, iterations, geometry="plan", batch=None, patch=None, cap_gib=None,
+            width_scale=1.0):
+    """One search's iterations at the plan (or at ``batch`` x ``patch`` x ``width_scale``, under an allocator cap of
+    ``cap_gib``)."""
+    method, cfg = _config(name, tiny)
+    cfg = narrowed(cfg, method.search_width_field, width_scale)
+    _, planned_batch, in_ch, classes, _, _ = plan
+    planned, planned_patch = search_plan(method, cfg, plan, geometry)
+    batch, patch = batch or planned_batch, list(patch or planned_patch)
     row = {"method": name, "plan": plan_name, "geometry": geometry, "search_patch": patch, "batch": batch}
+    if cap_gib is not None:
+        row["cap_gib"] = cap_gib
     if method.trained_host:
         try:
             import dynamic_network_architectures  # noqa: F401
             import nnunetv2  # noqa: F401
         except ImportError:
             return dict(row, skipped="IAC builds on nnU-Net's planned network: nnunetv2 is not installed here")
+    t = time.perf_counter()
+    row["estimate_gib"] = round(estimate(method, cfg, planned, in_ch, classes, batch, patch, device).peak / GIB, 3)
+    row["estimate_seconds"] = round(time.perf_counter() - t, 1)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(1.0 if cap_gib is None else min(1.0, cap_gib * GIB / total))
     try:
         torch.manual_seed(0)
-        net = build(method, cfg, planned, in_ch, classes, device)
+        net = build(method, cfg, replace(planned, patch_size=tuple(patch)), in_ch, classes, device)
         opt_w = torch.optim.SGD(list(net.weight_parameters()), 0.01, momentum=0.99, nesterov=True)
         opt_a = torch.optim.Adam(list(net.arch_parameters()), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas))
         scalers = [torch.amp.GradScaler(device.type, enabled=device.type == "cuda") for _ in range(2)]
@@ -204,7 +238,35 @@ def run_one(name, plan_name, plan, device, tiny, iterations, geometry="plan"):
         row.update(oom=True, message=str(e).splitlines()[0][:200])
         if device.type == "cuda":
             row["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
+    if "max_memory_allocated_gib" in row and not row.get("oom"):
+        row["estimate_over_measured"] = round(row["estimate_gib"] / row["max_memory_allocated_gib"], 3)
     return row
+
+
+def run_fit(name, plan_name, plan, device, tiny, iterations, cap_gib):
+    """The memory fit for a card of ``cap_gib`` (less the trainer's reserve), then iterations at its choice under
+    that cap. On the CPU (the rehearsal) the target leaves 60 % of the planned activations instead."""
+    method, cfg = _config(name, tiny)
+    _, batch, in_ch, classes, _, _ = plan
+    planned, patch = search_plan(method, cfg, plan, "plan")
+    divisor = search_divisor(method.search_geometry(cfg, planned, 3)[0], planned.kwargs, 3)
+
+    def count(b, p, w=1.0):
+        return estimate(method, narrowed(cfg, method.search_width_field, w), planned, in_ch, classes, b, p, device)
+    if device.type == "cuda":
+        target = MemoryTarget(int((cap_gib - CUDA_RESERVE_GIB) * GIB), f"a {cap_gib} GiB card")
+    else:
+        target = MemoryTarget(count(batch, patch).peak_at(0.6), "60 % of the planned activations (rehearsal)")
+    t = time.perf_counter()
+    row = {"method": name, "plan": plan_name, "fit_for_gib": cap_gib}
+    try:
+        fit = fit_search(count, batch, patch, divisor, target, method.search_width_field)
+    except ValueError as e:  # nothing fits: the trainer's one error
+        return dict(row, fits=False, message=str(e)[:400], fit_seconds=round(time.perf_counter() - t, 1))
+    row.update(fits=True, fit=fit.to_dict(), fit_seconds=round(time.perf_counter() - t, 1))
+    run = run_one(name, plan_name, plan, device, tiny, iterations, "plan", fit.batch_size, fit.patch_size,
+                  cap_gib if device.type == "cuda" else None, fit.width_scale)
+    return dict(row, run=run)
 
 
 def main(argv=None):
@@ -216,6 +278,10 @@ def main(argv=None):
     p.add_argument("--geometry", nargs="+", choices=GEOMETRIES, default=["plan"],
                    help="the search space's geometry: the plan's strides and kernels, and/or isotropic (as before "
                         "0.2) for comparison")
+    p.add_argument("--fit-caps", nargs="*", type=float, default=[12.0, 24.0],
+                   help="card sizes (GiB) to fit the searches to")
+    p.add_argument("--fit-plans", nargs="*", default=["pancreas_like_3d_fullres"], help="plans of the fit runs")
+    p.add_argument("--budget-s", type=float, default=330, help="start no run after this many seconds")
     p.add_argument("--out", required=True, help="JSON written after every run")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -226,17 +292,32 @@ def main(argv=None):
                               if cuda else None), "runs": []}
     plans = TINY_PLANS if args.tiny else PLANS
     iterations = args.iterations or (2 if args.tiny else 3)
+    methods = args.methods or method_names()
+    planned_runs = []
     for plan_name, plan in plans.items():
-        runs = [("nnunet", None)] + [(name, g) for name in (args.methods or method_names()) for g in args.geometry
-                                     if g == "plan" or get_method(name).search_downsamplings is not None]
-        for name, geometry in runs:
-            row = run_baseline(plan_name, plan, device, iterations) if name == "nnunet" else \
-                run_one(name, plan_name, plan, device, args.tiny, iterations, geometry)
-            report["runs"].append(row)
-            print(json.dumps(row), flush=True)
-            with open(args.out + ".tmp", "w") as f:
-                json.dump(report, f, indent=1)
-            os.replace(args.out + ".tmp", args.out)
+        planned_runs.append([lambda plan_name=plan_name, plan=plan: run_baseline(plan_name, plan, device, iterations)])
+        planned_runs[-1] += [lambda n=name, g=g, plan_name=plan_name, plan=plan: run_one(
+            n, plan_name, plan, device, args.tiny, iterations, g) for name in methods for g in args.geometry
+            if g == "plan" or get_method(name).search_downsamplings is not None]
+    fit_plans = list(plans) if args.tiny else args.fit_plans
+    fits = [lambda n=name, c=cap, plan_name=plan_name: run_fit(n, plan_name, plans[plan_name], device, args.tiny,
+                                                               iterations, c)
+            for cap in (args.fit_caps[:1] if args.tiny else args.fit_caps) for plan_name in fit_plans
+            for name in methods]
+    # the fits right after the first plan's runs: a run cut off by its budget still has them
+    jobs = planned_runs[0] + fits + [job for runs in planned_runs[1:] for job in runs]
+    start = time.perf_counter()
+    for job in jobs:
+        if time.perf_counter() - start > args.budget_s:
+            report.setdefault("skipped_after_budget", 0)
+            report["skipped_after_budget"] += 1
+            continue
+        row = job()
+        report["runs"].append(row)
+        print(json.dumps(row), flush=True)
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(args.out + ".tmp", args.out)
     return 0
 
 

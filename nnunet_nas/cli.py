@@ -6,9 +6,12 @@
     nnunet-nas add-arch DATASET               register a genotype without search (default: published DiNTS)
     nnunet-nas attention -i IMAGE -o OUT ...  DAST: transformer attention of a trained model for one case
     nnunet-nas demo                           search, train and predict on real data; Dice against nnU-Net's
+    nnunet-nas memory DATASET -tr TRAINER     will the search fit? its GPU memory, planned and fitted to a card
 """
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import sys
@@ -59,6 +62,34 @@ def _dataset_name(dataset: str) -> str:
     except (RuntimeError, ValueError) as e:
         raise UserError(f"dataset {dataset!r}: {one_line(e)} Give the id or name of a dataset planned with "
                         f"nnUNetv2_plan_and_preprocess (nnUNet_raw / nnUNet_preprocessed as for nnU-Net).") from None
+
+
+def _cmd_memory(args) -> None:
+    import json
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.run.run_training import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunet_nas.io import read_json
+    from nnunet_nas.nnunet.plans_io import load_plans, plans_file
+    from nnunet_nas.nnunet.search_memory import describe, memory_report
+    if nnUNet_preprocessed is None:
+        raise EnvironmentSetupError("nnUNet_preprocessed is not set; nnU-Net needs it to find the plans file. Set it "
+                                    "as for nnUNetv2_train.")
+    folder = os.path.join(nnUNet_preprocessed, _dataset_name(args.dataset))
+    plans = load_plans(plans_file(folder, args.plans))
+    if args.configuration not in plans.get("configurations", {}):
+        raise UserError(f"configuration {args.configuration!r} is not in {plans_file(folder, args.plans)}; it has "
+                        f"{sorted(plans['configurations'])}.")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's lookup lists every folder it searches
+            trainer = recursive_find_trainer_class_by_name(args.trainer)
+    except RuntimeError as e:
+        raise UserError(f"{one_line(e)} Set nnUNet_extTrainer=$(nnunet-nas trainer-dir).") from None
+    if not hasattr(trainer, "method_and_config"):
+        raise UserError(f"{args.trainer} is not a search trainer; `nnunet-nas methods` lists them.")
+    dataset_json = read_json(os.path.join(folder, "dataset.json"), "nnU-Net's dataset.json")
+    report = memory_report(trainer, PlansManager(plans), args.configuration, dataset_json, args.gpu_memory)
+    print(json.dumps(report, indent=1) if args.json else describe(report))
 
 
 def _cmd_add_arch(args) -> None:
@@ -202,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--center", type=int, nargs="+", help="patch centre in preprocessed voxels (z y x; default: the "
                                                        "image centre; 2-D configurations: z is the slice)")
     s.set_defaults(func=_cmd_attention)
+
+    s = sub.add_parser("memory", help="will a search fit the GPU? One search iteration's memory as planned and as the "
+                                      "memory fit would run it, beside nnU-Net's planned network (no GPU needed)")
+    s.add_argument("dataset", help="dataset id or name (planned with nnUNetv2_plan_and_preprocess)")
+    s.add_argument("-c", "--configuration", default="3d_fullres", help="the configuration to search")
+    s.add_argument("-tr", "--trainer", required=True, help="a search trainer (nnunet-nas methods lists them)")
+    s.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
+    s.add_argument("--gpu-memory", type=positive_float, help="the card's memory in GiB (default: the visible CUDA "
+                                                            "device's free memory, or NNUNET_NAS_MEMORY_GB)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=_cmd_memory)
 
     s = sub.add_parser("demo", help="DiNTS end to end on 24 real MSD Hippocampus cases against nnU-Net's own "
                                     "configuration (CPU, under 15 minutes)")

@@ -109,6 +109,13 @@ class SearchConfig(metaclass=_AcceptsRenamedFields):
     follow_plan_geometry: bool = True
     # IAC-LTH's JSD stability pruning and early stop, for any method (strategies/jsd_pruning.py); None: off
     jsd_pruning: Optional[JSDRule] = None
+    # augmentation workers of the architecture data stream, as a share of nnU-Net's (nnUNet_n_proc_DA): at least one
+    # when nnU-Net uses workers, none when it augments in its own process
+    arch_data_workers: float = 0.5
+    # GiB one search iteration may take (nnunet_nas/memory_fit.py); None: the device's free memory (CUDA) or the
+    # machine's available memory (CPU); the environment variable NNUNET_NAS_MEMORY_GB wins. Not a search setting: a
+    # resume (--c) keeps the checkpoint's search batch and patch whatever it is
+    memory_target_gb: Optional[float] = None
 
     rules: ClassVar[dict] = {
         "op_set": optional(Rule(_op_set)), "export_channel_mul": optional(number(0, lo_open=True)),
@@ -119,6 +126,7 @@ class SearchConfig(metaclass=_AcceptsRenamedFields):
         "arch_weight_decay": number(0), "arch_decoupled_weight_decay": boolean,
         "arch_grad_clip": optional(number(0, lo_open=True)), "loss": one_of(LOSSES),
         "follow_plan_geometry": boolean, "jsd_pruning": optional(Rule(_jsd_rule)),
+        "arch_data_workers": number(0, 1, lo_open=True), "memory_target_gb": optional(number(0, lo_open=True)),
     }
 
     @property

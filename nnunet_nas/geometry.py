@@ -116,7 +116,8 @@ class Geometry:
 
     def scale(self, stage: int) -> Axes:
         """Per-axis down-sampling of stage ``stage`` relative to the input (product of the strides up to it)."""
-        return tuple(math.prod(s[a] for s in self.strides[:stage + 1]) for a in range(self.spatial_dims))
+        # a list, not a generator, inside math.prod: torch.compile folds it to constants (a generator breaks the graph)
+        return tuple(math.prod([s[a] for s in self.strides[:stage + 1]]) for a in range(self.spatial_dims))
 
     @property
     def divisor(self) -> Axes:

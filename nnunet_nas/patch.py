@@ -24,3 +24,18 @@ def check_patch_divisible(shape: Sequence[int], divisor: Divisor, requirement: s
             f"{requirement}, got patch {list(shape)}. Set the configuration's patch_size in the plans file to a "
             f"multiple per axis (for example {round_up_patch(shape, divisor)}), or re-export with `nnunet-nas "
             f"export`, which adjusts it.")
+
+
+def scaled_patch(patch_size: Sequence[int], divisor: Divisor, scale: float) -> List[int]:
+    """``patch_size`` times ``scale`` on every axis (its aspect kept), each extent rounded down to a multiple of
+    ``divisor`` on its axis and at least one multiple."""
+    return [max(d, int(p * scale) // d * d) for p, d in zip(patch_size, as_axes(divisor, len(patch_size)))]
+
+
+def patch_divisor(strides, spatial_dims: int) -> List[int]:
+    """The product of per-stage ``strides`` (a plan's ``arch_kwargs["strides"]``, ints or per axis) on each axis:
+    what a U-Net with those strides divides."""
+    divisor = [1] * spatial_dims
+    for stride in strides:
+        divisor = [d * s for d, s in zip(divisor, as_axes(stride, spatial_dims))]
+    return divisor

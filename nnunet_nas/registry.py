@@ -76,6 +76,9 @@ class SearchMethod:
     make_strategies: Callable = field(default=lambda cfg: [])
     kept_edges: Optional[Callable] = None
     fits_width: bool = True
+    # the config field that scales the supernet's width ("channel_mul"): the memory fit's last resort narrows it; None:
+    # the fit never narrows this method's search
+    search_width_field: Optional[str] = None
     trained_host: bool = False
     plot_genotype: Optional[Callable] = None
     plot_history: Optional[Callable] = None

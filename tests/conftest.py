@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from helpers import DATASET_ID, copy_work, nnunet_env, run_cli, search_on_copy
+from helpers import DATASET_ID, TEST_TRAINERS, copy_work, nnunet_env, run_cli, search_on_copy
+from nnunet_nas.nnunet.environment import trainer_dir
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 E2E_FIXTURES = ("planned_dataset", "fresh_dataset", "dints_search")
@@ -37,6 +38,18 @@ def fresh_dataset(planned_dataset, tmp_path):
     """A private copy of the planned dataset (plans and results may be modified by the test)."""
     new = str(tmp_path / "nnunet")
     return new, copy_work(planned_dataset[0], new)
+
+
+@pytest.fixture
+def nnunet_in_process(planned_dataset, tmp_path, monkeypatch):
+    """A private copy of the planned dataset, and nnU-Net's environment variables pointing at it in this process (and
+    in the processes it spawns)."""
+    env = copy_work(planned_dataset[0], str(tmp_path / "nnunet"))
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, env[var])
+    monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join([trainer_dir(), TEST_TRAINERS]))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    return env
 
 
 @pytest.fixture(scope="session")

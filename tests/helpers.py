@@ -20,8 +20,11 @@ DATASET_NAME = "Dataset991_NASDemo"
 
 
 def nnunet_env(root: str) -> dict:
+    """nnU-Net's environment for the subprocess chains. The memory fit is off there: a tiny search always fits, and
+    its count (a few seconds per process) is tested in-process (test_trainer_contract, test_memory_fit)."""
+    from nnunet_nas.memory_fit import MEMORY_ENV
     from nnunet_nas.nnunet.environment import nnunet_env as env_for
-    return env_for(root, [TEST_TRAINERS], n_proc_DA=0, OMP_NUM_THREADS="2")
+    return env_for(root, [TEST_TRAINERS], n_proc_DA=0, OMP_NUM_THREADS="2", **{MEMORY_ENV: "off"})
 
 
 def run_cli(cmd, env, timeout=900, check=True):
@@ -93,6 +96,20 @@ SEARCH_TEST_TRAINERS = {
     "dast": ("nnUNetTrainerDASTSearchTest", "3d_fullres"),
     "iac": ("nnUNetTrainerIACSearchTest", "2d"),  # on the host nnUNetTrainerNASTest trained (2d, fold 0)
 }
+
+
+def fake_trained_host(env: dict, configuration: str, trainer: str = "nnUNetTrainerNASTest") -> None:
+    """A 'trained' host for a method that builds on one (IAC): nnU-Net's planned network with its initial weights,
+    saved where ``trainer`` would have written it for fold 0 (the tests are about the search trainer, not the host's
+    quality). Needs nnU-Net's environment variables set in this process."""
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+    host = get_trainer_from_args(DATASET_NAME, configuration, 0, trainer, device=torch.device("cpu"))
+    host.initialize()
+    folder = os.path.join(env["nnUNet_results"], DATASET_NAME, f"{trainer}__nnUNetPlans__{configuration}", "fold_0")
+    os.makedirs(folder, exist_ok=True)
+    torch.save({"network_weights": host.network.state_dict(), "init_args": host.my_init_kwargs,
+                "trainer_name": trainer, "current_epoch": 1}, os.path.join(folder, "checkpoint_final.pth"))
 
 
 def write_dataset(raw_root: str, dataset_id: int, name: str, kind: str = "labels", num_cases: int = 6,

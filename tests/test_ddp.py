@@ -1,13 +1,17 @@
-"""Every registered method's search stays identical on every rank under DDP (2 CPU processes, gloo), one worker
+"""Every registered method's search stays identical on every rank under DDP (2 CPU processes, gloo), workers
 parametrised over the registry.
 
-nnU-Net's own ``-num_gpus`` path asserts CUDA, so this exercises the same module arrangement the search trainer
+nnU-Net's own ``-num_gpus`` path asserts CUDA, so one worker exercises the module arrangement the search trainer
 uses under DDP: the SearchNetwork (supernet + alpha) wrapped with ``find_unused_parameters=True``, different data
-on each rank, architecture steps with Adam, weight steps with alpha frozen, the JSD rule's pruning decisions.
+on each rank, architecture steps with Adam, weight steps with alpha frozen, the JSD rule's pruning decisions. Another
+runs the real search trainer on the tiny planned dataset, its set-up and steps nnU-Net's and ours, with only what
+nnU-Net's set-up assumes of CUDA (the device it moves each rank to) undone.
 """
 
+import math
 import os
 import socket
+import weakref
 
 import pytest
 import torch
@@ -130,6 +134,90 @@ def test_search_keeps_every_rank_identical_and_its_export_trains_under_ddp(name,
     _spawn(_search_worker, name, out)
     res = torch.load(out)
     assert res["pruned"] > 0  # the JSD rule pruned: its masks are among the compared tensors
+    assert torch.equal(res["gathered"][0], res["gathered"][1])
+
+
+class _OnCPU:
+    """What nnU-Net's DDP set-up assumes of CUDA, undone for the test: under DDP its ``__init__`` moves the trainer to
+    ``cuda:<rank>`` (and makes CUDA grad scalers); here every rank stays on the CPU. Nothing else changes."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cpu")):  # nnU-Net records its init arguments by name
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.device = torch.device("cpu")
+        self.grad_scaler = self.arch_grad_scaler = None
+
+
+def _watch_ddp_constructions() -> list:
+    """From now on, per DDP construction in this process: how many other DDP wrappers were alive at that moment."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    alive, log, init = weakref.WeakSet(), [], DDP.__init__
+
+    def counting_init(self, *args, **kwargs):
+        log.append(len(alive))
+        init(self, *args, **kwargs)
+        alive.add(self)
+    DDP.__init__ = counting_init
+    return log
+
+
+def _real_trainer_worker(rank, world, port, method, out):
+    """Method ``method``'s tiny search trainer (tests/fixtures/trainers), found by nnU-Net's lookup and set up by its
+    own initialize and on_train_start under DDP: three search iterations (architecture and weight step) with an
+    epoch end between them, operation pruning (ops 0 and 1 kept on every edge) before the third."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    import nnunetv2.run.run_training as run_training
+    from helpers import DATASET_NAME, SEARCH_TEST_TRAINERS
+    _start(rank, world, port)
+    constructions = _watch_ddp_constructions()
+    name, configuration = SEARCH_TEST_TRAINERS[method]
+    find = run_training.recursive_find_trainer_class_by_name
+    run_training.recursive_find_trainer_class_by_name = lambda n: type(n, (_OnCPU, find(n)), {})
+    trainer = run_training.get_trainer_from_args(DATASET_NAME, configuration, 0, name, device=torch.device("cpu"))
+    trainer.on_train_start()  # nnU-Net's initialize (its DDP wrap), data streams
+    res = {"after_initialize": list(constructions)}
+    trainer.current_epoch = trainer.warmup_epochs  # an epoch with architecture steps
+    trainer.on_train_epoch_start()
+    outputs = [trainer.train_step(next(trainer.dataloader_train)) for _ in range(2)]
+    res["outputs_are_tensors"] = all(isinstance(o["arch_loss"], torch.Tensor) for o in outputs)
+    trainer.on_train_epoch_end(outputs)  # read once here; nnU-Net gathers the ranks' losses
+    res["train_loss"] = float(trainer.logger.get_value("train_losses", step=-1))
+    net = trainer._unwrap()
+    alive = torch.zeros_like(net.arch.op_logits, dtype=torch.bool)
+    alive[..., :2] = True
+    modules = len(list(net.modules()))
+    trainer.apply_op_pruning(alive)  # the same decision on every rank, as _apply_strategy_decisions makes it
+    res["modules_removed"] = len(list(net.modules())) < modules
+    trainer.train_step(next(trainer.dataloader_train))
+    res["constructions"] = list(constructions)
+    res["layers"] = [type(trainer.network).__name__, type(trainer.network.module).__name__]
+    res["find_unused_parameters"] = isinstance(trainer.network, DDP) and trainer.network.find_unused_parameters
+    res["arch_steps_done"] = trainer.arch_steps_done
+    state = [v.detach().float().flatten() for v in net.state_dict().values()]  # alpha, alive mask, weights
+    res["gathered"] = _gathered(torch.cat(state), world)
+    if rank == 0:
+        torch.save(res, out)
+    _finish()
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_the_real_search_trainer_wraps_once_and_keeps_every_rank_identical(method, nnunet_in_process, tmp_path):
+    """The search trainer's own DDP set-up (one wrapper, made once with find_unused_parameters, re-made when pruning
+    removed modules only after the old one is gone) and steps keep alpha and weights identical on both ranks. SCNAS:
+    sampled ops leave weights unused, and its pruning removes op modules (a re-wrap)."""
+    from helpers import SEARCH_TEST_TRAINERS, fake_trained_host
+    from nnunet_nas.registry import get_method
+    if get_method(method).trained_host:  # IAC: its host frozen before the wrap
+        fake_trained_host(nnunet_in_process, SEARCH_TEST_TRAINERS[method][1])
+    out = str(tmp_path / "res.pt")
+    _spawn(_real_trainer_worker, method, out)
+    res = torch.load(out)
+    assert res["after_initialize"] == [0]  # one construction in initialize, no other wrapper alive
+    # pruning that removed modules re-wraps: the old wrapper is dropped before the new one is made
+    assert res["constructions"] == ([0, 0] if res["modules_removed"] else [0])
+    assert res["modules_removed"] or method != "scnas"  # SCNAS removes the pruned op modules
+    assert res["layers"] == ["DistributedDataParallel", "SearchNetwork"] and res["find_unused_parameters"]
+    assert res["outputs_are_tensors"] and res["arch_steps_done"] == 3 and math.isfinite(res["train_loss"])
     assert torch.equal(res["gathered"][0], res["gathered"][1])
 
 

@@ -1,52 +1,28 @@
 """The search trainer of every registered method, in-process on the CPU (the trainer-side contract beside
 tests/contract): nnU-Net's own trainer lookup finds it, it builds on the tiny planned dataset, takes one architecture
 step and one weight step, saves a checkpoint, and a fresh trainer loading that checkpoint has the same architecture
-parameters, weights and optimiser states. A new method gets this for free once it adds its tiny trainer to
-``SEARCH_TEST_TRAINERS``."""
+parameters, weights and optimiser states. Each runs under a memory target its planned search exceeds: the memory fit
+makes the search batch or patch smaller, both data streams deliver it, and the resume keeps it whatever the target.
+A new method gets this for free once it adds its tiny trainer to ``SEARCH_TEST_TRAINERS``."""
 
 import os
 
 import pytest
 import torch
 
-from helpers import DATASET_NAME, SEARCH_TEST_TRAINERS, TEST_TRAINERS, copy_work
-from nnunet_nas.nnunet.environment import trainer_dir
+from helpers import DATASET_NAME, SEARCH_TEST_TRAINERS, fake_trained_host
+from nnunet_nas.memory_fit import GIB, MEMORY_ENV
 from nnunet_nas.nnunet.search_state import SEARCH_STATE_KEY, read_checkpoint
 from nnunet_nas.registry import get_method, method_names
-
-HOST_TRAINER = "nnUNetTrainerNASTest"
 
 
 def test_every_registered_method_has_a_tiny_search_trainer():
     assert sorted(SEARCH_TEST_TRAINERS) == method_names()
 
 
-@pytest.fixture
-def nnunet_in_process(planned_dataset, tmp_path, monkeypatch):
-    """A private copy of the planned dataset, and nnU-Net's environment variables pointing at it in this process."""
-    env = copy_work(planned_dataset[0], str(tmp_path / "nnunet"))
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(var, env[var])
-    monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join([trainer_dir(), TEST_TRAINERS]))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    return env
-
-
 def _trainer(name, configuration):
     from nnunetv2.run.run_training import get_trainer_from_args
     return get_trainer_from_args(DATASET_NAME, configuration, 0, name, device=torch.device("cpu"))
-
-
-def _fake_host(env, configuration):
-    """A 'trained' host for IAC: nnU-Net's planned network with its initial weights, saved where nnU-Net's default
-    trainer would have written it (the contract is about the search trainer, not the host's quality)."""
-    host = _trainer(HOST_TRAINER, configuration)
-    host.initialize()
-    folder = os.path.join(env["nnUNet_results"], DATASET_NAME, f"{HOST_TRAINER}__nnUNetPlans__{configuration}",
-                          "fold_0")
-    os.makedirs(folder, exist_ok=True)
-    torch.save({"network_weights": host.network.state_dict(), "init_args": host.my_init_kwargs,
-                "trainer_name": HOST_TRAINER, "current_epoch": 1}, os.path.join(folder, "checkpoint_final.pth"))
 
 
 def _state(trainer):
@@ -73,13 +49,22 @@ def _assert_same(a, b, where=""):
 
 
 @pytest.mark.parametrize("method", method_names())
-def test_search_trainer_steps_saves_loads_and_resumes_as_the_uninterrupted_run(method, nnunet_in_process, tmp_path):
+def test_search_trainer_steps_saves_loads_and_resumes_as_the_uninterrupted_run(method, nnunet_in_process, tmp_path,
+                                                                              monkeypatch):
     name, configuration = SEARCH_TEST_TRAINERS[method]
     trainer = _trainer(name, configuration)
     assert trainer.nas_method == method
     if trainer.method.trained_host:
-        _fake_host(nnunet_in_process, configuration)
+        fake_trained_host(nnunet_in_process, configuration)
+    cm = trainer.configuration_manager
+    planned = trainer.estimate_search_memory(cm.batch_size, cm.patch_size)
+    monkeypatch.setenv(MEMORY_ENV, str((planned.peak - 0.5 * planned.activations) / GIB))  # the fit must act
     trainer.on_train_start()
+    fit = trainer.search_fit
+    assert fit.changed and fit.estimate_bytes <= fit.target_bytes < fit.planned_estimate_bytes, fit
+    assert (cm.batch_size, list(cm.patch_size)) == (fit.batch_size, list(fit.patch_size))
+    for stream in (trainer.dataloader_train, trainer.dataloader_arch):
+        assert tuple(next(stream)["data"].shape[2:]) == tuple(fit.patch_size)
     trainer.current_epoch = trainer.warmup_epochs  # an epoch with architecture steps
     trainer.on_train_epoch_start()
     before = _state(trainer)
@@ -93,8 +78,10 @@ def test_search_trainer_steps_saves_loads_and_resumes_as_the_uninterrupted_run(m
     trainer.save_checkpoint(path)
     assert read_checkpoint(path)[SEARCH_STATE_KEY]["method"] == method
 
+    monkeypatch.setenv(MEMORY_ENV, "off")  # another card: the resume keeps the checkpoint's search batch and patch
     fresh = _trainer(name, configuration)
     fresh.load_checkpoint(path)
+    assert fresh.search_fit == fit and list(fresh.configuration_manager.patch_size) == list(fit.patch_size)
     _assert_same(_state(fresh), after, method)
     # resumed equals uninterrupted: the next step (same batch) from the loaded state is the original trainer's
     fresh.on_train_start()  # restores the random streams where the checkpoint left them
@@ -110,8 +97,8 @@ def test_search_trainer_steps_saves_loads_and_resumes_as_the_uninterrupted_run(m
 
 @pytest.mark.e2e
 def test_gpu_acceptance_script_rehearses_on_the_cpu(tmp_path):
-    """benchmarks/gpu_acceptance.py --device cpu --tiny: every registered method's search iteration runs, so the one
-    GPU shot does not die on a typo."""
+    """benchmarks/gpu_acceptance.py --device cpu --tiny: every registered method's search iteration and memory fit
+    runs, so the one GPU shot does not die on a typo."""
     import json
     import subprocess
     import sys
@@ -121,9 +108,81 @@ def test_gpu_acceptance_script_rehearses_on_the_cpu(tmp_path):
                         "--tiny", "--geometry", "plan", "isotropic", "--out", str(out)], capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    runs = json.load(open(out))["runs"]
+    report = json.load(open(out))
+    runs = [r for r in report["runs"] if "fit_for_gib" not in r]
+    fits = [r for r in report["runs"] if "fit_for_gib" in r]
+    assert "skipped_after_budget" not in report
+    # the memory fit for 60 % of the planned activations: every method fits and runs at its choice
+    assert sorted(r["method"] for r in fits) == method_names()
+    for r in fits:
+        assert r["fits"] and r["fit"]["estimate_bytes"] <= r["fit"]["target_bytes"], r
+        assert r["run"]["search_patch"] == r["fit"]["patch_size"] and r["run"]["seconds_per_iteration"] > 0, r
     own_geometry = [n for n in method_names() if get_method(n).search_downsamplings is not None]
     assert sorted(r["method"] for r in runs) == sorted(method_names() + own_geometry + ["nnunet_plainconvunet"])
     by_geometry = {(r["method"], r.get("geometry")): r["search_patch"] for r in runs}
     assert by_geometry["dints", "plan"] == [4, 16, 16] and by_geometry["dints", "isotropic"] == [4, 16, 16]
     assert all(r["seconds_per_iteration"] > 0 and "oom" not in r for r in runs), runs
+    assert all(r["estimate_gib"] > 0 for r in runs if r["method"] != "nnunet_plainconvunet"), runs
+
+
+def test_a_narrowed_search_builds_its_width_and_resumes_at_it(nnunet_in_process, tmp_path, monkeypatch):
+    """The fit's last resort: the trainer builds its search network at the narrowed width (its own config, not the
+    class's), records it, and a fresh trainer resumes at it (the checkpoint's search_config holds the narrowed
+    width, which is then no differing setting)."""
+    from nnunet_nas.memory_fit import SearchFit
+    name, configuration = SEARCH_TEST_TRAINERS["dints"]
+    trainer = _trainer(name, configuration)
+    cm = trainer.configuration_manager
+    full = sum(p.numel() for p in trainer.build_network_architecture(
+        trainer.plans_manager, cm, 1, trainer.label_manager.num_segmentation_heads).parameters())
+    narrow = SearchFit(cm.batch_size, tuple(cm.patch_size), cm.batch_size, tuple(cm.patch_size), 1, 2, 1, "test",
+                       width_scale=0.5, width_field="channel_mul")
+    monkeypatch.setattr(type(trainer), "fit_memory", lambda self: narrow)
+    trainer.on_train_start()
+    assert trainer.cfg.channel_mul == type(trainer).search_config.channel_mul * 0.5
+    assert sum(p.numel() for p in trainer._unwrap().parameters()) < 0.5 * full
+    path = str(tmp_path / "checkpoint.pth")
+    trainer.save_checkpoint(path)
+    monkeypatch.setenv(MEMORY_ENV, "off")
+    fresh = _trainer(name, configuration)
+    fresh.load_checkpoint(path)
+    assert fresh.search_fit == narrow and fresh.cfg == trainer.cfg
+    _assert_same(_state(fresh), _state(trainer), "narrowed")
+
+
+def test_a_checkpoint_without_a_fit_resumes_at_the_configurations_batch_and_patch(nnunet_in_process, tmp_path,
+                                                                                  monkeypatch):
+    """A search run with the fit off, or written before the fit existed (no "fit" in its state), resumes at the
+    configuration's batch and patch even where today's target would shrink them: the fit is never redone on --c."""
+    name, configuration = SEARCH_TEST_TRAINERS["dints"]
+    monkeypatch.setenv(MEMORY_ENV, "off")
+    trainer = _trainer(name, configuration)
+    planned = (trainer.configuration_manager.batch_size, list(trainer.configuration_manager.patch_size))
+    trainer.on_train_start()
+    assert not trainer.search_fit.changed and trainer.search_fit.estimate_bytes is None
+    path = str(tmp_path / "checkpoint.pth")
+    trainer.save_checkpoint(path)
+    legacy = read_checkpoint(path)
+    del legacy[SEARCH_STATE_KEY]["fit"]
+    legacy_path = str(tmp_path / "legacy.pth")
+    torch.save(legacy, legacy_path)
+    monkeypatch.setenv(MEMORY_ENV, "0.000001")  # a card nothing fits: a fresh search would stop with an error
+    for checkpoint in (path, legacy_path):
+        fresh = _trainer(name, configuration)
+        fresh.load_checkpoint(checkpoint)
+        cm = fresh.configuration_manager
+        assert (cm.batch_size, list(cm.patch_size)) == planned and not fresh.search_fit.changed
+        _assert_same(_state(fresh)["weights"], _state(trainer)["weights"], checkpoint)
+
+
+def test_counting_the_memory_leaves_the_searchs_random_stream_alone(nnunet_in_process, monkeypatch):
+    """The same command finds the same architecture whether or not the fit counted (and however many candidates it
+    counted): the networks it builds draw from a forked random stream."""
+    name, configuration = SEARCH_TEST_TRAINERS["dints"]
+    weights = []
+    for target in ("off", "1000"):  # no count; one count (a roomy target)
+        monkeypatch.setenv(MEMORY_ENV, target)
+        trainer = _trainer(name, configuration)
+        trainer.initialize()
+        weights.append(_state(trainer)["weights"])
+    _assert_same(weights[0], weights[1], "initial weights")

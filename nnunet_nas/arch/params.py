@@ -17,6 +17,7 @@ like the grid's edge gates: checkpoints with that name still load.
 """
 
 import warnings
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -65,9 +66,15 @@ class ArchParams(nn.Module):
             self.alive_ops = torch.ones_like(state_dict[key], dtype=torch.bool, device=self.op_logits.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def check_finite(self) -> None:
-        for name, p in self.named_parameters():
-            if not torch.isfinite(p).all():
+    def finite_flags(self) -> Dict[str, torch.Tensor]:
+        """Whether each parameter is finite, as a bool tensor on its device (reading it is what costs a host sync)."""
+        return {name: torch.isfinite(p).all() for name, p in self.named_parameters()}
+
+    def check_finite(self, flags: Optional[Dict[str, torch.Tensor]] = None) -> None:
+        """Raise when a parameter holds NaN/inf; ``flags``: :meth:`finite_flags` taken earlier (and-ed over steps)
+        instead of now."""
+        for name, finite in (self.finite_flags() if flags is None else flags).items():
+            if not finite:
                 raise FloatingPointError(
                     f"Architecture parameter {name} contains NaN/inf after an update; the search diverged. Lower the "
                     f"architecture learning rate (arch_lr) or keep AMP's arch GradScaler on, then resume from the "

@@ -23,6 +23,14 @@ from nnunet_nas.arch.grid_probs import edge_marginals
 from nnunet_nas.spaces.cell import cell_num_nodes, node_softmax
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device``; to a GPU from pinned memory without waiting for the copy (a plain copy from pageable
+    memory waits: a host sync per forward pass)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 class Weighting:
     """Base: deterministic, no temperature."""
     temperature: Optional[float] = None
@@ -67,7 +75,7 @@ class GumbelSoftmaxWeighting(Weighting):
 
     def gumbel(self, like: torch.Tensor) -> torch.Tensor:
         u = torch.rand(like.shape, generator=self.generator, dtype=torch.float64)  # on the CPU: same on every rank
-        return (-torch.log(-torch.log(u.clamp_min(1e-20)))).to(device=like.device, dtype=like.dtype)
+        return to_device((-torch.log(-torch.log(u.clamp_min(1e-20)))).to(like.dtype), like.device)
 
     def __call__(self, arch) -> torch.Tensor:
         logits = arch.op_logits + self.gumbel(arch.op_logits)
@@ -127,15 +135,16 @@ class GumbelPairWeighting(GumbelSoftmaxWeighting):
         active = torch.zeros(alive.shape, dtype=torch.bool)  # on the CPU: the network reads it without a sync
         active.scatter_(-1, first.unsqueeze(-1), True)
         active.scatter_(-1, second.unsqueeze(-1), True)
-        zp = z * active.to(z.device)
+        zp = z * to_device(active, z.device)
         weights = zp / zp.sum(-1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
         return SampledOpWeights(weights, active)
 
     def sample_pair(self, z: torch.Tensor, alive: torch.Tensor):
         """CPU indices ``[...]`` of the first (``~ z``) and second (uniform among the other alive ops) op per edge;
         the two coincide where only one op is alive."""
-        flat_z = z.reshape(-1, z.shape[-1]).double().cpu()
-        flat_alive = alive.reshape(-1, alive.shape[-1]).cpu()
+        n = z.shape[-1]  # z and the mask read from the device in one copy (one host sync per draw, not two)
+        both = torch.cat([z.reshape(-1, n).double(), alive.reshape(-1, n).double()], -1).cpu()
+        flat_z, flat_alive = both[:, :n], both[:, n:].bool()
         first = torch.multinomial(flat_z * flat_alive, 1, generator=self.generator).squeeze(-1)
         others = flat_alive.clone()
         others[torch.arange(len(first)), first] = False

@@ -190,4 +190,5 @@ DINTS = register_method(SearchMethod(
     plot_genotype=plot_genotype,
     plot_history=plot_history,
     check_search=check_search,
+    search_width_field="channel_mul",
 ))

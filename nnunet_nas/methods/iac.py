@@ -173,4 +173,5 @@ IAC = register_method(SearchMethod(
     plot_history=plot_history,
     plot_supernet=plot_supernet,
     search_notes=search_notes,
+    search_width_field="cell_channel_mul",
 ))

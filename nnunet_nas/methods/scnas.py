@@ -151,4 +151,5 @@ SCNAS = register_method(SearchMethod(
     plot_genotype=plot_genotype,
     plot_history=plot_history,
     search_notes=search_notes,
+    search_width_field="channel_mul",
 ))

@@ -92,12 +92,13 @@ class DiNTSNet(nn.Module):
                     [list(geo.shape(self.patch_size, d + 1)) for d in range(num_depths)], op_options=op_options,
                     geometry=geo)
         if genotype is None:
-            self.input_nodes = np.ones(num_depths, dtype=bool)
+            self.input_nodes = (True,) * num_depths
             self.deepest = num_depths - 1
             self.space = GridSpace(num_blocks, num_depths, f[1:], spatial_dims, op_set, recompute_norms=recompute_norms,
                                    **grid)
         else:
-            self.input_nodes = genotype.node_a[0].astype(bool)
+            # Python bools, not a numpy array: torch.compile reads numpy values as tensors (a data-dependent branch)
+            self.input_nodes = tuple(bool(v) for v in genotype.node_a[0])
             self.deepest = int(np.flatnonzero(genotype.node_a[-1]).max())
             self.space = GridSpace(num_blocks, num_depths, f[1:], spatial_dims, op_set,
                                    edge_mask=genotype.arch_code_a, op_index=genotype.op_indices(), **grid)

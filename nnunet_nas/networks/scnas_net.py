@@ -142,7 +142,7 @@ class SCNASNet(nn.Module):
             raise ValueError("SCNASNet: the supernet needs op weights [4, E, N]; a fixed network has none.")
         active = None
         if isinstance(weights, SampledOpWeights):
-            weights, active = weights.weights, weights.active
+            weights, active = weights.weights, weights.active.tolist()  # read once (a CPU tensor)
         states = [self.stem(x)]
         encoder = {0: states[0]}  # level -> encoder output summed into the decoder
         decoder = {}  # level -> decoder state (deep supervision; the inter-cell's at level 3)

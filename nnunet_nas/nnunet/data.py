@@ -32,9 +32,11 @@ def split_weight_arch(train_keys: Sequence[str], ratio: Tuple[int, int] = (1, 1)
 
 def make_arch_dataloader(trainer, dataset):
     """A data stream over ``dataset`` with the trainer's patch, batch size, oversampling and training
-    augmentation (the same transforms nnU-Net builds for its weight stream)."""
+    augmentation (the same transforms nnU-Net builds for its weight stream), in a share of nnU-Net's augmentation
+    processes (the config's ``arch_data_workers``: nnU-Net's streams already run ``n + n // 2`` of them)."""
     cm = trainer.configuration_manager
-    rotation, dummy_2d, initial_patch, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    augmentation = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    rotation, dummy_2d, initial_patch, mirror_axes = augmentation
     lm = trainer.label_manager
     transforms = trainer.get_training_transforms(
         cm.patch_size, rotation, trainer._get_deep_supervision_scales(), mirror_axes, dummy_2d,
@@ -45,8 +47,14 @@ def make_arch_dataloader(trainer, dataset):
                           oversample_foreground_percent=trainer.oversample_foreground_percent,
                           sampling_probabilities=None, pad_sides=None, transforms=transforms,
                           probabilistic_oversampling=trainer.probabilistic_oversampling)
-    n = get_allowed_n_proc_DA()
+    n = arch_data_workers(get_allowed_n_proc_DA(), trainer.cfg.arch_data_workers)
     if n == 0:
         return SingleThreadedAugmenter(dl, None)
     return NonDetMultiThreadedAugmenter(dl, None, n, max(6, n // 2), None,
                                         pin_memory=trainer.device.type == "cuda", wait_time=0.002)
+
+
+def arch_data_workers(nnunet_workers: int, share: float) -> int:
+    """Augmentation processes of the architecture stream: ``share`` of nnU-Net's training stream's
+    (``nnUNet_n_proc_DA``, rounded down), at least one; none when nnU-Net augments in its own process."""
+    return 0 if nnunet_workers <= 0 else max(1, int(nnunet_workers * share))

@@ -274,6 +274,7 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
                   "fold": init.get("fold"), "epoch": int(ckpt.get("current_epoch", -1)),
                   "trainer": ckpt.get("trainer_name"), "checkpoint": os.path.abspath(checkpoint_path),
                   "search_config": config.to_dict(), "stopped_early": bool(state.get("stopped_early", False)),
+                  "search_fit": state.get("fit"),
                   "nnunet_nas_version": _version()}
     arch_state = {k[len("arch."):]: v for k, v in ckpt["network_weights"].items() if k.startswith("arch.")}
     genotype = method.discretize(arch_state, op_set, provenance, cfg=config)

@@ -14,6 +14,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_nas.arch.weighting import Weighting
+from nnunet_nas.planned_network import PlannedNetwork
+from nnunet_nas.registry import SearchMethod
 
 
 class SearchNetwork(nn.Module):
@@ -46,3 +48,15 @@ def unwrap_network(net: nn.Module) -> nn.Module:
     if isinstance(net, DDP):
         net = net.module
     return getattr(net, "_orig_mod", net)
+
+
+def build_search_network(method: SearchMethod, cfg, configuration_manager, num_input_channels: int,
+                         num_output_channels: int, enable_deep_supervision: bool = True) -> SearchNetwork:
+    """``method``'s search network for ``cfg`` at an nnU-Net configuration (its ``ConfigurationManager``):
+    supernet, architecture parameters and their weighting."""
+    dims = len(configuration_manager.patch_size)
+    op_set = method.op_set_for(cfg, dims)
+    supernet = method.build_supernet(cfg, op_set, num_input_channels, num_output_channels, dims,
+                                     enable_deep_supervision,
+                                     planned=PlannedNetwork.from_configuration_manager(configuration_manager))
+    return SearchNetwork(supernet, method.build_arch_params(cfg, supernet, op_set), method.make_weighting(cfg))

@@ -13,6 +13,8 @@ SEARCH_STATE_KEY = "nnunet_nas_search_state"
 # config fields whose default changed meaning when they were added: the value a checkpoint written before implies
 # (a 0.1 search ran in the papers' isotropic space)
 LEGACY_DEFAULTS = {"follow_plan_geometry": False}
+# config fields that say how a run uses its machine, not what it searches: a resume (--c) may change them
+MACHINE_SETTINGS = ("memory_target_gb", "arch_data_workers")
 
 
 def saved_search_config(state: dict) -> dict:
@@ -37,11 +39,11 @@ def differing_settings(saved: dict, current: dict) -> List[str]:
     """``"key: saved -> current"`` for every search setting (method, op set, config field) that differs between a
     checkpoint's search state and the trainer resuming it. A config field the checkpoint does not hold (added by a
     later version, at its default) is not a difference, unless its default changed what a search does
-    (:data:`LEGACY_DEFAULTS`)."""
+    (:data:`LEGACY_DEFAULTS`); :data:`MACHINE_SETTINGS` never are."""
     lines = [f"{k}: {saved.get(k)!r} in the checkpoint, {current[k]!r} now" for k in ("method", "op_set")
              if saved.get(k) != current[k]]
     old, new = saved_search_config(saved), current["search_config"]
-    for k in sorted(old):
+    for k in sorted(set(old) - set(MACHINE_SETTINGS)):
         if old[k] != new.get(k, "<absent>"):
             lines.append(f"search_config.{k}: {old[k]!r} in the checkpoint, {new.get(k, '<absent>')!r} now")
     return lines

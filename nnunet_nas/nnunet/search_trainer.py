@@ -23,6 +23,8 @@ never copies it:
 
 import json
 import os
+import sys
+from contextlib import contextmanager
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -36,12 +38,13 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 
 from nnunet_nas.errors import ConfigError, InputFileError, install_excepthook
 from nnunet_nas.io import atomic_path
+from nnunet_nas.memory_count import IterationMemory
+from nnunet_nas.memory_fit import SEARCH_WIDTH_KEY, SearchFit, fit_search, memory_target, narrowed
 from nnunet_nas.nnunet.data import make_arch_dataloader, split_weight_arch
 from nnunet_nas.nnunet.rng import get_rng_state, seed_everything, set_rng_state
-from nnunet_nas.nnunet.search_network import SearchNetwork, unwrap_network
+from nnunet_nas.nnunet.search_memory import estimate_search_iteration, search_divisor, search_patch
+from nnunet_nas.nnunet.search_network import SearchNetwork, build_search_network, unwrap_network
 from nnunet_nas.nnunet.search_state import SEARCH_STATE_KEY, differing_settings, read_checkpoint
-from nnunet_nas.patch import round_up_patch
-from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import SearchMethod, get_method
 from nnunet_nas.strategies.base import SearchProgress, SearchStrategy
 from nnunet_nas.strategies.jsd_pruning import JSDStabilityPruning
@@ -63,6 +66,7 @@ class NASSearchTrainer(nnUNetTrainer):
     save_every_default = None
     host_trainer = "nnUNetTrainer"  # methods that build on a trained model (IAC): the trainer that trained it
     search_seed = 12345  # [ours] searches are seeded (seed + fold): the same command finds the same architecture
+    _arch_finite: Optional[Dict[str, torch.Tensor]] = None  # on an accelerator: alpha finite so far this epoch
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -83,6 +87,7 @@ class NASSearchTrainer(nnUNetTrainer):
         self.stopped_early = False
         self._stop_reasons: List[str] = []
         self._pending_rng_state = None
+        self.search_fit: Optional[SearchFit] = None  # the search's batch, patch and width (nnunet_nas.memory_fit)
         self.strategies: List[SearchStrategy] = self.build_strategies()
         for key in self.history_keys:
             self.logger.local_logger.my_fantastic_logging[key] = []
@@ -148,8 +153,7 @@ class NASSearchTrainer(nnUNetTrainer):
         product per axis (nnU-Net's own patches are), in the trainer's configuration and in the plans copy that
         training writes next to the checkpoint (so prediction with this trainer uses it too)."""
         cm = self.configuration_manager
-        geometry, note = self.method.search_geometry(self.cfg, PlannedNetwork.from_configuration_manager(cm),
-                                                     len(cm.patch_size))
+        geometry, note, new = search_patch(self.method, self.cfg, cm)
         self.space_geometry = geometry  # recorded in the search state: the export builds the network the search ran
         if geometry is None:
             return
@@ -157,7 +161,6 @@ class NASSearchTrainer(nnUNetTrainer):
                                f"{[list(s) for s in geometry.strides]}, kernels {[list(k) for k in geometry.kernels]}"
                                + (f" ({note})" if note else ""))
         patch = list(cm.patch_size)
-        new = round_up_patch(patch, geometry.divisor)
         if new != patch:
             self.print_to_log_file(f"{type(self).__name__}: patch size {patch} -> {new} (divisible by "
                                    f"{list(geometry.divisor)} per axis, as the search space requires; smaller images "
@@ -168,13 +171,14 @@ class NASSearchTrainer(nnUNetTrainer):
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                    enable_deep_supervision: bool = True):
+        """The search network of the class's config, at the width the memory fit recorded in the configuration
+        (:data:`SEARCH_WIDTH_KEY`: the trainer's and the plans copy's, so nnU-Net's predictor builds it too)."""
         method, cfg = cls.method_and_config()
-        dims = len(configuration_manager.patch_size)
-        op_set = method.op_set_for(cfg, dims)
-        supernet = method.build_supernet(cfg, op_set, num_input_channels, num_output_channels, dims,
-                                         enable_deep_supervision,
-                                         planned=PlannedNetwork.from_configuration_manager(configuration_manager))
-        return SearchNetwork(supernet, method.build_arch_params(cfg, supernet, op_set), method.make_weighting(cfg))
+        width = configuration_manager.configuration.get(SEARCH_WIDTH_KEY)
+        if width is not None:
+            cfg = narrowed(cfg, width["field"], width["scale"])
+        return build_search_network(method, cfg, configuration_manager, num_input_channels, num_output_channels,
+                                    enable_deep_supervision)
 
     def _build_loss(self):
         """nnU-Net's loss (Dice + CE, deep-supervision weights), or the config's Jaccard distance in its place."""
@@ -217,18 +221,72 @@ class NASSearchTrainer(nnUNetTrainer):
         (``requires_grad_(False)``); frozen weights reach no optimiser."""
 
     def initialize(self):
-        super().initialize()
-        if self.is_ddp and isinstance(self.network, DDP) and not self.network.find_unused_parameters:
-            self._wrap_ddp(self.network.module)  # the weight step reads alpha without gradient
+        self.apply_memory_fit()  # before the network is built: a transformer's token grid follows the patch
+        with nnunet_wraps_ddp_with(self._make_ddp):  # nnU-Net's one DDP wrap, made with the search's settings
+            super().initialize()
+        if self.is_ddp and not (isinstance(self.network, DDP) and self.network.find_unused_parameters):
+            raise RuntimeError("nnU-Net's initialize did not wrap the search network through its module's DDP name; "
+                               "this nnU-Net version needs another hook in NASSearchTrainer.initialize.")
         net = self._unwrap()
         if self.method.check_search is not None:
             self.method.check_search(net, self.cfg)
         net.weighting.seed(self.search_seed + self._fold_seed())  # the same on every rank: same sampled ops
         self.arch_optimizer = make_arch_optimizer(net.arch_parameters(), self.cfg)
 
-    def _wrap_ddp(self, module) -> None:
-        self.network = DDP(module, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
-                           find_unused_parameters=True)
+    def _make_ddp(self, module) -> DDP:
+        """The search network's DDP wrapper: nnU-Net's device ids, and ``find_unused_parameters`` (the weight step
+        reads alpha without gradient; sampled and pruned ops leave weights unused)."""
+        return DDP(module, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+                   find_unused_parameters=True)
+
+    # ------------------------------------------------------------------ memory fit
+    def apply_memory_fit(self) -> None:
+        """The search batch, patch and width: fitted to the memory target at a new search (rank 0 decides under
+        DDP), the checkpoint's at a resume (:meth:`load_checkpoint` sets :attr:`search_fit` and the config's width
+        first); set in the configuration both data streams and the network builder read, and so in the plans copy
+        written next to the checkpoint."""
+        if self.search_fit is None:
+            self.search_fit = self._rank0(self.fit_memory() if self.local_rank == 0 else None)
+            self.print_to_log_file(self.search_fit.describe())
+            self.cfg = self.search_fit.applied_to(self.cfg)
+        fit = self.search_fit
+        if not fit.changed:
+            return
+        values = {"patch_size": list(fit.patch_size)}
+        if fit.batch_size != fit.planned_batch_size:  # per GPU: nnU-Net splits the configuration's batch over ranks
+            values["batch_size"] = fit.batch_size * self._world_size()
+        if fit.width_scale != 1.0:
+            values[SEARCH_WIDTH_KEY] = {"field": fit.width_field, "scale": fit.width_scale}
+        for key, value in values.items():
+            self.configuration_manager.configuration[key] = value
+            self.plans_manager.plans["configurations"][self.configuration_name][key] = value
+
+    def _world_size(self) -> int:
+        return dist.get_world_size() if self.is_ddp else 1
+
+    def fit_memory(self) -> SearchFit:
+        """The memory fit of :mod:`nnunet_nas.memory_fit` for this search (the configuration's batch and patch,
+        uncounted, where the target is ``off``)."""
+        target = memory_target(self.device, self.cfg.memory_target_gb)
+        cm = self.configuration_manager
+        batch = max(1, -(-cm.batch_size // self._world_size()))  # per GPU (nnU-Net's largest per-rank share)
+        if target.bytes is None:
+            return SearchFit.as_planned(batch, cm.patch_size, target.source)
+        divisor = search_divisor(self.space_geometry, cm.network_arch_init_kwargs, len(cm.patch_size))
+        return fit_search(self.estimate_search_memory, batch, cm.patch_size, divisor, target,
+                          self.method.search_width_field)
+
+    def estimate_search_memory(self, batch: int, patch, width_scale: float = 1.0) -> IterationMemory:
+        """One search iteration of this trainer's search at ``batch`` (per GPU) x ``patch`` x ``width_scale`` its
+        width, counted without running it on the CUDA path (fp16 autocast on CUDA, fp32 on the CPU: an upper bound
+        there) with DDP's gradient buckets under DDP
+        (:func:`~nnunet_nas.nnunet.search_memory.estimate_search_iteration`)."""
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        cm = self.configuration_manager
+        return estimate_search_iteration(self.method, self.cfg, cm, determine_num_input_channels(
+            self.plans_manager, cm, self.dataset_json), self.label_manager.num_segmentation_heads, batch, patch,
+            width_scale, cuda=self.device.type == "cuda", deep_supervision=self.enable_deep_supervision,
+            ddp=self.is_ddp)
 
     def configure_optimizers(self):
         net = unwrap_network(self.network)
@@ -361,11 +419,27 @@ class NASSearchTrainer(nnUNetTrainer):
                 self.arch_optimizer.step()
         for p in params:
             p.grad = None  # keep alpha out of the weight step's gradient clipping
-        net.arch.check_finite()
+        self._note_arch_finite(net)
         self.arch_steps_done += 1
-        logs = {"arch_loss": loss.detach().cpu().numpy()}
-        logs.update({f"reg_{k}": v.detach().cpu().numpy() for k, v in regs.items()})
+        # on the device: read once per epoch (on_train_epoch_end), as a read per step is a host sync on a GPU
+        logs = {"arch_loss": loss.detach()}
+        logs.update({f"reg_{k}": v.detach() for k, v in regs.items()})
         return logs
+
+    def _note_arch_finite(self, net: SearchNetwork) -> None:
+        """Alpha's finiteness after an update: checked now on the CPU; on an accelerator kept as device flags, and-ed
+        over the epoch's steps and checked at its end (:meth:`on_train_epoch_end`, before anything is saved)."""
+        if self.device.type == "cpu":
+            net.arch.check_finite()
+            return
+        flags, seen = net.arch.finite_flags(), self._arch_finite
+        self._arch_finite = flags if seen is None else {k: v & seen[k] for k, v in flags.items()}
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        flags, self._arch_finite = self._arch_finite, None
+        if flags is not None:
+            self._unwrap().arch.check_finite(flags)
+        super().on_train_epoch_end(outputs_on_host(train_outputs))
 
     # ------------------------------------------------------------------ epoch end: strategies, record
     def on_epoch_end(self):
@@ -420,7 +494,8 @@ class NASSearchTrainer(nnUNetTrainer):
         self.lr_scheduler = PolyLRScheduler(self.optimizer, self.lr_scheduler.initial_lr, self.num_epochs)
         self.arch_optimizer = rebuild_optimizer(self.arch_optimizer, net.arch_parameters())
         if removed and isinstance(self.network, DDP):
-            self._wrap_ddp(net)
+            self.network = None  # the old wrapper and its hooks on the parameters go before the new one is made
+            self.network = self._make_ddp(net)
         self.print_to_log_file(f"operation pruning: {before - int(net.arch.alive_ops.sum())} candidate ops pruned, "
                                f"{removed} op modules removed, {int(net.arch.alive_ops.sum())} alive")
 
@@ -467,6 +542,7 @@ class NASSearchTrainer(nnUNetTrainer):
             "stopped_early": self.stopped_early,
             "host_checkpoint": self.host_checkpoint,
             "geometry": None if self.space_geometry is None else self.space_geometry.to_dict(),
+            "fit": self.search_fit.to_dict(),
             "rng": get_rng_state(),
         }
 
@@ -485,6 +561,11 @@ class NASSearchTrainer(nnUNetTrainer):
         if not isinstance(state, dict):
             raise InputFileError(f"{filename_or_checkpoint} holds no architecture-search state: it was not written by "
                                  f"{type(self).__name__}. Resume a search only from its own checkpoints.")
+        cm = self.configuration_manager
+        recorded = SearchFit.from_dict(state["fit"]) if state.get("fit") else SearchFit.as_planned(
+            max(1, -(-cm.batch_size // self._world_size())), cm.patch_size, "a checkpoint written without a fit")
+        if not self.was_initialized:  # the checkpoint's search batch, patch and width, whatever the card
+            self.search_fit, self.cfg = recorded, recorded.applied_to(self.cfg)
         differing = differing_settings(state, self._search_settings())
         if differing:
             raise ConfigError(f"{filename_or_checkpoint} was written by a search with other settings than "
@@ -493,6 +574,11 @@ class NASSearchTrainer(nnUNetTrainer):
                               f"search without --c.")
         if not self.was_initialized:
             self.initialize()
+        elif recorded != self.search_fit:
+            raise ConfigError(f"{filename_or_checkpoint} was searched at another batch, patch or width than this "
+                              f"trainer was initialised at; load the checkpoint before initialize().")
+        self.print_to_log_file(f"resuming at the checkpoint's search batch {recorded.batch_size} and patch "
+                               f"{list(recorded.patch_size)}{recorded.width}")
         alive = next((v for k, v in checkpoint["network_weights"].items() if k.endswith("arch.alive_ops")), None)
         if alive is not None:  # a pruned search: prune the fresh network the same way before loading into it
             self.apply_op_pruning(alive)
@@ -513,6 +599,31 @@ class NASSearchTrainer(nnUNetTrainer):
         # is trained and validated with nnU-Net's own trainer.
         self.print_to_log_file("search trainer: final validation of the supernet skipped; train the exported "
                                "configuration with nnUNetv2_train to validate the found architecture")
+
+
+def outputs_on_host(outputs: List[dict]) -> List[dict]:
+    """Train-step outputs with every tensor as the numpy array a per-step ``.cpu().numpy()`` gives, read from the
+    device in one copy per key (nnU-Net collates numpy)."""
+    outputs = [dict(o) for o in outputs]
+    for key in {k for o in outputs for k, v in o.items() if isinstance(v, torch.Tensor)}:
+        steps = [o for o in outputs if isinstance(o.get(key), torch.Tensor)]
+        values = torch.stack([o[key] for o in steps]).cpu().numpy()
+        for i, o in enumerate(steps):
+            o[key] = values[i, ...]
+    return outputs
+
+
+@contextmanager
+def nnunet_wraps_ddp_with(make_ddp):
+    """Inside, nnU-Net's initialize makes its DDP wrapper (``DDP(network, device_ids=[rank])``, a name of its trainer
+    module) as ``make_ddp(network)``: the search network is wrapped once, with the search's settings."""
+    module = sys.modules[nnUNetTrainer.__module__]
+    original = module.DDP
+    module.DDP = lambda network, **nnunet_kwargs: make_ddp(network)
+    try:
+        yield
+    finally:
+        module.DDP = original
 
 
 def make_arch_optimizer(params, cfg) -> torch.optim.Optimizer:

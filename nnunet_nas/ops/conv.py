@@ -6,6 +6,7 @@ uses ReLU + affine InstanceNorm, SCNAS LeakyReLU, PC-DARTS non-affine norms duri
 of the DiNTS blocks match MONAI's ``dints_block`` so parameter counts agree.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -15,6 +16,27 @@ from torch.nn import functional as F
 
 from nnunet_nas.geometry import as_axes
 
+_cpu_fast_paths = True  # plain_torch_paths() turns them off
+
+
+def cpu_fast_paths() -> bool:
+    """Whether the package's CPU-only kernels may run (the norm and 1x1 conv kernels below, the grid's lean edge of
+    :mod:`nnunet_nas.spaces.lean_edge`): not under ``torch.compile``, which traces the plain PyTorch path and picks
+    its own kernels, nor inside :func:`plain_torch_paths`."""
+    return not torch.compiler.is_compiling() and _cpu_fast_paths
+
+
+@contextmanager
+def plain_torch_paths():
+    """Eager on the plain PyTorch path that ``torch.compile`` traces (the same operators, so a compiled network's
+    results compare with eager's to float rounding). Not thread-safe."""
+    global _cpu_fast_paths
+    before, _cpu_fast_paths = _cpu_fast_paths, False
+    try:
+        yield
+    finally:
+        _cpu_fast_paths = before
+
 
 class _InstanceNormByGroupKernel:
     """InstanceNorm that, on the CPU, runs PyTorch's fused group-norm kernel with one group per channel (the same
@@ -22,10 +44,12 @@ class _InstanceNormByGroupKernel:
     ``nn.InstanceNorm`` routes through ``batch_norm`` after repeating the affine parameters and reshaping, some ten
     operators per call; a DiNTS network runs dozens of norms per forward, and at batch 1 on the CPU (nnU-Net's
     sliding-window inference) those operators cost more than the arithmetic. Same parameters and state dict as
-    ``nn.InstanceNorm``; other devices, running statistics and unbatched input keep ``nn.InstanceNorm``'s path."""
+    ``nn.InstanceNorm``; other devices, running statistics, unbatched input and ``torch.compile`` (which traces and
+    fuses the plain path itself) keep ``nn.InstanceNorm``'s path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or self.track_running_stats or x.dim() != self._spatial_dims + 2:
+        if (x.device.type != "cpu" or self.track_running_stats or x.dim() != self._spatial_dims + 2
+                or not cpu_fast_paths()):
             return super().forward(x)
         return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
 
@@ -46,10 +70,12 @@ class _PointwiseByMatmul:
     ``W[out, in] @ x[n, in, voxels]``: the same function. PyTorch hands such convs to oneDNN whenever it runs with
     more than one thread and the input has more than 20,480 elements, which at batch 1 (nnU-Net's sliding window)
     is 4-6x slower than the matrix product (BENCHMARKS.md, "Inference time per case"). Same parameters and state
-    dict as the ``nn.Conv`` it extends; every other case keeps the conv."""
+    dict as the ``nn.Conv`` it extends; every other case, and ``torch.compile`` (which picks its own kernels), keeps
+    the conv."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or self.groups != 1 or x.dim() != self._spatial_dims + 2
+        if (x.device.type != "cpu" or not cpu_fast_paths() or self.groups != 1
+                or x.dim() != self._spatial_dims + 2
                 or isinstance(self.padding, str) or any(p != 0 for p in self.padding)
                 or any(k != 1 for k in self.kernel_size) or any(s != 1 for s in self.stride)):
             return super().forward(x)

@@ -69,6 +69,21 @@ def coordinate_map(grid: Union[int, Sequence[int]], spatial_dims: int) -> torch.
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """The identity, whose backward hands a contiguous gradient on. PyTorch's instance-norm backward on the CPU is
+    wrong at batch 1 for a gradient laid out channels-last (float64 too; the token transpose below produces one):
+    the package's own CPU norm kernel is right, the plain path ``torch.compile`` traces is not (tests/test_compile.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate query / key / value / output projections; fused attention unless the
     weights are asked for."""
@@ -142,7 +157,8 @@ class TransformerOp(nn.Module):
         grid = F.adaptive_avg_pool2d(x, self.token_grid) if self.spatial_dims == 2 else \
             F.adaptive_avg_pool3d(x, self.token_grid)  # [B, C, *token_grid]
         pos = self.pos.unsqueeze(0).expand(x.shape[0], *self.pos.shape)
-        tokens = self.project(torch.cat((grid, pos.to(grid.dtype)), dim=1)).flatten(2).transpose(1, 2)  # [B, T, d]
+        tokens = _ContiguousGrad.apply(self.project(torch.cat((grid, pos.to(grid.dtype)), dim=1)))
+        tokens = tokens.flatten(2).transpose(1, 2)  # [B, T, d]
         memory = self.enc_norm1(tokens + self.enc_attn(tokens, tokens, tokens)[0])
         memory = self.enc_norm2(memory + self.enc_ffn(memory))
         q = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1).to(memory.dtype)

@@ -118,19 +118,21 @@ class Cell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: Optional[torch.Tensor] = None,
                 active: Optional[torch.Tensor] = None, edge_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``weights`` ``[E, N]`` (search cell); ``active`` ``[E, N]`` bool: the ops to run (all alive ones if
-        None); ``edge_weights`` ``[E]``: edge normalisation (search cell, optional)."""
+        """``weights`` ``[E, N]`` (search cell); ``active`` ``[E, N]`` bool (a tensor on the CPU or nested lists):
+        the ops to run (all alive ones if None); ``edge_weights`` ``[E]``: edge normalisation (search cell,
+        optional)."""
         if self.is_search and weights is None:
             raise ValueError("Cell: a search cell needs op weights [E, N].")
         states = [self.preprocess[str(i)](s) if str(i) in self.preprocess else None for i, s in enumerate((s0, s1))]
+        rows = active.tolist() if torch.is_tensor(active) else active  # read once, without a sync per edge
+        runs = None if rows is None else [[n for n, a in enumerate(row) if a] for row in rows]
         e = 0
         for node in range(self.num_nodes):
             total = None
             for src in range(node + 2):
                 op = self.edge_ops[e]
                 if self.is_search:
-                    run = None if active is None else torch.nonzero(active[e]).flatten().tolist()
-                    y = self._search_edge(op, states[src], weights[e], run)
+                    y = self._search_edge(op, states[src], weights[e], None if runs is None else runs[e])
                     if edge_weights is not None:
                         y = y * edge_weights[e]
                 else:

@@ -9,8 +9,8 @@ Search forward (``weights`` given) uses, per edge, ``sum_n w[b, e, n] * op_n(pre
 the edge probability into ``w`` ([ours]: equal to MONAI's ``p_e * sum_n softmax_n * op_n`` without storing the
 cell output twice). Memory and time are kept low ([ours], figures in BENCHMARKS.md) by the CPU kernel of
 :mod:`nnunet_nas.spaces.lean_edge` (one autograd function per edge that keeps only conv outputs and norm statistics;
-oneDNN convolutions where PyTorch would fall back to im2col); elsewhere (CUDA, op modules the kernel does not know)
-``recompute_norms`` recomputes the InstanceNorm outputs under ``torch.utils.checkpoint``, and
+oneDNN convolutions where PyTorch would fall back to im2col); elsewhere (CUDA, ``torch.compile``, op modules the kernel
+does not know) ``recompute_norms`` recomputes the InstanceNorm outputs under ``torch.utils.checkpoint``, and
 ``recompute_norms=False`` is plain autograd (the reference the tests compare to).
 """
 
@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nnunet_nas.geometry import space_geometry
 from nnunet_nas.ops.catalog import edge_preprocess, op_specs
-from nnunet_nas.ops.conv import FactorizedReduce
+from nnunet_nas.ops.conv import FactorizedReduce, cpu_fast_paths
 from nnunet_nas.spaces.grid_topology import check_num_blocks, grid_topology
 from nnunet_nas.spaces.lean_edge import EdgePlan, LeanEdge, is_conv_chain, weighted_norm_sum
 from nnunet_nas.spaces.mixed_op import weighted_op_sum
@@ -95,13 +95,18 @@ class GridSpace(nn.Module):
             if op_index.shape != shape:
                 raise ValueError(f"GridSpace: op index array has shape {op_index.shape}, expected [L, E] = {shape}.")
             if op_index.min() < 0 or op_index.max() >= len(self.specs):
-                raise ValueError(f"GridSpace: op indices must lie in 0..{len(self.specs) - 1} for op set {op_set_name}.")
+                raise ValueError(f"GridSpace: op indices must lie in 0..{len(self.specs) - 1} for op set "
+                                 f"{op_set_name}.")
         self.edge_mask = mask
         self.op_index = op_index
         self.recompute_norms = recompute_norms
         self.op_options = dict(op_options or {})
         self.feature_shapes = None if feature_shapes is None else [[int(s) for s in f] for f in feature_shapes]
         self.cells = nn.ModuleDict()
+        # per block, the active edges as Python values ``(edge, source level, target level, cell name)``, what forward
+        # walks: torch.compile reads numpy values (mask, topology) as tensors and breaks the graph on every branch
+        self.block_edges = tuple(tuple((e, int(topo.edge_in[e]), int(topo.edge_out[e]), f"b{b}_e{e}")
+                                       for e in range(topo.num_edges) if mask[b, e]) for b in range(num_blocks))
         for b in range(num_blocks):
             for e in range(topo.num_edges):
                 if not mask[b, e]:
@@ -144,19 +149,15 @@ class GridSpace(nn.Module):
         """
         if self.is_search and weights is None:
             raise ValueError("GridSpace: the supernet needs op weights [L, E, N]; a fixed network has none.")
-        topo = self.topology
-        for b in range(self.num_blocks):
+        for b, edges in enumerate(self.block_edges):
             acts: List[Optional[torch.Tensor]] = [None] * self.num_depths
             lean_acts: List[list] = [[None] for _ in range(self.num_depths)]
             outs: List[Optional[torch.Tensor]] = [None] * self.num_depths
-            for e in range(topo.num_edges):
-                if not self.edge_mask[b, e]:
-                    continue
-                src, dst = int(topo.edge_in[e]), int(topo.edge_out[e])
+            for e, src, dst, name in edges:
                 x = nodes[src]
                 if x is None:
                     continue  # an edge from an inactive node carries nothing (cannot happen in a feasible genotype)
-                cell = self.cells[f"b{b}_e{e}"]
+                cell = self.cells[name]
                 if self.is_search:
                     y = self._mixed(cell, x, src, acts, lean_acts, weights[b, e])
                 else:
@@ -175,8 +176,10 @@ class GridSpace(nn.Module):
 
     def _mixed_lean(self, cell: GridCell, x, src, acts, lean_acts, w):
         """``sum_n w_n op_n(pre(x))`` over ``lean_ops`` (``w`` holds their weights, in their order)."""
+        # the kernel computes in its inputs' dtype, not autocast's; under torch.compile it steps aside (dynamo traces
+        # the plain path below, which the compiler fuses itself)
         if (self.recompute_norms and torch.is_grad_enabled() and x.device.type == "cpu"
-                and not torch.is_autocast_enabled("cpu")):  # the kernel computes in its inputs' dtype, not autocast's
+                and not torch.is_autocast_enabled("cpu") and cpu_fast_paths()):
             plan = EdgePlan.build(cell, self.skip_index, self.spatial_dims, self.other_op_names)
             if plan is not None:
                 return LeanEdge.apply(plan, lean_acts[src], x, w, *plan.params)
@@ -200,5 +203,8 @@ class GridSpace(nn.Module):
             pre_norm.append(z)
             norms.append(list(op.children())[-1])
         if self.recompute_norms and torch.is_grad_enabled():
-            return checkpoint(weighted_norm_sum, w, self.skip_index, p, norms, *pre_norm, use_reentrant=False)
+            # the recomputed norms draw no random numbers: no RNG state to stash and restore (stashing it queries
+            # the CUDA driver on every call, and fails where tensors are only shapes on a machine without a GPU)
+            return checkpoint(weighted_norm_sum, w, self.skip_index, p, norms, *pre_norm, use_reentrant=False,
+                              preserve_rng_state=False)
         return weighted_norm_sum(w, self.skip_index, p, norms, *pre_norm)

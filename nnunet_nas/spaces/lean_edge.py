@@ -3,7 +3,8 @@
 likely to need care on a torch upgrade: it calls oneDNN and autograd kernels directly.
 
 * one ReLU per source node is shared by every conv op and the down-sampling edge that read it;
-* on the CPU with ``recompute_norms`` (the default) each edge is one autograd function (:class:`LeanEdge`)
+* on the CPU with ``recompute_norms`` (the default), outside ``torch.compile`` (under it the grid runs its plain
+  path, which dynamo traces), each edge is one autograd function (:class:`LeanEdge`)
   that keeps only the conv outputs (the inputs of the InstanceNorms) and the norm statistics. ReLU outputs,
   norm outputs, the up-sampled/ReLU'd input of an up edge, the edge's own pre-processed input and, when their
   weight gradients need them, the inputs of the second convs of the P3D ops are recomputed in backward from
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nnunet_nas.ops.conv import ActConvNorm, FactorizedIncrease, FactorizedReduce
+from nnunet_nas.ops.conv import ActConvNorm, FactorizedIncrease, FactorizedReduce, cpu_fast_paths
 
 
 def weighted_norm_sum(weights: torch.Tensor, skip_index: int, x: torch.Tensor, norms, *pre_norm):
@@ -49,9 +50,11 @@ _conv_backward = torch.ops.aten.convolution_backward
 
 
 def _onednn_ok(conv: nn.Module, shape, dtype, device) -> bool:
-    """Stride-1, 'same'-padded, undilated, ungrouped 3-D float32 conv on the CPU with a large enough volume."""
-    return (device.type == "cpu" and len(shape) == 5 and dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and conv.groups == 1 and conv.padding_mode == "zeros"
+    """Stride-1, 'same'-padded, undilated, ungrouped 3-D float32 conv on the CPU with a large enough volume, where
+    the package's CPU kernels may run (:func:`~nnunet_nas.ops.conv.cpu_fast_paths`: not under ``torch.compile``)."""
+    return (device.type == "cpu" and cpu_fast_paths() and len(shape) == 5 and dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and conv.groups == 1
+            and conv.padding_mode == "zeros"
             and not isinstance(conv.padding, str)
             and all(s == 1 for s in conv.stride) and all(d == 1 for d in conv.dilation)
             and all(k % 2 == 1 and p == k // 2 for k, p in zip(conv.kernel_size, conv.padding))
