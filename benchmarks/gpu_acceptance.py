@@ -12,8 +12,11 @@ cut-off run still reports: ``torch.cuda.max_memory_allocated``, seconds per iter
 out-of-memory error, beside the estimate the search trainer's memory fit uses (``estimate_gib``: the count of
 :mod:`nnunet_nas.memory_count` on the device's code path). Then the memory fit on smaller cards (``--fit-caps``, GiB):
 the fit chooses the search batch and patch for that card's memory (less the trainer's reserve), and a few iterations
-run at them with the allocator capped there (``torch.cuda.set_per_process_memory_fraction``). Still to come: compile,
-a found configuration trained and predicted through nnU-Net. Runs stop being started after ``--budget-s`` seconds.
+run at them with the allocator capped there (``torch.cuda.set_per_process_memory_fraction``). Then compile: every
+method's fixed network (a sampled architecture, as its export registers it) compiled as nnU-Net compiles it on CUDA
+(``--compile-backend``, default inductor): compile seconds, graphs, graph breaks, recompiles over the iterations, the
+compiled output against eager in float32, seconds per AMP training step compiled and eager. Still to come: a found
+configuration trained and predicted through nnU-Net. Runs stop being started after ``--budget-s`` seconds.
 
     PYTHONPATH=. python benchmarks/gpu_acceptance.py --out gpu.json   # on the GPU machine, from a checkout
     python benchmarks/gpu_acceptance.py --device cpu --tiny --out x.json  # the CPU rehearsal (tests run it)
@@ -269,6 +272,50 @@ def run_fit(name, plan_name, plan, device, tiny, iterations, cap_gib):
     return dict(row, run=run)
 
 
+def run_compile(name, plan_name, plan, device, tiny, iterations, backend):
+    """A sampled fixed network of ``name`` at the plan, compiled with ``backend`` (see the module's docstring)."""
+    method, cfg = _config(name, tiny)
+    _, batch, in_ch, classes, _, _ = plan
+    planned, patch = search_plan(method, cfg, plan, "plan")
+    row = {"method": name, "plan": plan_name, "compile_backend": backend, "patch": patch, "batch": batch}
+    try:
+        from nnunet_nas.nnunet.export import sampled_fixed_network
+        net = sampled_fixed_network(method, cfg, replace(planned, patch_size=tuple(patch)), 3, in_ch,
+                                    classes).to(device)
+    except ImportError as e:
+        return dict(row, skipped=f"needs nnU-Net's packages: {e}")
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    frames = CompileCounterWithBackend(backend)
+    compiled = torch.compile(net, backend=frames)
+    data = torch.randn(batch, in_ch, *patch, device=device)
+    target = torch.randint(0, classes, (batch, *patch), device=device)
+    try:
+        t = time.perf_counter()
+        with torch.no_grad():
+            got, want = compiled(data), net(data)  # float32, the same weights
+        row["compile_seconds"] = round(time.perf_counter() - t, 1)
+        got, want = [torch.cat([o.flatten().float() for o in (x if isinstance(x, (list, tuple)) else [x])])
+                     for x in (got, want)]
+        row["relative_difference_fp32"] = float((got - want).norm() / want.norm().clamp_min(1e-30))
+        steps = {}
+        for label, model in (("compiled", compiled), ("eager", net)):
+            opt = torch.optim.SGD(net.parameters(), 0.01, momentum=0.99, nesterov=True)
+            scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+            steps[label] = measured(net, lambda m=model: weight_step(m, opt, scaler, data, target, device),
+                                    iterations + 1, device)["seconds_per_iteration"]
+            if label == "compiled":
+                row["frames_after_training"] = frames.frame_count  # the no-grad forward, one training graph
+        row.update(graph_breaks=int(sum(counters["graph_break"].values())),
+                   seconds_per_iteration_compiled=steps["compiled"], seconds_per_iteration_eager=steps["eager"])
+    except torch.cuda.OutOfMemoryError as e:
+        row.update(oom=True, message=str(e).splitlines()[0][:200])
+    return row
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
@@ -282,6 +329,8 @@ def main(argv=None):
                    help="card sizes (GiB) to fit the searches to")
     p.add_argument("--fit-plans", nargs="*", default=["pancreas_like_3d_fullres"], help="plans of the fit runs")
     p.add_argument("--budget-s", type=float, default=330, help="start no run after this many seconds")
+    p.add_argument("--compile-backend", default=None,
+                   help="torch.compile backend of the compile runs (default: inductor; aot_eager with --tiny)")
     p.add_argument("--out", required=True, help="JSON written after every run")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -304,8 +353,12 @@ def main(argv=None):
                                                                iterations, c)
             for cap in (args.fit_caps[:1] if args.tiny else args.fit_caps) for plan_name in fit_plans
             for name in methods]
-    # the fits right after the first plan's runs: a run cut off by its budget still has them
-    jobs = planned_runs[0] + fits + [job for runs in planned_runs[1:] for job in runs]
+    backend = args.compile_backend or ("aot_eager" if args.tiny else "inductor")
+    first_plan = next(iter(plans))
+    compiles = [lambda n=name: run_compile(n, first_plan, plans[first_plan], device, args.tiny, iterations, backend)
+                for name in methods]
+    # the fits and the compile runs right after the first plan's runs: a run cut off by its budget still has them
+    jobs = planned_runs[0] + fits + compiles + [job for runs in planned_runs[1:] for job in runs]
     start = time.perf_counter()
     for job in jobs:
         if time.perf_counter() - start > args.budget_s:

@@ -1,3 +1,3 @@
 """nnunet_nas: neural architecture search (DiNTS, ...) as nnU-Net v2 trainers and configurations."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

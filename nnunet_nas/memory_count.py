@@ -181,8 +181,8 @@ def count_search_iteration(net, batch: int, patch: Sequence[int], input_channels
     the CPU for the count (its supernet's parameters become fake tensors: pass a network built for this), at
     ``batch`` x ``patch`` on ``device_type``'s code path, with the weights that are frozen already frozen.
     ``fake=False`` runs the same steps for real on the CPU (``device_type="cpu"``, no autocast): the measurement
-    the fake count is tested against. ``ddp``: DDP's reducer keeps a second copy of the trained weights'
-    gradients."""
+    the fake count is tested against. ``ddp``: as the trainer runs under DDP, whose reducer keeps a second copy of
+    the trained weights' gradients and whose parameters keep ``requires_grad`` in the architecture step too."""
     device = torch.device(device_type)
     if fake:
         net.weighting = _OutsideFake(net.weighting)
@@ -195,7 +195,7 @@ def count_search_iteration(net, batch: int, patch: Sequence[int], input_channels
         data = torch.zeros(batch, input_channels, *patch, device=device)
         target = torch.zeros(batch, *patch, dtype=torch.long, device=device)
         weights = list(net.weight_parameters())
-        for p in weights:  # the architecture step computes no weight gradients
+        for p in weights if not ddp else ():  # the architecture step computes no weight gradients (outside DDP)
             p.requires_grad_(False)
         try:
             arch = _forward_alive(net, data, target, exclude)

@@ -1,6 +1,6 @@
 """The search's memory fit: before the first step, the peak memory of one search iteration
-(:mod:`nnunet_nas.memory_count`) is compared with a memory target and, above it, the search batch and then the search
-patch are made smaller until it fits.
+(:mod:`nnunet_nas.memory_count`) is compared with a memory target and, above it, the search batch, the search patch
+and, last, the search's width are made smaller until it fits.
 
 The target (:func:`memory_target`), first match wins:
 
@@ -33,8 +33,8 @@ from functools import partial
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from nnunet_nas.errors import ConfigError, EnvironmentSetupError
-from nnunet_nas.memory_count import IterationMemory
 from nnunet_nas.geometry import as_axes
+from nnunet_nas.memory_count import IterationMemory
 from nnunet_nas.patch import scaled_patch
 
 MEMORY_ENV = "NNUNET_NAS_MEMORY_GB"
@@ -74,8 +74,9 @@ def memory_target(device, configured_gib: Optional[float] = None) -> MemoryTarge
             return MemoryTarget(None, f"{MEMORY_ENV}=off")
         try:
             gib = float(value)
-            assert gib > 0 and gib != float("inf")
-        except (ValueError, AssertionError):
+        except ValueError:
+            gib = float("nan")
+        if not 0 < gib < float("inf"):
             raise EnvironmentSetupError(f"{MEMORY_ENV}={value!r} is not a memory size: give the GiB one search "
                                         f"iteration may take (e.g. {MEMORY_ENV}=22), or 'off' for no fit.") from None
         return MemoryTarget(int(gib * GIB), f"{MEMORY_ENV}={value}")

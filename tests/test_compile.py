@@ -23,9 +23,8 @@ from torch._dynamo.utils import counters
 
 from helpers import TINY_CONFIGS, tiny_planned
 from nnunet_nas.errors import ConfigError
-from nnunet_nas.nnunet.export import architecture_block
+from nnunet_nas.nnunet.export import architecture_block, sampled_fixed_network
 from nnunet_nas.ops.conv import plain_torch_paths
-from nnunet_nas.patch import round_up_patch
 from nnunet_nas.registry import get_method, method_names
 
 MAX_GRAPH_BREAKS = 2  # what the issue allows
@@ -62,29 +61,12 @@ IDS = [f"{n}-{d}d" for n, d in CASES]
 
 
 def fixed_network(name, dims, cfg=None, seed=0, classes=3):
-    """``(network, patch)``: the fixed network of a definite random architecture of method ``name``, built from the
-    plans block its export writes, the way nnU-Net's trainer builds it (deep supervision on, ``allow_init``)."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    """``(network, patch)``: the tiny fixed network of a definite random architecture of method ``name``
+    (:func:`~nnunet_nas.nnunet.export.sampled_fixed_network`: as its export registers it and nnU-Net builds it)."""
     method, cfg = get_method(name), cfg or TINY_CONFIGS[name]
-    op_set = method.op_set_for(cfg, dims)
     geometry, _ = method.search_geometry(cfg, tiny_planned(dims), dims)
     patch = [16] * dims if geometry is None else [max(4 * d, 16) for d in geometry.divisor]
-    plan = tiny_planned(dims, patch)
-    torch.manual_seed(seed)
-    supernet = method.build_supernet(cfg, op_set, 1, classes, dims, True, planned=plan)
-    arch = method.build_arch_params(cfg, supernet, op_set)
-    with torch.no_grad():
-        for p in arch.parameters():
-            p.normal_(0, 2)  # a definite architecture with a mix of ops
-    genotype = method.discretize(arch.state_dict(), op_set, cfg=cfg)
-    genotype.geometry = geometry  # as the export records the searched space's geometry
-    assert round_up_patch(patch, method.genotype_patch_divisor(genotype)) == patch
-    channel_mul = cfg.export_channel_mul
-    if channel_mul is None and method.fits_width:  # the export would fit it to nnU-Net's memory: keep the tiny one
-        channel_mul = getattr(cfg, "channel_mul", 1.0)
-    block = architecture_block(method, genotype, channel_mul, planned=plan)
-    net = get_network_from_plans(block["network_class_name"], block["arch_kwargs"], block["_kw_requires_import"], 1,
-                                 classes, allow_init=True, deep_supervision=True)
+    net = sampled_fixed_network(method, cfg, tiny_planned(dims, patch), dims, 1, classes, seed=seed)
     assert isinstance(net, method.network_class)
     return net, patch
 

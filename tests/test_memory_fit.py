@@ -173,6 +173,12 @@ def test_nnunet_nas_memory_reports_the_search_planned_and_fitted_beside_nnunets_
     tight = json.loads(run_cli(cli + ["--json"], env).stdout)
     assert tight["search_fitted"]["changed"] and tight["search_fitted"]["estimate_gib"] <= tight["target_gib"]
     env.pop(MEMORY_ENV)
+    # IAC adds cells to nnU-Net's network: the found network is counted for a sampled architecture
+    iac = [sys.executable, "-m", "nnunet_nas.cli", "memory", str(DATASET_ID), "-c", SEARCH_TEST_TRAINERS["iac"][1],
+           "-tr", SEARCH_TEST_TRAINERS["iac"][0], "--gpu-memory", "80", "--json"]
+    report = json.loads(run_cli(iac, env).stdout)
+    assert report["found_network_gib"] >= report["nnunet_planned_network_gib"] > 0
+    assert roomy["found_network_gib"] is None  # DiNTS: the export fits the width to nnU-Net's planned memory
     for bad, needed in ((["--gpu-memory", "0.001"], "does not fit"),
                         (["-tr", "nnUNetTrainer"], "not a search trainer")):
         p = subprocess.run(cli + bad, env=env, capture_output=True, text=True, timeout=300)

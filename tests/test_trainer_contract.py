@@ -97,8 +97,8 @@ def test_search_trainer_steps_saves_loads_and_resumes_as_the_uninterrupted_run(m
 
 @pytest.mark.e2e
 def test_gpu_acceptance_script_rehearses_on_the_cpu(tmp_path):
-    """benchmarks/gpu_acceptance.py --device cpu --tiny: every registered method's search iteration and memory fit
-    runs, so the one GPU shot does not die on a typo."""
+    """benchmarks/gpu_acceptance.py --device cpu --tiny: every registered method's search iteration, memory fit and
+    compiled fixed network runs, so the one GPU shot does not die on a typo."""
     import json
     import subprocess
     import sys
@@ -109,8 +109,14 @@ def test_gpu_acceptance_script_rehearses_on_the_cpu(tmp_path):
                        timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     report = json.load(open(out))
-    runs = [r for r in report["runs"] if "fit_for_gib" not in r]
+    runs = [r for r in report["runs"] if "fit_for_gib" not in r and "compile_backend" not in r]
     fits = [r for r in report["runs"] if "fit_for_gib" in r]
+    compiles = [r for r in report["runs"] if "compile_backend" in r]
+    # every method's sampled fixed network compiles (aot_eager here): no graph break, no recompile while training
+    assert sorted(r["method"] for r in compiles) == method_names()
+    for r in compiles:
+        assert r["graph_breaks"] == 0 and r["frames_after_training"] == 2, r
+        assert r["relative_difference_fp32"] < 1e-3 and r["seconds_per_iteration_compiled"] > 0, r
     assert "skipped_after_budget" not in report
     # the memory fit for 60 % of the planned activations: every method fits and runs at its choice
     assert sorted(r["method"] for r in fits) == method_names()

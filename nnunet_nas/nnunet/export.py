@@ -119,6 +119,36 @@ def _log_geometry(method: SearchMethod, genotype: Genotype, base: dict, base_con
             f"the searched geometry (search on this configuration to follow its plan).")
 
 
+def sampled_fixed_network(method: SearchMethod, cfg, planned: PlannedNetwork, spatial_dims: int,
+                          input_channels: int, num_heads: int, channel_mul: Optional[float] = None, seed: int = 0):
+    """A fixed network of ``method`` as its export registers and nnU-Net builds it (``get_network_from_plans``,
+    deep supervision on), for a definite random architecture: architecture logits drawn N(0, 2) (a mix of ops)
+    and discretised by the method's own rule, the geometry the search space takes from ``planned``. What a found
+    network costs before any search (its memory, whether it compiles). ``channel_mul`` None: the search config's
+    ``export_channel_mul``, else (a method whose export fits the width) its ``channel_mul``."""
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    op_set = method.op_set_for(cfg, spatial_dims)
+    geometry, _ = method.search_geometry(cfg, planned, spatial_dims)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        supernet = method.build_supernet(cfg, op_set, input_channels, num_heads, spatial_dims, True, planned=planned)
+        arch = method.build_arch_params(cfg, supernet, op_set)
+        with torch.no_grad():
+            for p in arch.parameters():
+                p.normal_(0, 2)
+        genotype = method.discretize(arch.state_dict(), op_set, cfg=cfg)
+        genotype.geometry = geometry  # as the export records the searched space's geometry
+        if channel_mul is None:
+            channel_mul = cfg.export_channel_mul
+        if channel_mul is None and method.fits_width:  # where the export would fit it to nnU-Net's plan
+            channel_mul = getattr(cfg, "channel_mul", 1.0)
+        block = architecture_block(method, genotype, channel_mul, planned=planned)
+        return get_network_from_plans(block["network_class_name"], block["arch_kwargs"],
+                                      block["_kw_requires_import"], input_channels, num_heads, allow_init=True,
+                                      deep_supervision=True)
+
+
 def register_searched_configuration(plans_path: str, base_config: str, method: SearchMethod, genotype: Genotype,
                                     channel_mul: Optional[float] = None, name: Optional[str] = None,
                                     overwrite: bool = False, auto_rename: bool = False,

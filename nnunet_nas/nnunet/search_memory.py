@@ -82,6 +82,12 @@ def memory_report(trainer_class, plans_manager, configuration: str, dataset_json
     divisor = search_divisor(geometry, cm.network_arch_init_kwargs, len(patch))
     fit = fit_search(estimate, cm.batch_size, patch, divisor, target, method.search_width_field)
     planned_net = planned_network_memory(cm, in_ch, heads).peak
+    found = None
+    if not method.fits_width:  # it adds to nnU-Net's network: count a sampled architecture at the configuration
+        from nnunet_nas.nnunet.export import sampled_fixed_network
+        net = sampled_fixed_network(method, cfg, PlannedNetwork.from_configuration_manager(cm), len(cm.patch_size),
+                                    in_ch, heads)
+        found = count_training_step(net, cm.batch_size, cm.patch_size, in_ch, "cuda", amp=True).peak
     return {"trainer": trainer_class.__name__, "method": method.name, "configuration": configuration,
             "target_gib": None if target.bytes is None else round(target.bytes / GIB, 2), "target": target.source,
             "search_planned": {"batch": cm.batch_size, "patch": list(patch),
@@ -89,8 +95,11 @@ def memory_report(trainer_class, plans_manager, configuration: str, dataset_json
             "search_fitted": {"batch": fit.batch_size, "patch": list(fit.patch_size), "width_scale": fit.width_scale,
                               "estimate_gib": round(fit.estimate_bytes / GIB, 2), "changed": fit.changed},
             "nnunet_planned_network_gib": round(planned_net / GIB, 2),
-            "found_network": ("fitted by the export to nnU-Net's planned network's memory" if method.fits_width else
-                              "nnU-Net's planned network plus the cells found (printed at export)")}
+            "found_network_gib": None if found is None else round(found / GIB, 2),
+            "found_network": ("at most nnU-Net's planned network's memory (the export fits its width to it)"
+                              if method.fits_width else "nnU-Net's planned network plus the cells found: a sampled "
+                              "architecture at the configuration's batch and patch (the export prints the found "
+                              "one's)")}
 
 
 def _visible_cuda():
@@ -113,4 +122,5 @@ def describe(report: dict) -> str:
         f"  search, as planned: batch {s['batch']}, patch {s['patch']}: {s['estimate_gib']:.2f} GiB",
         f"  search, {fitted}",
         f"  nnU-Net's planned network (training step): {report['nnunet_planned_network_gib']:.2f} GiB",
-        f"  found network: {report['found_network']}"])
+        f"  found network: {report['found_network']}" + ("" if report["found_network_gib"] is None else
+                                                         f": {report['found_network_gib']:.2f} GiB")])
