@@ -195,6 +195,15 @@ def estimate(method, cfg, planned, in_ch, classes, batch, patch, device):
     return count_search_iteration(net, batch, patch, in_ch, "cuda", amp=device.type == "cuda")
 
 
+def fit_inputs(method, cfg, planned, in_ch, classes, device):
+    """``(count, divisor)`` for :func:`~nnunet_nas.memory_fit.fit_search`: the search's iteration counted at a
+    batch, patch and width scale, and what its patch must divide per axis."""
+    def count(b, p, w=1.0):
+        return estimate(method, narrowed(cfg, method.search_width_field, w), planned, in_ch, classes, b, list(p),
+                        device)
+    return count, search_divisor(method.search_geometry(cfg, planned, 3)[0], planned.kwargs, 3)
+
+
 def _config(name, tiny):
     method = get_method(name)
     cfg = method.config_class()
@@ -252,10 +261,7 @@ def run_fit(name, plan_name, plan, device, tiny, iterations, cap_gib):
     method, cfg = _config(name, tiny)
     _, batch, in_ch, classes, _, _ = plan
     planned, patch = search_plan(method, cfg, plan, "plan")
-    divisor = search_divisor(method.search_geometry(cfg, planned, 3)[0], planned.kwargs, 3)
-
-    def count(b, p, w=1.0):
-        return estimate(method, narrowed(cfg, method.search_width_field, w), planned, in_ch, classes, b, p, device)
+    count, divisor = fit_inputs(method, cfg, planned, in_ch, classes, device)
     if device.type == "cuda":
         target = MemoryTarget(int((cap_gib - CUDA_RESERVE_GIB) * GIB), f"a {cap_gib} GiB card")
     else:

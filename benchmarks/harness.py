@@ -193,6 +193,14 @@ class Runner:
 
 
 # ------------------------------------------------------------------------------------------------ BENCHMARKS.md
+def publish_table(table: str, markers, update: bool) -> None:
+    """Print a benchmark's markdown table and, with ``update`` (``--update-markdown``), write it between
+    ``markers`` in BENCHMARKS.md."""
+    print(table)
+    if update:
+        update_markdown(os.path.join(REPO, "BENCHMARKS.md"), table, *markers)
+
+
 def update_markdown(path, text, start_marker, end_marker):
     """Replace what stands between ``start_marker`` and ``end_marker`` in ``path`` (BENCHMARKS.md) with ``text``
     (re-read right before an atomic write; nothing else in the file is touched). A missing file or marker is said and

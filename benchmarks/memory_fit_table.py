@@ -14,11 +14,10 @@ import os
 import sys
 import time
 
-from gpu_acceptance import PLANS, _config, estimate, search_plan
-from harness import REPO, machine_info, update_markdown
+from gpu_acceptance import PLANS, _config, fit_inputs, search_plan
+from harness import REPO, machine_info, publish_table
 from nnunet_nas.io import atomic_write_text
-from nnunet_nas.memory_fit import GIB, card_target, fit_search, narrowed
-from nnunet_nas.nnunet.search_memory import search_divisor
+from nnunet_nas.memory_fit import GIB, card_target, fit_search
 from nnunet_nas.registry import method_names
 
 import torch
@@ -34,19 +33,18 @@ def row_for(name, plan_name, plan):
     method, cfg = _config(name, tiny=False)
     _, batch, in_ch, classes, _, _ = plan
     planned, patch = search_plan(method, cfg, plan, "plan")
+    counter, divisor = fit_inputs(method, cfg, planned, in_ch, classes, torch.device("cuda"))
     cache = {}
 
-    def count(b, p, w=1.0):
+    def count(b, p, w=1.0):  # each candidate counted once for all cards
         key = (b, tuple(p), w)
         if key not in cache:
-            cache[key] = estimate(method, narrowed(cfg, method.search_width_field, w), planned, in_ch, classes, b,
-                                  list(p), torch.device("cuda"))
+            cache[key] = counter(b, p, w)
         return cache[key]
     t = time.perf_counter()
     row = {"method": name, "plan": plan_name, "batch": batch, "patch": patch,
            "estimate_gib": round(count(batch, patch).peak / GIB, 2), "cards": {}}
     for gb in CARDS_GB:
-        divisor = search_divisor(method.search_geometry(cfg, planned, 3)[0], planned.kwargs, 3)
         try:
             fit = fit_search(count, batch, patch, divisor, card_target(gb), method.search_width_field)
             row["cards"][gb] = {"fits": True, "changed": fit.changed, "batch": fit.batch_size,
@@ -92,10 +90,7 @@ def main(argv=None):
             rows.append(row_for(name, plan_name, TABLE_PLANS[plan_name]))
             print(json.dumps(rows[-1]), flush=True)
             atomic_write_text(args.out, json.dumps({"machine": info, "rows": rows}, indent=1))
-    table = markdown(rows, info)
-    print(table)
-    if args.update_markdown:
-        update_markdown(os.path.join(REPO, "BENCHMARKS.md"), table, *MARKERS)
+    publish_table(markdown(rows, info), MARKERS, args.update_markdown)
     return 0
 
 

@@ -21,7 +21,7 @@ import os
 import statistics
 import sys
 import time
-from harness import REPO, machine_info, run_child, update_markdown
+from harness import REPO, machine_info, publish_table, run_child
 
 # patch, batch, input channels, classes, strides, kernels (nnU-Net's plans; the thick-slice one as nnunetv2 2.8
 # plans tests/helpers.write_dataset's 12 x 64 x 64 x 5 mm dataset)
@@ -128,10 +128,7 @@ def main(argv=None) -> int:
                 with open(args.out + ".tmp", "w") as f:
                     json.dump(report, f, indent=1)
                 os.replace(args.out + ".tmp", args.out)
-    table = render(report["rows"])
-    print(table)
-    if args.update_markdown:
-        update_markdown(os.path.join(REPO, "BENCHMARKS.md"), table, *MARKERS)
+    publish_table(render(report["rows"]), MARKERS, args.update_markdown)
     return 0
 
 

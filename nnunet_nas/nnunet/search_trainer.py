@@ -264,12 +264,16 @@ class NASSearchTrainer(nnUNetTrainer):
     def _world_size(self) -> int:
         return dist.get_world_size() if self.is_ddp else 1
 
+    def _batch_per_gpu(self) -> int:
+        """The configuration's batch on one GPU (nnU-Net's largest per-rank share of it under DDP)."""
+        return max(1, -(-self.configuration_manager.batch_size // self._world_size()))
+
     def fit_memory(self) -> SearchFit:
         """The memory fit of :mod:`nnunet_nas.memory_fit` for this search (the configuration's batch and patch,
         uncounted, where the target is ``off``)."""
         target = memory_target(self.device, self.cfg.memory_target_gb)
         cm = self.configuration_manager
-        batch = max(1, -(-cm.batch_size // self._world_size()))  # per GPU (nnU-Net's largest per-rank share)
+        batch = self._batch_per_gpu()
         if target.bytes is None:
             return SearchFit.as_planned(batch, cm.patch_size, target.source)
         divisor = search_divisor(self.space_geometry, cm.network_arch_init_kwargs, len(cm.patch_size))
@@ -563,7 +567,7 @@ class NASSearchTrainer(nnUNetTrainer):
                                  f"{type(self).__name__}. Resume a search only from its own checkpoints.")
         cm = self.configuration_manager
         recorded = SearchFit.from_dict(state["fit"]) if state.get("fit") else SearchFit.as_planned(
-            max(1, -(-cm.batch_size // self._world_size())), cm.patch_size, "a checkpoint written without a fit")
+            self._batch_per_gpu(), cm.patch_size, "a checkpoint written without a fit")
         if not self.was_initialized:  # the checkpoint's search batch, patch and width, whatever the card
             self.search_fit, self.cfg = recorded, recorded.applied_to(self.cfg)
         differing = differing_settings(state, self._search_settings())
