@@ -8,7 +8,7 @@ setup(
     package_data={"nnunet_nas": ["genotypes/zoo/*.json", "demo_data/hippocampus/*.json", "demo_data/hippocampus/*.md",
                                  "demo_data/hippocampus/imagesTr/*.nii.gz", "demo_data/hippocampus/labelsTr/*.nii.gz"]},
     python_requires=">=3.10",
-    install_requires=["nnunetv2>=2.8.1,<2.9", "numpy", "matplotlib", "filelock>=3.12"],
+    install_requires=["nnunetv2>=2.8.1,<2.9", "numpy", "matplotlib", "filelock>=3.12", "pyyaml"],
     extras_require={"test": ["pytest", "monai==1.6.1", "scipy"]},
     entry_points={"console_scripts": ["nnunet-nas=nnunet_nas.cli:main"]},
 )

@@ -7,6 +7,9 @@
     nnunet-nas attention -i IMAGE -o OUT ...  DAST: transformer attention of a trained model for one case
     nnunet-nas demo                           search, train and predict on real data; Dice against nnU-Net's
     nnunet-nas memory DATASET -tr TRAINER     will the search fit? its GPU memory, planned and fitted to a card
+    nnunet-nas run DATASET --methods ...      a whole study: baselines, searches, retrainings, model selection, report
+    nnunet-nas report RUN_DIR                 rebuild a study's report from what is on disk
+    nnunet-nas add-config DATASET BASE NAME   a copy of a configuration under another name (a second baseline run)
 """
 
 import argparse
@@ -145,6 +148,37 @@ def _cmd_attention(args) -> None:
     export_attention(folder, args.input, args.output, args.fold, args.checkpoint, args.center)
 
 
+def _cmd_add_config(args) -> None:
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunet_nas.nnunet.plans_io import load_plans, plans_file, register_configuration
+    if not nnUNet_preprocessed:
+        raise EnvironmentSetupError("nnUNet_preprocessed is not set; nnU-Net needs it to find the plans file. Set it "
+                                    "as for nnUNetv2_train.")
+    path = plans_file(os.path.join(nnUNet_preprocessed, _dataset_name(args.dataset)), args.plans)
+    base = load_plans(path)["configurations"].get(args.base)
+    if base is None or "architecture" not in base:
+        raise UserError(f"{path} has no configuration {args.base!r} with an architecture to copy.")
+    used = register_configuration(path, args.base, args.name, base["architecture"])
+    print(f"registered {used!r} (the network, patch and preprocessed data of {args.base!r}) in {path}")
+
+
+STUDY_INCOMPLETE = 3  # nnunet-nas run: a step failed (or could not run); the summary names it
+
+
+def _cmd_run(args) -> int:
+    from nnunet_nas.study.runner import run_study
+    from nnunet_nas.study.settings import StudySettings
+    options = {k: getattr(args, k) for k in StudySettings.field_names() if hasattr(args, k)}
+    settings = StudySettings.from_sources(options, args.config)
+    status = run_study(settings, dry_run=args.dry_run, redo_changed=args.redo_changed)
+    return STUDY_INCOMPLETE if any(v in ("failed", "blocked") for v in status.values()) else 0
+
+
+def _cmd_report(args) -> None:
+    from nnunet_nas.study.report import write_report
+    print(write_report(args.run_dir))
+
+
 def _cmd_demo(args) -> None:
     from nnunet_nas.demo import run_demo
     run_demo(args.workdir, fresh=args.fresh)
@@ -245,6 +279,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=_cmd_memory)
 
+    s = sub.add_parser("run", help="a whole study in one command: plan, nnU-Net's baseline, each method's search, "
+                                   "the found configurations on every fold, nnU-Net's model selection, the test "
+                                   "images predicted with the winner, a report")
+    s.add_argument("dataset", nargs="?", help="dataset id or name (planned, or in nnUNet_raw)")
+    s.add_argument("-c", dest="configurations", nargs="+", help="configuration(s) (default 3d_fullres)")
+    s.add_argument("--methods", nargs="+", help="NAS methods to search (nnunet-nas methods lists them)")
+    s.add_argument("--folds", nargs="+", type=int, help="folds to train (default 0 1 2 3 4)")
+    s.add_argument("--search-fold", type=int, help="the fold the searches run on (default: the first of --folds)")
+    s.add_argument("--trainer", help="trainer of every baseline and retraining (default nnUNetTrainer)")
+    s.add_argument("--search-trainer", dest="search_trainers", nargs="+", metavar="METHOD=TRAINER",
+                   help="a search trainer per method (default: each method's default search trainer)")
+    s.add_argument("-p", dest="plans", help="plans identifier (default nnUNetPlans)")
+    s.add_argument("--test", help="a folder of images (nnU-Net's naming) to predict with the winner")
+    s.add_argument("--baseline-repeats", type=int, help="train the baseline twice (2) to show its run-to-run spread")
+    s.add_argument("-device", dest="device", help="cuda (default), cpu or mps, as for nnUNetv2_train")
+    s.add_argument("--gpus", nargs="+", help="run independent steps side by side, one per GPU (CUDA ids)")
+    s.add_argument("--parallel", type=int, help="without --gpus: steps run side by side (default 1)")
+    s.add_argument("--num-gpus-per-training", type=int, help="nnU-Net's -num_gpus for each training")
+    s.add_argument("-np", dest="processes", type=int, help="processes of planning, model selection, ensembling")
+    s.add_argument("--run-dir", help="the run folder (default ./nnunet_nas_run_<dataset>)")
+    s.add_argument("--tag", help="suffix of the configuration names the study registers (3d_fullres_dints_TAG)")
+    s.add_argument("--config", help="a YAML or JSON file of these settings (options given here win)")
+    s.add_argument("--dry-run", action="store_true", help="print every command in order, with its dependencies "
+                                                          "and what it would cost; run nothing")
+    s.add_argument("--redo-changed", action="store_true", help="redo the steps whose settings changed since they "
+                                                               "ran (their old models are moved aside, not deleted)")
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("report", help="rebuild a study's report (report.md and figures) from its run folder")
+    s.add_argument("run_dir", help="the run folder of nnunet-nas run")
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("add-config", help="register a copy of a configuration under another name (same network, "
+                                          "patch and preprocessed data), e.g. for a second baseline run")
+    s.add_argument("dataset", help="dataset id or name (planned)")
+    s.add_argument("base", help="the configuration to copy")
+    s.add_argument("name", help="the new configuration's name")
+    s.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
+    s.set_defaults(func=_cmd_add_config)
+
     s = sub.add_parser("demo", help="DiNTS end to end on 24 real MSD Hippocampus cases against nnU-Net's own "
                                     "configuration (CPU, under 15 minutes)")
     s.add_argument("--workdir", default="nnunet_nas_demo", help="folder for nnUNet_raw/preprocessed/results")
@@ -258,7 +332,7 @@ def main(argv=None) -> int:
     """Run one command; a user error is one line on stderr and exit code 2, our own bug a traceback and 1."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except UserError as e:
         print(f"nnunet-nas {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -269,7 +343,7 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print(f"nnunet-nas {args.command}: internal error: {REPORT_URL_HINT}", file=sys.stderr)
         return 1
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

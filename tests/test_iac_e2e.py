@@ -10,6 +10,7 @@ import torch
 
 from helpers import DATASET_ID, DATASET_NAME, copy_work, run_cli
 from nnunet_nas.genotypes.cell import CellGenotype
+from nnunet_nas.nnunet.host import host_for_fold
 
 HOST = "nnUNetTrainerNASTest"  # the "baseline" nnU-Net model (default trainer, tiny schedule)
 IAC = "nnUNetTrainerIACSearchTest"
@@ -68,7 +69,8 @@ def test_search_freezes_the_host_and_exports_a_configuration_that_starts_from_it
     plans = json.load(open(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")))
     arch = plans["configurations"][f"{CONFIG}_iac"]["architecture"]
     assert arch["network_class_name"] == "nnunet_nas.networks.iac_net.IACUNet"
-    assert arch["arch_kwargs"]["host_checkpoint"] == os.path.abspath(host_ckpt)
+    # every fold fine-tunes from its own trained model: the search fold's folder written as fold_{fold}
+    assert arch["arch_kwargs"]["host_checkpoint"] == os.path.abspath(host_ckpt).replace("fold_0", "fold_{fold}")
     assert arch["arch_kwargs"]["host_kwargs"] == plans["configurations"][CONFIG]["architecture"]["arch_kwargs"]
     assert CellGenotype.from_dict(arch["arch_kwargs"]["genotype"]) == g
 
@@ -76,6 +78,9 @@ def test_search_freezes_the_host_and_exports_a_configuration_that_starts_from_it
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     pm = PlansManager(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json"))
+    # built outside a trainer, the network knows no fold: the test names fold 0's host as fold 0's training would
+    kwargs = pm.plans["configurations"][f"{CONFIG}_iac"]["architecture"]["arch_kwargs"]
+    kwargs["host_checkpoint"] = host_for_fold(kwargs["host_checkpoint"], 0)
     fine = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration(f"{CONFIG}_iac"), 1, 3, True).eval()
     plain = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration(CONFIG), 1, 3, True).eval()
     plain.load_state_dict(host_weights)

@@ -34,6 +34,7 @@ from nnunet_nas.errors import ConfigError, InputFileError, MissingFileError, Pla
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.genotypes.schema import GenotypeError
 from nnunet_nas.geometry import space_geometry
+from nnunet_nas.nnunet.host import FOLD_FIELD, building_trainer_fold, host_for_fold
 from nnunet_nas.ops.catalog import get_op_set
 from nnunet_nas.ops.conv import conv_nd
 from nnunet_nas.spaces.cell import Cell
@@ -171,18 +172,27 @@ class IACUNet(nn.Module):
         configuration names a checkpoint (fine-tuning starts from it)."""
         if module is not self or self.host_checkpoint is None:
             return
-        if not os.path.isfile(self.host_checkpoint):
+        path = self.host_checkpoint
+        if FOLD_FIELD in path:  # each fold fine-tunes from its own trained model (nnunet_nas.nnunet.host)
+            fold = building_trainer_fold()
+            if fold is None:  # nnU-Net's predictor: the trained IAC checkpoint replaces every weight next
+                return
+            path = host_for_fold(path, fold)
+        if not os.path.isfile(path):
+            fix = ("train that fold of the host first (every fold fine-tunes from its own trained model), "
+                   if FOLD_FIELD in self.host_checkpoint else "")
             # nnU-Net also builds (and initialises) the network for prediction, where the trained IAC checkpoint
             # replaces every weight next; a training run must start from the host, so it is told loudly.
-            message = (f"IACUNet: the trained host {self.host_checkpoint} named by this configuration does not exist; "
+            message = (f"IACUNet: the trained host {path} named by this configuration does not exist; "
                        f"the backbone starts from nnU-Net's random initialisation. Fine-tuning an IAC configuration "
-                       f"needs it: restore the file, or re-export the search with nnunet-nas export.")
+                       f"needs it: {fix}restore the file, or re-export the search with nnunet-nas export.")
             if self.decoder.deep_supervision:  # training (nnU-Net predicts without deep supervision)
                 raise MissingFileError(message)
             warnings.warn(message)
             return
         from nnunet_nas.nnunet.search_state import read_checkpoint
-        self.load_host_weights(read_checkpoint(self.host_checkpoint)["network_weights"], source=self.host_checkpoint)
+        self.load_host_weights(read_checkpoint(path)["network_weights"], source=path)
+        print(f"IACUNet: the trained host's weights loaded from {path}")
 
     def host_parameters(self) -> List[nn.Parameter]:
         """The trained host's parameters (encoder and decoder): what the IAC search freezes."""

@@ -11,11 +11,13 @@ from nnunet_nas.genotypes.schema import Genotype
 from nnunet_nas.io import read_json
 from nnunet_nas.nnunet.plans_io import (PlansError, check_configuration_name, check_registration, load_plans,
                                         plans_file, register_configuration)
+from nnunet_nas.nnunet.host import per_fold_host
 from nnunet_nas.nnunet.search_state import SEARCH_STATE_KEY, read_checkpoint, saved_search_config
 from nnunet_nas.patch import round_up_patch
 from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import SearchMethod, get_method
 
+EXPORT_NAME_ENV = "NNUNET_NAS_EXPORT_NAME"  # pins the configuration name a search registers (nnunet-nas run)
 
 def architecture_block(method: SearchMethod, genotype: Genotype, channel_mul: Optional[float],
                        planned: Optional[PlannedNetwork] = None) -> dict:
@@ -312,7 +314,8 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
     mul = config.export_channel_mul if channel_mul is None else channel_mul  # None: fitted
     registration = prepare_registration(path, base_config or searched, method, genotype, mul, name=name,
                                         overwrite=overwrite, auto_rename=name is None and not overwrite,
-                                        host_checkpoint=state.get("host_checkpoint"), log=log)
+                                        host_checkpoint=per_fold_host(state.get("host_checkpoint"), init.get("fold")),
+                                        log=log)
     write_genotype_files(method, genotype, os.path.dirname(os.path.abspath(checkpoint_path)),
                          genotype_tag(checkpoint_path), log=log)
     return registration.commit(log)
@@ -329,16 +332,27 @@ def _searched_geometry(state: dict, method: SearchMethod, config, searched: dict
     return method.search_geometry(config, planned, dims)[0]
 
 
+def pinned_export_name() -> Optional[str]:
+    """The configuration name a search registers its result under when ``NNUNET_NAS_EXPORT_NAME`` pins one
+    (``nnunet-nas run`` chooses its names up front); None: ``<configuration>_<method>``, renamed rather than
+    replaced."""
+    return os.environ.get(EXPORT_NAME_ENV) or None
+
+
 def check_export_inputs(dataset_name: str, plans_identifier: str, configuration: str, method: SearchMethod,
-                        cfg) -> None:
+                        cfg, name: Optional[str] = None) -> None:
     """What :func:`export_from_checkpoint` will need at the end of a search, checked when it starts: nnU-Net's
-    environment, the plans file, the base configuration, the name the result will be registered under, the
+    environment, the plans file, the base configuration, the name the result will be registered under (a pinned
+    ``name`` must be one the export may replace: never nnU-Net's own or one nnunet_nas did not write), the
     dataset.json beside the plans and, where the export fits the width, the planned network it fits to."""
     from nnunet_nas.nnunet.width import planned_network_elements
     path = preprocessed_plans_path(dataset_name, plans_identifier)
     plans = load_plans(path)
     _resolved(plans, configuration)
-    check_configuration_name(f"{configuration}_{method.name}")
+    if name is None:
+        check_configuration_name(f"{configuration}_{method.name}")
+    else:
+        check_registration(path, plans, configuration, name, None, overwrite=True)
     channels, classes = network_channels(path, plans, configuration)
     if method.fits_width and cfg.export_channel_mul is None:
         planned_network_elements(path, configuration, channels, classes)  # on the meta device: shapes only

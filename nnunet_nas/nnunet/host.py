@@ -13,6 +13,43 @@ from typing import Optional
 from nnunet_nas.errors import EnvironmentSetupError, InputFileError, MissingFileError
 
 HOST_ENV = "NNUNET_NAS_HOST"
+FOLD_FIELD = "{fold}"  # in a configuration's host path: the fold of the training that builds the network
+
+
+def per_fold_host(path: Optional[str], fold) -> Optional[str]:
+    """``path`` with its ``fold_<fold>`` folder written as ``fold_{fold}``: a configuration naming it fine-tunes
+    every fold from that fold's own trained model (fold f's validation cases were training cases of every other
+    fold's model). A path without such a folder (a checkpoint kept elsewhere) is returned as it is."""
+    if path is None or fold is None:
+        return path
+    parts = os.path.normpath(path).split(os.sep)
+    if f"fold_{fold}" not in parts[:-1]:
+        return path
+    at = len(parts) - 2 - parts[:-1][::-1].index(f"fold_{fold}")
+    parts[at] = "fold_" + FOLD_FIELD
+    return os.sep.join(parts)
+
+
+def host_for_fold(path: str, fold) -> str:
+    """A configuration's host path for the training of ``fold`` (:func:`per_fold_host`)."""
+    return path.replace(FOLD_FIELD, str(fold))
+
+
+def building_trainer_fold():
+    """The fold of the nnU-Net trainer whose ``initialize`` is building a network right now (nnU-Net builds its
+    network inside ``nnUNetTrainer.initialize``), or None where no trainer is building one (the predictor)."""
+    import inspect
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, nnUNetTrainer):
+                return owner.fold
+            frame = frame.f_back
+        return None
+    finally:
+        del frame
 
 
 def find_host_checkpoint(dataset_name: str, plans_identifier: str, configuration: str, fold,

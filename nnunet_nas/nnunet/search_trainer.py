@@ -110,12 +110,13 @@ class NASSearchTrainer(nnUNetTrainer):
     def check_inputs(self) -> None:
         """What the search and its export hours later need, checked before the first step: every config field, the
         op set's dimensionality, and the environment, plans, base configuration and name of the export."""
-        from nnunet_nas.nnunet.export import check_export_inputs
+        from nnunet_nas.nnunet.export import check_export_inputs, pinned_export_name
         dims = len(self.configuration_manager.patch_size)
         self.cfg.validate(spatial_dims=dims, source=f"{type(self).__name__}.search_config")
         self.method.op_set_for(self.cfg, dims)
+        self.export_name = pinned_export_name()
         check_export_inputs(self.plans_manager.dataset_name, self.plans_manager.plans_name, self.configuration_name,
-                            self.method, self.cfg)
+                            self.method, self.cfg, self.export_name)
 
     def build_strategies(self) -> List[SearchStrategy]:
         """The method's strategies for this config, plus JSD stability pruning where the config asks for it (a
@@ -523,7 +524,8 @@ class NASSearchTrainer(nnUNetTrainer):
         if self.disable_checkpointing or not os.path.isfile(path):
             self.print_to_log_file("no final checkpoint written: nothing to export")
             return
-        name = export_from_checkpoint(path, log=self.print_to_log_file)
+        name = export_from_checkpoint(path, name=self.export_name, overwrite=self.export_name is not None,
+                                      log=self.print_to_log_file)
         self.print_to_log_file(f"Train the found architecture with: nnUNetv2_train {self.plans_manager.dataset_name} "
                                f"{name} {self.fold}")
 

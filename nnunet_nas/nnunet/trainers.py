@@ -140,3 +140,13 @@ __all__ = ["nnUNetTrainerDiNTSSearch", "nnUNetTrainerDiNTSSearch_sigma05", "nnUN
            "nnUNetTrainerDASTSearch_sigma05", "nnUNetTrainerDASTSearch_sigma02", "nnUNetTrainerDASTSearch_P3D",
            "nnUNetTrainerDASTSearchDemo",
            "nnUNetTrainerNASDemo", "nnUNetTrainerNAS_20x50"]
+
+
+def default_search_trainer(method: str) -> str:
+    """The search trainer of ``method`` with the paper's settings (its variants subclass it)."""
+    from nnunet_nas.nnunet.search_trainer import NASSearchTrainer
+    for name in __all__:
+        cls = globals()[name]
+        if getattr(cls, "nas_method", None) == method and NASSearchTrainer in cls.__bases__:
+            return name
+    raise KeyError(f"no search trainer of method {method!r}")

@@ -1,0 +1,243 @@
+"""``nnunet-nas run``: the study's settings and their checks, its graph of nnU-Net commands, IAC's per-fold host,
+and the whole study through nnU-Net's real commands on the tiny dataset (a run whose searches die, then the same
+command again: nothing finished is redone, the searches resume, model selection and the test prediction follow,
+the report's numbers are nnU-Net's)."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from helpers import DATASET_ID, DATASET_NAME, copy_work, run_cli
+from nnunet_nas.errors import UserError
+from nnunet_nas.genotypes.grid import GridGenotype
+from nnunet_nas.nnunet.host import building_trainer_fold, host_for_fold, per_fold_host
+from nnunet_nas.study.report import paired_difference
+from nnunet_nas.study.runner import fingerprints
+from nnunet_nas.study.settings import DatasetFacts, StudySettings, check_settings, check_trainers
+from nnunet_nas.study.steps import build_steps, found_configuration
+
+TRAINER = "nnUNetTrainerNASTest"
+SEARCH = {"dints": "nnUNetTrainerDiNTSSearchTest", "iac": "nnUNetTrainerIACSearchTest"}
+CONFIG = "2d"  # the study's e2e: 2-D trainings are the quickest on the CPU
+
+
+# ---------------------------------------------------------------- settings and their checks
+@pytest.fixture
+def raw_only(tmp_path, monkeypatch):
+    """nnU-Net's folders with one dataset in nnUNet_raw (dataset.json only: the checks read no image)."""
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(tmp_path / var)
+        monkeypatch.setenv(var, str(tmp_path / var))
+    folder = tmp_path / "nnUNet_raw" / "Dataset977_Two"
+    os.makedirs(folder / "imagesTr")
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1", "1": "T2"}, "labels": {
+        "background": 0, "a": 1}, "numTraining": 4, "file_ending": ".nii.gz"}))
+    return tmp_path
+
+
+def test_a_config_file_gives_the_settings_and_the_command_line_wins(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("dataset: 7\nmethods: [dints, scnas]\nfolds: [0, 1]\nsearch-trainers:\n  dints: T\n")
+    s = StudySettings.from_sources({"folds": [2, 3], "methods": None}, str(path))
+    assert (s.dataset, s.methods, s.folds, s.search_trainers) == ("7", ["dints", "scnas"], [2, 3], {"dints": "T"})
+    assert s.fold_of_search == 2
+    (tmp_path / "bad.json").write_text('{"dataset": 7, "methods": ["dints"], "epochs": 3}')
+    with pytest.raises(UserError, match="unknown setting.*epochs"):
+        StudySettings.from_sources({}, str(tmp_path / "bad.json"))
+    with pytest.raises(UserError, match="METHOD=TRAINER"):
+        StudySettings.from_sources({"dataset": "7", "methods": ["dints"], "search_trainers": ["dints"]})
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(methods=["dints", "nasnet"]), r"unknown; the registered methods are"),
+    (dict(dataset="976"), r"neither planned .* nor in nnUNet_raw"),
+    (dict(folds=[0, 5]), r"has folds 0 to 4"),
+    (dict(folds=[1, 2], search_fold=0), r"--search-fold 0 is not among --folds"),
+    (dict(configurations=["3d_custom"]), r"not planned yet and nnUNetv2_plan_and_preprocess makes only"),
+    (dict(search_trainers={"scnas": "X"}), r"--search-trainer names \['scnas'\]"),
+    (dict(baseline_repeats=3), r"1 or 2"),
+    (dict(tag="a-b"), r"letters and digits only"),
+])
+def test_bad_input_is_one_error_before_any_work(raw_only, change, message):
+    settings = dict(dataset="977", methods=["dints"], folds=[0, 1])
+    settings.update(change)
+    with pytest.raises(UserError, match=message):
+        check_settings(StudySettings(**settings))
+    assert os.listdir(raw_only / "nnUNet_preprocessed") == []
+
+
+def test_a_test_folder_must_hold_every_channel_of_the_dataset(raw_only, tmp_path):
+    test = tmp_path / "test"
+    os.makedirs(test)
+    for name in ("a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz"):
+        (test / name).write_bytes(b"")
+    with pytest.raises(UserError, match=r"1 case\(s\) do not have the dataset's 2 channel.*b has \[0\]"):
+        check_settings(StudySettings("977", ["dints"], folds=[0, 1], test=str(test)))
+    (test / "b_0001.nii.gz").write_bytes(b"")
+    assert check_settings(StudySettings("977", ["dints"], folds=[0, 1], test=str(test))).num_channels == 2
+
+
+def test_trainers_are_found_by_nnunets_lookup_and_must_be_of_their_kind(raw_only, monkeypatch):
+    from helpers import TEST_TRAINERS
+    monkeypatch.setenv("nnUNet_extTrainer", TEST_TRAINERS)
+    s = StudySettings("977", ["dints", "iac"], trainer=TRAINER, search_trainers={"dints": SEARCH["dints"]})
+    assert check_trainers(s) == {"dints": SEARCH["dints"], "iac": "nnUNetTrainerIACSearch"}
+    with pytest.raises(UserError, match="nnU-Net finds no such trainer"):
+        check_trainers(StudySettings("977", ["dints"], trainer="nnUNetTrainerTypo"))
+    with pytest.raises(UserError, match="is a search trainer"):
+        check_trainers(StudySettings("977", ["dints"], trainer="nnUNetTrainerDiNTSSearch"))
+    with pytest.raises(UserError, match="not a search trainer of dints"):
+        check_trainers(StudySettings("977", ["dints"], search_trainers={"dints": "nnUNetTrainerSCNASSearch"}))
+
+
+# ---------------------------------------------------------------- the graph
+def _graph(search=SEARCH, **change):
+    facts = DatasetFacts("Dataset977_Two", True, "/p/nnUNetPlans.json", 5, 2, ".nii.gz", {})
+    s = StudySettings("977", ["dints", "iac"], folds=[0, 1, 2], search_fold=1, trainer=TRAINER, **change)
+    return {st.name: st for st in build_steps(s, facts, search)}
+
+
+def test_the_graph_orders_nnunets_commands_and_iac_builds_on_each_folds_own_baseline(monkeypatch):
+    monkeypatch.setenv("nnUNet_results", "/r")
+    steps = _graph(baseline_repeats=2, device="cpu")
+    assert list(steps)[0] == "config/3d_fullres_repeat2"
+    search = steps["search/iac/3d_fullres"]
+    assert search.command[:4] == ["nnUNetv2_train", "Dataset977_Two", "3d_fullres", "1"]
+    assert search.deps == ["baseline/3d_fullres/fold_1"]  # the host of the search fold
+    assert search.env == {"NNUNET_NAS_EXPORT_NAME": "3d_fullres_iac",
+                          "NNUNET_NAS_HOST": f"/r/Dataset977_Two/{TRAINER}__nnUNetPlans__3d_fullres"}
+    for f in (0, 1, 2):  # fine-tuning fold f waits for fold f's baseline, never only the search fold's
+        assert steps[f"train/3d_fullres_iac/fold_{f}"].deps == ["search/iac/3d_fullres",
+                                                                f"baseline/3d_fullres/fold_{f}"]
+        assert steps[f"train/3d_fullres_dints/fold_{f}"].deps == ["search/dints/3d_fullres"]
+    assert steps["baseline/3d_fullres_repeat2/fold_2"].deps == ["config/3d_fullres_repeat2"]
+    select = steps["select"].command
+    assert select[select.index("-c") + 1:select.index("-tr")] == ["3d_fullres", "3d_fullres_dints", "3d_fullres_iac"]
+    assert "--npz" in steps["train/3d_fullres_dints/fold_0"].command
+    assert found_configuration("2d", "dast", "v2") == "2d_dast_v2"
+
+
+def test_fingerprints_follow_what_a_step_computes_and_what_it_builds_on(monkeypatch):
+    monkeypatch.setenv("nnUNet_results", "/r")
+    base = fingerprints(list(_graph().values()))
+    assert base == fingerprints(list(_graph(device="cpu", num_gpus_per_training=2).values()))  # where, not what
+    other = fingerprints(list(_graph(dict(SEARCH, dints="nnUNetTrainerDiNTSSearch")).values()))
+    changed = {n for n in base if base[n] != other[n]}
+    # another search trainer for dints: its search, the trainings of what it finds and model selection
+    assert changed == {"search/dints/3d_fullres", "select"} | {f"train/3d_fullres_dints/fold_{f}" for f in (0, 1, 2)}
+
+
+# ---------------------------------------------------------------- IAC's per-fold host
+def test_a_configuration_names_its_host_per_fold_and_the_building_trainer_resolves_it(tmp_path):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    path = "/r/D/T__P__C/fold_3/checkpoint_final.pth"
+    assert per_fold_host(path, 3) == "/r/D/T__P__C/fold_{fold}/checkpoint_final.pth"
+    assert host_for_fold(per_fold_host(path, 3), 0) == "/r/D/T__P__C/fold_0/checkpoint_final.pth"
+    assert per_fold_host("/elsewhere/model.pth", 3) == "/elsewhere/model.pth"  # a file outside nnU-Net's layout
+
+    class Builder(nnUNetTrainer):
+        def initialize(self):
+            return building_trainer_fold()
+    trainer = object.__new__(Builder)
+    trainer.fold = 4
+    assert trainer.initialize() == 4 and building_trainer_fold() is None
+
+
+def test_paired_difference_is_the_mean_difference_with_an_interval_that_holds_it():
+    a = {"x": 0.9, "y": 0.8, "z": 0.7, "w": float("nan")}
+    b = {"x": 0.8, "y": 0.8, "z": 0.5, "v": 0.1}
+    d = paired_difference(a, b)
+    assert d["cases"] == 3 and d["mean"] == pytest.approx(0.1)
+    assert d["low"] <= 0.1 <= d["high"] and d["low"] >= 0.0 - 1e-12 and d["high"] <= 0.2 + 1e-12
+
+
+# ---------------------------------------------------------------- the whole study, real commands
+def _study(env, run_dir, *extra, crash=False):
+    env = dict(env)
+    if crash:
+        env["NAS_TEST_CRASH_AFTER_EPOCH"] = "0"  # the test search trainers die after their first epoch
+    return run_cli(["nnunet-nas", "run", str(DATASET_ID), "-c", CONFIG, "--methods", "dints", "iac",
+                    "--folds", "0", "1", "--trainer", TRAINER, "--search-trainer",
+                    *[f"{m}={t}" for m, t in SEARCH.items()], "-device", "cpu", "--parallel", "2", "-np", "1",
+                    "--run-dir", run_dir, *extra], env, timeout=1200, check=not crash)
+
+
+def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_path):
+    env = copy_work(planned_dataset[0], str(tmp_path / "nnunet"))
+    run_dir = str(tmp_path / "study")
+    test = tmp_path / "test"
+    os.makedirs(test)
+    image = sorted(os.listdir(os.path.join(env["nnUNet_raw"], DATASET_NAME, "imagesTr")))[0]
+    os.symlink(os.path.join(env["nnUNet_raw"], DATASET_NAME, "imagesTr", image), test / image)
+
+    dry = run_cli(["nnunet-nas", "run", str(DATASET_ID), "--methods", "dints", "iac", "--folds", "0", "1",
+                   "--trainer", TRAINER, "--search-trainer", *[f"{m}={t}" for m, t in SEARCH.items()], "-device",
+                   "cpu", "--run-dir", run_dir, "--dry-run"], env).stdout
+    assert re.search(r"\[ 3\] search/dints/3d_fullres  \(to run; after: nothing\)\n +NNUNET_NAS_EXPORT_NAME="
+                     r"3d_fullres_dints nnUNetv2_train Dataset991_NASDemo 3d_fullres 0 -tr " + SEARCH["dints"], dry)
+    assert "8 trainings (2 baseline, 2 searches, 4 of found configurations)" in dry and not os.path.exists(run_dir)
+
+    first = _study(env, run_dir, crash=True)  # both searches die; the baselines finish, selection runs on them
+    assert first.returncode == 3, first.stderr[-3000:]  # the study is incomplete
+    ledger = json.load(open(os.path.join(run_dir, "ledger.json")))
+    assert {n: r["status"] for n, r in ledger.items() if n.startswith("search")} == {
+        f"search/dints/{CONFIG}": "failed", f"search/iac/{CONFIG}": "failed"}
+    assert ledger[f"train/{CONFIG}_dints/fold_1"]["status"] == "blocked"
+    assert ledger["select"]["status"] == "done" and f"FAILED search/dints/{CONFIG}" in first.stdout
+    baseline_ended = ledger[f"baseline/{CONFIG}/fold_0"]["ended"]
+
+    second = _study(env, run_dir, "--test", str(test))
+    ledger = json.load(open(os.path.join(run_dir, "ledger.json")))
+    assert ledger[f"baseline/{CONFIG}/fold_0"]["ended"] == baseline_ended  # not redone
+    assert ledger[f"search/dints/{CONFIG}"]["command"][-1] == "--c"  # resumed from its checkpoint
+    assert "every step finished" in second.stdout
+    # IAC's fine-tune of fold 1 started from fold 1's own baseline, not from the search fold's
+    log = open(ledger[f"train/{CONFIG}_iac/fold_1"]["log"]).read()
+    assert re.search(rf"host's weights loaded from \S+{TRAINER}__nnUNetPlans__{CONFIG}/fold_1/checkpoint_final", log)
+    select = ledger["select"]["command"]
+    assert select[select.index("-c") + 1:select.index("-tr")] == [CONFIG, f"{CONFIG}_dints", f"{CONFIG}_iac"]
+    final = os.path.join(run_dir, "test_predictions", "final")
+    assert os.listdir(final) and any(f.endswith(".nii.gz") for f in os.listdir(final))
+
+    # the report's numbers are nnU-Net's own
+    report = open(os.path.join(run_dir, "report.md")).read()
+    results = env["nnUNet_results"]
+    for config in (CONFIG, f"{CONFIG}_dints", f"{CONFIG}_iac"):
+        means = [json.load(open(os.path.join(results, DATASET_NAME, f"{TRAINER}__nnUNetPlans__{config}",
+                                             f"fold_{f}", "validation", "summary.json")))["foreground_mean"]["Dice"]
+                 for f in (0, 1)]
+        assert f"| {config} | 0,1 | " in report and f"| {np.mean(means):.4f} | {np.std(means):.4f} |" in report
+    info = json.load(open(os.path.join(run_dir, "selection", "inference_information.json")))
+    assert f"{info['best_model_or_ensemble']['result_on_crossval_pre_pp']:.4f}" in report
+    assert os.path.getsize(os.path.join(run_dir, "figures", "dice_per_case.png")) > 1000
+    assert os.path.isfile(os.path.join(run_dir, "figures", f"dints_{CONFIG}_architecture.png"))
+    os.remove(os.path.join(run_dir, "report.md"))
+    run_cli(["nnunet-nas", "report", run_dir], env)
+    assert open(os.path.join(run_dir, "report.md")).read() == report
+
+    # a found configuration is an ordinary nnU-Net model: 2-D here, shipped as nnU-Net's zip, predicting where installed
+    g = GridGenotype.load(os.path.join(results, DATASET_NAME, f"{SEARCH['dints']}__nnUNetPlans__{CONFIG}", "fold_0",
+                                       "dints_genotype.json"))
+    assert g.op_set == "dints_2d" and g.spatial_dims == 2
+    plans = json.load(open(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")))
+    assert plans["configurations"][f"{CONFIG}_dints"]["inherits_from"] == CONFIG
+    zipped = str(tmp_path / "found_model.zip")
+    run_cli(["nnUNetv2_export_model_to_zip", "-d", str(DATASET_ID), "-o", zipped, "-c", f"{CONFIG}_dints", "-tr",
+             TRAINER, "-f", "0", "1"], env)
+    elsewhere = dict(env, nnUNet_results=str(tmp_path / "empty_results"))
+    os.makedirs(elsewhere["nnUNet_results"])
+    run_cli(["nnUNetv2_install_pretrained_model_from_zip", zipped], elsewhere)
+    out = tmp_path / "installed_prediction"
+    run_cli(["nnUNetv2_predict", "-i", str(test), "-o", str(out), "-d", str(DATASET_ID), "-c", f"{CONFIG}_dints",
+             "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "0", "-nps", "0"], elsewhere)
+    assert [f for f in os.listdir(out) if f.endswith(".nii.gz")] == [image.replace("_0000", "")]
+
+    # a rerun with another trainer for the baselines and retrainings names the steps it would redo
+    other = run_cli(["nnunet-nas", "run", str(DATASET_ID), "-c", CONFIG, "--methods", "dints", "iac", "--folds", "0",
+                     "1", "--trainer", "nnUNetTrainerNASDemo", "--search-trainer",
+                     *[f"{m}={t}" for m, t in SEARCH.items()], "-device", "cpu", "--run-dir", run_dir], env,
+                    check=False)
+    assert other.returncode == 2 and "--redo-changed" in other.stderr and f"baseline/{CONFIG}/fold_0" in other.stderr
