@@ -40,17 +40,22 @@ from nnunet_nas.patch import round_up_patch
 from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import get_method, method_names
 
-from harness import machine_info
+from harness import REPO, machine_info
 
-# nnU-Net's own 3d_fullres plans (GPU_MEMORY_AUDIT.md): patch, batch, input channels, classes, per-stage strides
-# and kernels (MSD Hippocampus; MSD Pancreas's 2.5 x 0.8 x 0.8 mm: the first stage convolves and pools in-plane only)
-ISOTROPIC_4 = ([[1, 1, 1]] + [[2, 2, 2]] * 3, [[3, 3, 3]] * 4)
-PANCREAS_GEOMETRY = ([[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
-                     [[1, 3, 3]] + [[3, 3, 3]] * 5)
-PLANS = {"hippocampus_3d_fullres": ([40, 56, 40], 9, 1, 3) + ISOTROPIC_4,
-         "pancreas_like_3d_fullres": ([40, 224, 224], 2, 1, 3) + PANCREAS_GEOMETRY}
-TINY_PLANS = {"tiny_thick_slices_3d": ([4, 16, 16], 2, 1, 3, [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2]],
-                                       [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3]])}
+# nnU-Net's own 3d_fullres plans behind the memory table (GPU_MEMORY_AUDIT.md) and the CPU rehearsal's tiny plan,
+# kept as a test fixture: patch, batch, input channels, classes, per-stage strides and kernels
+PLAN_FIXTURES = os.path.join(REPO, "tests", "fixtures", "plans", "memory_plans.json")
+
+
+def load_plan_fixtures(path: str = PLAN_FIXTURES) -> dict:
+    with open(path) as f:
+        return {name: (p["patch_size"], p["batch_size"], p["input_channels"], p["num_classes"], p["strides"],
+                       p["kernels"]) for name, p in json.load(f).items()}
+
+
+_FIXTURES = load_plan_fixtures()
+PLANS = {k: _FIXTURES[k] for k in ("hippocampus_3d_fullres", "pancreas_like_3d_fullres")}
+TINY_PLANS = {"tiny_thick_slices_3d": _FIXTURES["tiny_thick_slices_3d"]}
 GEOMETRIES = ("plan", "isotropic")  # the plan's strides and kernels, or every level 2x with 3^3 kernels (before 0.2)
 TINY = {"dints": dict(num_blocks=2, num_depths=2, channel_mul=0.125),
         "dast": dict(num_blocks=2, num_depths=2, channel_mul=0.125),

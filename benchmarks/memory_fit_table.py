@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from gpu_acceptance import PLANS, _config, fit_inputs, search_plan
+from gpu_acceptance import PLANS, _config, fit_inputs, load_plan_fixtures, search_plan
 from harness import REPO, machine_info, publish_table
 from nnunet_nas.io import atomic_write_text
 from nnunet_nas.memory_fit import GIB, card_target, fit_search
@@ -22,9 +22,7 @@ from nnunet_nas.registry import method_names
 
 import torch
 
-# MSD BraTS as nnU-Net 2.8 plans it at 3d_fullres: 128^3, 4 modalities, 4 classes, six stages pooling every axis
-BRATS_LIKE = ([128, 128, 128], 2, 4, 4, [[1, 1, 1]] + [[2, 2, 2]] * 5, [[3, 3, 3]] * 6)
-TABLE_PLANS = dict(PLANS, brats_like_3d_fullres=BRATS_LIKE)
+TABLE_PLANS = dict(PLANS, brats_like_3d_fullres=load_plan_fixtures()["brats_like_3d_fullres"])
 CARDS_GB = (12, 24, 40, 80)
 MARKERS = ("<!-- memory-fit-table:start -->", "<!-- memory-fit-table:end -->")
 

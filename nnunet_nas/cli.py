@@ -297,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus", nargs="+", help="run independent steps side by side, one per GPU (CUDA ids)")
     s.add_argument("--parallel", type=int, help="without --gpus: steps run side by side (default 1)")
     s.add_argument("--num-gpus-per-training", type=int, help="nnU-Net's -num_gpus for each training")
+    s.add_argument("--executor", choices=("local", "slurm"), help="local (default): this machine; slurm: each step "
+                                                                  "a SLURM job through submitit")
+    s.add_argument("--slurm-partition", help="SLURM partition of the jobs")
+    s.add_argument("--slurm-time", type=int, help="SLURM time limit per job, minutes")
+    s.add_argument("--slurm-cpus", type=int, help="CPUs per SLURM job")
+    s.add_argument("--slurm-mem-gb", type=float, help="memory per SLURM job, GB")
     s.add_argument("-np", dest="processes", type=int, help="processes of planning, model selection, ensembling")
     s.add_argument("--run-dir", help="the run folder (default ./nnunet_nas_run_<dataset>)")
     s.add_argument("--tag", help="suffix of the configuration names the study registers (3d_fullres_dints_TAG)")

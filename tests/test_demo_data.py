@@ -2,12 +2,13 @@
 
 import json
 import os
+import re
 from importlib import resources
 
 import nibabel as nib
 import numpy as np
 
-from nnunet_nas.demo import DEMO_CONFIG, add_batch2_configuration, copy_demo_dataset
+from nnunet_nas.demo import DEMO_CONFIG, copy_demo_dataset, study_command
 
 
 def test_packaged_hippocampus_subset_is_complete_and_licensed(tmp_path):
@@ -23,11 +24,15 @@ def test_packaged_hippocampus_subset_is_complete_and_licensed(tmp_path):
     assert set(np.unique(seg).astype(int)) == {0, 1, 2}
 
 
-def test_batch2_configuration_inherits_the_planned_network(tmp_path):
-    plans = {"dataset_name": "Dataset990_HippocampusDemo", "plans_name": "nnUNetPlans", "configurations": {
-        "3d_fullres": {"patch_size": [40, 56, 40], "batch_size": 9, "architecture": {"network_class_name": "x"}}}}
-    path = tmp_path / "nnUNetPlans.json"
-    path.write_text(json.dumps(plans))
-    add_batch2_configuration(str(path))
-    c = json.load(open(path))["configurations"][DEMO_CONFIG]
-    assert c["inherits_from"] == "3d_fullres" and c["batch_size"] == 2 and c["architecture"]["network_class_name"] == "x"
+def test_the_demos_study_plans_trains_searches_and_selects_on_the_packaged_cases(tmp_path):
+    """``nnunet-nas demo`` is one ``nnunet-nas run``: its command, dry-run on the packaged cases (nothing runs)."""
+    from helpers import run_cli
+    from nnunet_nas.nnunet.environment import nnunet_env
+    env = nnunet_env(str(tmp_path))
+    copy_demo_dataset(env["nnUNet_raw"])
+    out = run_cli(study_command(str(tmp_path / "study")) + ["--dry-run"], env).stdout
+    steps = re.findall(r"\[ *\d+\] (\S+)", out)
+    assert steps == ["plan", f"baseline/{DEMO_CONFIG}/fold_0", f"search/dints/{DEMO_CONFIG}",
+                     f"train/{DEMO_CONFIG}_dints/fold_0", "select"]
+    assert "nnUNetv2_plan_and_preprocess -d 990 -c 2d" in out and "3 trainings" in out
+    assert not os.path.exists(tmp_path / "study")

@@ -233,3 +233,23 @@ def test_the_count_equals_what_every_methods_search_keeps_on_the_plain_path(name
     for counted in (fake_cpu, fake_cuda):
         assert abs(counted.activations / real.activations - 1) < 0.02, (counted, real)
         assert (counted.parameters, counted.trained_weights) == (real.parameters, real.trained_weights)
+
+
+def test_the_plans_behind_the_memory_table_are_plans_nnunet_could_make():
+    """tests/fixtures/plans/memory_plans.json (read by benchmarks/memory_fit_table.py and gpu_acceptance.py): per
+    stage one stride and one kernel per axis, the patch divisible by the product of each axis's strides, a kernel of
+    1 only on an axis not pooled yet."""
+    import json
+    import math
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "plans", "memory_plans.json")
+    plans = json.load(open(path))
+    assert {"hippocampus_3d_fullres", "pancreas_like_3d_fullres", "brats_like_3d_fullres"} <= set(plans)
+    for name, p in plans.items():
+        dims = len(p["patch_size"])
+        assert len(p["strides"]) == len(p["kernels"]) and p["strides"][0] == [1] * dims, name
+        assert all(len(s) == dims and len(k) == dims for s, k in zip(p["strides"], p["kernels"])), name
+        for axis in range(dims):
+            assert p["patch_size"][axis] % math.prod(s[axis] for s in p["strides"]) == 0, (name, axis)
+            pooled = [math.prod(s[axis] for s in p["strides"][:i + 1]) for i in range(len(p["strides"]))]
+            assert all(k[axis] == 3 or pooled[i] == 1 for i, k in enumerate(p["kernels"])), (name, axis)

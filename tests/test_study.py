@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from helpers import DATASET_ID, DATASET_NAME, copy_work, run_cli
+from helpers import DATASET_ID, DATASET_NAME, copy_work, nnunet_env, run_cli
 from nnunet_nas.errors import UserError
 from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.nnunet.host import building_trainer_fold, host_for_fold, per_fold_host
@@ -60,6 +60,8 @@ def test_a_config_file_gives_the_settings_and_the_command_line_wins(tmp_path):
     (dict(search_trainers={"scnas": "X"}), r"--search-trainer names \['scnas'\]"),
     (dict(baseline_repeats=3), r"1 or 2"),
     (dict(tag="a-b"), r"letters and digits only"),
+    (dict(gpus=["0", "1", "2"], num_gpus_per_training=2), r"cannot be split into sets of"),
+    (dict(executor="slurm", slurm_time=None), r"needs --slurm-time"),
 ])
 def test_bad_input_is_one_error_before_any_work(raw_only, change, message):
     settings = dict(dataset="977", methods=["dints"], folds=[0, 1])
@@ -94,8 +96,8 @@ def test_trainers_are_found_by_nnunets_lookup_and_must_be_of_their_kind(raw_only
 
 
 # ---------------------------------------------------------------- the graph
-def _graph(search=SEARCH, **change):
-    facts = DatasetFacts("Dataset977_Two", True, "/p/nnUNetPlans.json", 5, 2, ".nii.gz", {})
+def _graph(search=SEARCH, planned=True, **change):
+    facts = DatasetFacts("Dataset977_Two", planned, "/p/nnUNetPlans.json", 5, 2, ".nii.gz", {})
     s = StudySettings("977", ["dints", "iac"], folds=[0, 1, 2], search_fold=1, trainer=TRAINER, **change)
     return {st.name: st for st in build_steps(s, facts, search)}
 
@@ -124,6 +126,9 @@ def test_fingerprints_follow_what_a_step_computes_and_what_it_builds_on(monkeypa
     monkeypatch.setenv("nnUNet_results", "/r")
     base = fingerprints(list(_graph().values()))
     assert base == fingerprints(list(_graph(device="cpu", num_gpus_per_training=2).values()))  # where, not what
+    # a study that planned its dataset: on the rerun the dataset is planned and the plan step gone, nothing else
+    first = fingerprints(list(_graph(planned=False).values()))
+    assert first.pop("plan") and first == base
     other = fingerprints(list(_graph(dict(SEARCH, dints="nnUNetTrainerDiNTSSearch")).values()))
     changed = {n for n in base if base[n] != other[n]}
     # another search trainer for dints: its search, the trainings of what it finds and model selection
@@ -166,7 +171,10 @@ def _study(env, run_dir, *extra, crash=False):
 
 
 def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_path):
-    env = copy_work(planned_dataset[0], str(tmp_path / "nnunet"))
+    import shutil
+    env = nnunet_env(str(tmp_path / "nnunet"))  # the raw dataset only: the study plans it
+    shutil.copytree(os.path.join(planned_dataset[1]["nnUNet_raw"], DATASET_NAME),
+                    os.path.join(env["nnUNet_raw"], DATASET_NAME))
     run_dir = str(tmp_path / "study")
     test = tmp_path / "test"
     os.makedirs(test)
@@ -176,13 +184,15 @@ def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_
     dry = run_cli(["nnunet-nas", "run", str(DATASET_ID), "--methods", "dints", "iac", "--folds", "0", "1",
                    "--trainer", TRAINER, "--search-trainer", *[f"{m}={t}" for m, t in SEARCH.items()], "-device",
                    "cpu", "--run-dir", run_dir, "--dry-run"], env).stdout
-    assert re.search(r"\[ 3\] search/dints/3d_fullres  \(to run; after: nothing\)\n +NNUNET_NAS_EXPORT_NAME="
+    assert re.search(r"\[ 4\] search/dints/3d_fullres  \(to run; after: plan\)\n +NNUNET_NAS_EXPORT_NAME="
                      r"3d_fullres_dints nnUNetv2_train Dataset991_NASDemo 3d_fullres 0 -tr " + SEARCH["dints"], dry)
     assert "8 trainings (2 baseline, 2 searches, 4 of found configurations)" in dry and not os.path.exists(run_dir)
 
     first = _study(env, run_dir, crash=True)  # both searches die; the baselines finish, selection runs on them
     assert first.returncode == 3, first.stderr[-3000:]  # the study is incomplete
     ledger = json.load(open(os.path.join(run_dir, "ledger.json")))
+    assert ledger["plan"]["status"] == "done" and ledger["plan"]["command"][:5] == [
+        "nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIG]
     assert {n: r["status"] for n, r in ledger.items() if n.startswith("search")} == {
         f"search/dints/{CONFIG}": "failed", f"search/iac/{CONFIG}": "failed"}
     assert ledger[f"train/{CONFIG}_dints/fold_1"]["status"] == "blocked"
@@ -241,3 +251,73 @@ def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_
                      *[f"{m}={t}" for m, t in SEARCH.items()], "-device", "cpu", "--run-dir", run_dir], env,
                     check=False)
     assert other.returncode == 2 and "--redo-changed" in other.stderr and f"baseline/{CONFIG}/fold_0" in other.stderr
+
+
+def test_slurm_without_submitit_is_one_error_naming_the_extra(raw_only, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
+    with pytest.raises(UserError, match=r'pip install "nnunet_nas\[slurm\]"'):
+        check_settings(StudySettings("977", ["dints"], folds=[0, 1], executor="slurm", slurm_time=60))
+
+
+def test_slurm_jobs_are_followed_again_after_the_run_that_submitted_them_died(planned_dataset, tmp_path):
+    """submitit's SLURM path (sbatch, sacct, srun) with stand-in scripts that run the jobs on this machine: the run
+    is killed while its first jobs run; the same command again follows those jobs instead of submitting them
+    again, and finishes the study."""
+    import signal
+    import subprocess
+    import time
+    from helpers import HERE
+    env = copy_work(planned_dataset[0], str(tmp_path / "nnunet"))
+    state = tmp_path / "slurm_state"
+    env.update(PATH=os.pathsep.join([os.path.join(HERE, "fixtures", "slurm"), env["PATH"]]),
+               FAKE_SLURM_STATE=str(state), NNUNET_NAS_SLURM_POLL_S="1")
+    run_dir = str(tmp_path / "study")
+    cmd = ["nnunet-nas", "run", str(DATASET_ID), "-c", CONFIG, "--methods", "dints", "--folds", "0", "--trainer",
+           TRAINER, "--search-trainer", f"dints={SEARCH['dints']}", "-device", "cpu", "--run-dir", run_dir,
+           "--executor", "slurm", "--slurm-partition", "gpu", "--slurm-time", "60"]
+    controller = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger_path = os.path.join(run_dir, "ledger.json")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        ledger = json.load(open(ledger_path)) if os.path.isfile(ledger_path) else {}
+        if sum(1 for r in ledger.values() if r.get("job_id")) == 2:  # the baseline and the search are submitted
+            break
+        time.sleep(0.5)
+    controller.send_signal(signal.SIGKILL)
+    controller.wait()
+    jobs = {n: r["job_id"] for n, r in ledger.items() if r.get("job_id")}
+    assert set(jobs) == {f"baseline/{CONFIG}/fold_0", f"search/dints/{CONFIG}"}
+    script = open(os.path.join(run_dir, "slurm", f"{jobs[f'search/dints/{CONFIG}']}_submission.sh")).read()
+    assert "#SBATCH --partition=gpu" in script and "#SBATCH --time=60" in script
+
+    again = run_cli(cmd, env)
+    assert again.stdout.count("still running from an earlier run") + again.stdout.count("done in") >= 2
+    ledger = json.load(open(ledger_path))
+    assert {n: ledger[n]["job_id"] for n in jobs} == jobs  # followed, not submitted again
+    assert len(open(state / "submissions").read().splitlines()) == 4  # baseline, search, training, selection
+    assert all(r["status"] == "done" for r in ledger.values()) and "every step finished" in again.stdout
+
+
+def test_time_left_comes_from_finished_steps_of_the_same_kind():
+    from nnunet_nas.study.executor import launched, time_left
+    from nnunet_nas.study.steps import Step
+    batch = [Step("baseline/c/fold_0", "baseline", ["nnUNetv2_train"]), Step("train/x/fold_0", "train", ["x"]),
+             Step("train/x/fold_1", "train", ["x"]), Step("select", "select", ["nnUNetv2_find_best_configuration"])]
+    assert time_left(batch, {}) == "time left unknown until a training finishes"
+    assert time_left(batch, {"baseline/c/fold_0": 100.0}) == "time left unknown"  # nothing like select ran yet
+    assert time_left(batch[:3], {"baseline/c/fold_0": 100.0}) == "about 0:03:20 left"
+    # trainings start through the GPU-peak wrapper (the same nnU-Net command in one process); the rest as they are
+    wrapped = launched("/run", batch[0], ["nnUNetv2_train", "D", "2d", "0"])
+    assert wrapped[1:3] == ["-m", "nnunet_nas.study.gpu_peak"] and wrapped[-4:] == ["nnUNetv2_train", "D", "2d", "0"]
+    assert launched("/run", batch[3], batch[3].command) == batch[3].command
+
+
+def test_one_run_at_a_time_per_run_folder(tmp_path):
+    from nnunet_nas.study.runner import run_folder_lock
+    with run_folder_lock(str(tmp_path)):
+        with pytest.raises(UserError, match="another nnunet-nas run is using"):
+            with run_folder_lock(str(tmp_path)):
+                pass
+    with run_folder_lock(str(tmp_path)):  # released
+        pass

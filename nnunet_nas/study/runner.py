@@ -7,6 +7,7 @@ nnU-Net training found on disk that the ledger does not know (trained before the
 settings changed since it ran is redone only with ``--redo-changed`` (its old model folder is moved aside, never
 deleted); model selection and prediction are redone whenever what they read changed."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -168,7 +169,27 @@ def run_study(s: StudySettings, dry_run: bool = False, redo_changed: bool = Fals
             log(line)
         return {}
     prepare_run_dir(run_dir)
-    ledger = ledger or Ledger(run_dir)
+    with run_folder_lock(run_dir):
+        return _run(s, facts, search_trainers, run_dir, steps, prints, ledger or Ledger(run_dir), redo_changed, log)
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: str):
+    """One ``nnunet-nas run`` per run folder at a time (released when the process ends, however it ends)."""
+    import filelock
+    lock = filelock.FileLock(os.path.join(run_dir, ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise UserError(f"another nnunet-nas run is using {run_dir}; wait for it to end (or stop it) before "
+                        f"starting this one.") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run(s, facts, search_trainers, run_dir, steps, prints, ledger, redo_changed, log) -> dict:
     check_names(s, facts, steps, ledger)
     todo, changed = decide([st for st in steps if st.kind != "select"], prints, ledger, facts, run_dir, log)
     costly = [n for n in changed if next(st for st in steps if st.name == n).kind not in DERIVED_KINDS]
@@ -180,21 +201,34 @@ def run_study(s: StudySettings, dry_run: bool = False, redo_changed: bool = Fals
     for name in costly:
         move_aside(next(st for st in steps if st.name == name), facts, s, log)
         todo[name] = list(next(st for st in steps if st.name == name).command)
-    slots = _slots(s)
-    executor = LocalExecutor(run_dir, ledger, study_env(), slots, log)
+    executor = make_executor(s, run_dir, ledger, log)
     log(f"{LOG} run folder {run_dir}: {len(todo)} of {len(steps) - 1} steps to run before model selection "
-        f"({'one at a time' if len(slots) == 1 else f'{len(slots)} side by side'})")
+        f"({describe_executor(s)})")
     status = executor.run([st for st in steps if st.kind != "select"], prints, todo)
     status.update(select_and_predict(s, facts, steps, status, ledger, executor, run_dir, log))
     return finish(s, run_dir, steps, status, ledger, log)
+
+
+def make_executor(s: StudySettings, run_dir: str, ledger: Ledger, log):
+    if s.executor == "slurm":
+        from nnunet_nas.study.slurm import SlurmExecutor
+        options = {"partition": s.slurm_partition, "time": s.slurm_time, "cpus_per_task": s.slurm_cpus,
+                   "mem": s.slurm_mem_gb}
+        return SlurmExecutor(run_dir, ledger, study_env(), options, s.num_gpus_per_training, log)
+    return LocalExecutor(run_dir, ledger, study_env(), _slots(s), log)
+
+
+def describe_executor(s: StudySettings) -> str:
+    if s.executor == "slurm":
+        return "each a SLURM job"
+    slots = _slots(s)
+    return "one at a time" if len(slots) == 1 else f"{len(slots)} side by side"
 
 
 def _slots(s: StudySettings):
     if not s.gpus:
         return [None] * (s.parallel or 1)
     k = s.num_gpus_per_training
-    if len(s.gpus) % k:
-        raise UserError(f"--gpus {s.gpus} cannot be split into sets of --num-gpus-per-training {k}.")
     return [",".join(s.gpus[i:i + k]) for i in range(0, len(s.gpus), k)]
 
 
@@ -249,7 +283,7 @@ def record_study(run_dir, s, facts, steps, search_trainers) -> None:
     atomic_write_text(os.path.join(run_dir, "versions.json"), json.dumps(versions(), indent=1))
     study = {"dataset": facts.name, "labels": facts.labels, "search_fold": s.fold_of_search, "folds": s.folds,
              "trainer": s.trainer, "plans": s.plans, "configurations": s.configurations,
-             "search_trainers": search_trainers,
+             "search_trainers": search_trainers, "device": s.device, "gpus_per_training": s.num_gpus_per_training,
              "steps": [dict(dataclasses.asdict(st), shell=st.shell()) for st in steps]}
     atomic_write_text(os.path.join(run_dir, "study.json"), json.dumps(study, indent=1))
     with open(os.path.join(run_dir, "commands.sh"), "w") as f:

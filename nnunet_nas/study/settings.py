@@ -33,6 +33,11 @@ class StudySettings:
     processes: int = 1  # nnU-Net's -np of model selection, ensembling and postprocessing
     run_dir: Optional[str] = None  # None: ./nnunet_nas_run_<dataset>
     tag: Optional[str] = None  # appended to the names of the configurations the study registers
+    executor: str = "local"  # or slurm: every step a SLURM job (submitit)
+    slurm_partition: Optional[str] = None
+    slurm_time: Optional[int] = None  # minutes per job
+    slurm_cpus: Optional[int] = None  # per job
+    slurm_mem_gb: Optional[float] = None  # per job
 
     @classmethod
     def field_names(cls) -> List[str]:
@@ -130,9 +135,24 @@ def check_settings(s: StudySettings) -> DatasetFacts:
     for key in counts + (("parallel",) if s.parallel is not None else ()):
         if not isinstance(getattr(s, key), int) or getattr(s, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} {getattr(s, key)!r} must be a whole number of at least 1.")
+    if s.gpus and len(s.gpus) % s.num_gpus_per_training:
+        raise UserError(f"--gpus {s.gpus} cannot be split into sets of --num-gpus-per-training "
+                        f"{s.num_gpus_per_training}.")
     if s.baseline_repeats > 2:
         raise UserError(f"--baseline-repeats {s.baseline_repeats}: 1 or 2 (a second run shows the baseline's own "
                         f"run-to-run spread).")
+    if s.executor not in ("local", "slurm"):
+        raise UserError(f"--executor {s.executor!r}: local (this machine) or slurm.")
+    if s.executor == "slurm":
+        from nnunet_nas.study.slurm import require_submitit
+        require_submitit()
+        if not s.slurm_time or s.slurm_time < 1:
+            raise UserError("--executor slurm needs --slurm-time MINUTES, each job's time limit (submitit's default is "
+                            "5 minutes; nnU-Net's 1000-epoch training takes about a day or two on one GPU, and a "
+                            "training cut off by its limit continues with --c when the run is started again).")
+        if s.gpus or s.parallel:
+            raise UserError("--gpus and --parallel place steps on this machine; with --executor slurm SLURM places "
+                            "them (--num-gpus-per-training sets each training's GPUs).")
     facts = dataset_facts(s)
     if not s.folds or any(not isinstance(f, int) or isinstance(f, bool) for f in s.folds):
         raise UserError(f"--folds {s.folds}: give fold numbers, e.g. --folds 0 1 2 3 4.")

@@ -14,6 +14,7 @@ from nnunet_nas.nnunet.host import HOST_ENV
 from nnunet_nas.registry import get_method
 from nnunet_nas.study.settings import DatasetFacts, StudySettings
 
+PLAN = "plan"  # the planning step's name
 MACHINE_OPTIONS = ("-device", "-num_gpus")  # where a step runs, not what it computes: not in its fingerprint
 
 
@@ -41,9 +42,11 @@ class Step:
         return {"command": cmd, "env": self.env}
 
     def fingerprint(self, dep_prints: Dict[str, str]) -> str:
-        """The step's settings and its dependencies' fingerprints: a retraining is stale when its search changed."""
-        blob = json.dumps({"own": self.settings(), "deps": {d: dep_prints[d] for d in sorted(self.deps)}},
-                          sort_keys=True)
+        """The step's settings and its dependencies' fingerprints: a retraining is stale when its search changed.
+        Planning is left out: it runs only while the dataset is not planned, and what it made is nnU-Net's plans
+        file, which a training's own command names."""
+        deps = {d: dep_prints[d] for d in sorted(self.deps) if d != PLAN}
+        blob = json.dumps({"own": self.settings(), "deps": deps}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def shell(self) -> str:
@@ -80,10 +83,10 @@ def build_steps(s: StudySettings, facts: DatasetFacts, search_trainers: Dict[str
     if not facts.planned:
         rename = [] if s.plans == "nnUNetPlans" else ["-overwrite_plans_name", s.plans]
         dataset_id = str(int(d[len("Dataset"):len("Dataset") + 3]))  # planning takes ids only
-        steps.append(Step("plan", "plan", ["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", *s.configurations,
+        steps.append(Step(PLAN, "plan", ["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", *s.configurations,
                                            "-np", *[str(s.processes)] * len(s.configurations), "-npfp",
                                            str(s.processes), "--verify_dataset_integrity", *rename]))
-        plan = ["plan"]
+        plan = [PLAN]
     trainings: Dict[str, List[str]] = {}  # configuration -> its training steps
     for c in s.configurations:
         names = [c]
