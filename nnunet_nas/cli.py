@@ -155,11 +155,18 @@ def _cmd_add_config(args) -> None:
         raise EnvironmentSetupError("nnUNet_preprocessed is not set; nnU-Net needs it to find the plans file. Set it "
                                     "as for nnUNetv2_train.")
     path = plans_file(os.path.join(nnUNet_preprocessed, _dataset_name(args.dataset)), args.plans)
-    base = load_plans(path)["configurations"].get(args.base)
+    configs = load_plans(path)["configurations"]
+    base = configs.get(args.base)
     if base is None or "architecture" not in base:
         raise UserError(f"{path} has no configuration {args.base!r} with an architecture to copy.")
-    used = register_configuration(path, args.base, args.name, base["architecture"])
-    print(f"registered {used!r} (the network, patch and preprocessed data of {args.base!r}) in {path}")
+    extra = None if args.batch_size is None else {"batch_size": args.batch_size}
+    entry = {"inherits_from": args.base, "architecture": base["architecture"], **(extra or {})}
+    if args.name in configs and configs[args.name] != entry:
+        raise UserError(f"{path} already has a configuration {args.name!r}, not this copy of {args.base!r}; "
+                        f"choose another name.")
+    used = register_configuration(path, args.base, args.name, base["architecture"], extra=extra)
+    print(f"registered {used!r} (the network, patch and preprocessed data of {args.base!r}"
+          f"{'' if extra is None else f', batch {args.batch_size}'}) in {path}")
 
 
 STUDY_INCOMPLETE = 3  # nnunet-nas run: a step failed (or could not run); the summary names it
@@ -199,6 +206,16 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
 
 
@@ -323,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("base", help="the configuration to copy")
     s.add_argument("name", help="the new configuration's name")
     s.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
+    s.add_argument("--batch-size", type=positive_int, help="another batch size (e.g. a CPU protocol's 2d at 32)")
     s.set_defaults(func=_cmd_add_config)
 
     s = sub.add_parser("demo", help="DiNTS end to end on 24 real MSD Hippocampus cases against nnU-Net's own "

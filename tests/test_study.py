@@ -321,3 +321,19 @@ def test_one_run_at_a_time_per_run_folder(tmp_path):
                 pass
     with run_folder_lock(str(tmp_path)):  # released
         pass
+
+
+def test_add_config_copies_a_configuration_for_a_second_run_or_another_batch(fresh_dataset):
+    """``nnunet-nas add-config``: what ``--baseline-repeats 2`` trains under, and the CPU protocol's ``2d_bs32``."""
+    root, env = fresh_dataset
+    run_cli(["nnunet-nas", "add-config", str(DATASET_ID), "2d", "2d_repeat2"], env)
+    run_cli(["nnunet-nas", "add-config", str(DATASET_ID), "2d", "2d_bs4", "--batch-size", "4"], env)
+    path = os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")
+    plans = json.load(open(path))["configurations"]
+    repeat = plans["2d_repeat2"]
+    assert repeat["inherits_from"] == "2d" and repeat["architecture"] == plans["2d"]["architecture"]
+    assert "batch_size" not in repeat
+    assert plans["2d_bs4"]["batch_size"] == 4
+    again = run_cli(["nnunet-nas", "add-config", str(DATASET_ID), "2d", "2d_bs4", "--batch-size", "8"], env,
+                    check=False)
+    assert again.returncode == 2 and "2d_bs4" in again.stderr  # never replaces a configuration silently

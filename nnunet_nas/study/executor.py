@@ -15,7 +15,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from nnunet_nas.study.ledger import DONE, FAILED, RUNNING, Ledger
-from nnunet_nas.study.steps import Step
+from nnunet_nas.study.steps import TRAINING_KINDS, Step
 
 BLOCKED = "blocked"
 
@@ -191,7 +191,7 @@ def time_left(batch: List[Step], durations: Dict[str, float]) -> str:
     """What the steps not finished yet will take, from the mean of those finished of their kind (trainings and
     searches, or the rest); unknown while no training has finished."""
     def is_training(step):
-        return step.kind in ("baseline", "search", "train")
+        return step.kind in TRAINING_KINDS
     left = 0.0
     for training in (True, False):
         done = [durations[s.name] for s in batch if s.name in durations and is_training(s) == training]

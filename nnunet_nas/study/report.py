@@ -13,6 +13,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from nnunet_nas.io import atomic_write_text
+from nnunet_nas.nnunet.export import EXPORT_NAME_ENV
+from nnunet_nas.study.steps import TRAINING_KINDS
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -268,7 +270,7 @@ def search_lines(study, ledger, figures_dir) -> List[str]:
         record = ledger.get(step["name"], {})
         lines.append(f"- {method} ({study['search_trainers'].get(method)}, fold {step['fold']}): "
                      f"{record.get('status', 'not run')}, {_hours(record.get('seconds'))}; registered "
-                     f"`{step['env'].get('NNUNET_NAS_EXPORT_NAME')}`")
+                     f"`{step['env'].get(EXPORT_NAME_ENV)}`")
         for suffix in ("architecture", "arch_trajectories"):
             source = os.path.join(step["fold_folder"], f"{method}_{suffix}.png")
             if os.path.isfile(source):
@@ -289,7 +291,7 @@ def step_table(study, ledger) -> List[str]:
     for name in names:
         r = ledger.get(name, {})
         gpu_hours = None
-        if study.get("device") == "cuda" and kinds.get(name) in ("baseline", "search", "train") and r.get("seconds"):
+        if study.get("device") == "cuda" and kinds.get(name) in TRAINING_KINDS and r.get("seconds"):
             gpu_hours = r["seconds"] / 3600 * study.get("gpus_per_training", 1)
             total += gpu_hours
         lines.append(f"| {name} | {r.get('status', 'not run')}{' (found on disk)' if r.get('adopted') else ''}"

@@ -22,10 +22,9 @@ from nnunet_nas.io import atomic_write_text
 from nnunet_nas.study.executor import BLOCKED, LocalExecutor, _clock
 from nnunet_nas.study.ledger import DONE, FAILED, Ledger
 from nnunet_nas.study.settings import DatasetFacts, StudySettings, check_settings, check_trainers
-from nnunet_nas.study.steps import Step, build_steps, model_folder, prediction_steps
+from nnunet_nas.study.steps import TRAINING_KINDS, Step, build_steps, model_folder, prediction_steps
 
 RUN_MARKER = ".nnunet_nas_run"
-TRAINING_KINDS = ("baseline", "search", "train")
 DERIVED_KINDS = ("config", "select", "predict")  # cheap, and read what others made: redone when they change
 LOG = "[nnunet-nas run]"
 

@@ -11,9 +11,8 @@ from typing import Callable, Dict, List, Optional
 from nnunet_nas.errors import UserError
 from nnunet_nas.study.executor import StepScheduler, log_path, run_one, step_env
 from nnunet_nas.study.ledger import Ledger
-from nnunet_nas.study.steps import Step
+from nnunet_nas.study.steps import TRAINING_KINDS, Step
 
-TRAINING_KINDS = ("baseline", "search", "train")
 POLL_ENV = "NNUNET_NAS_SLURM_POLL_S"  # how often the run looks at its jobs (default 30 s)
 
 

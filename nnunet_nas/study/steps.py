@@ -15,6 +15,7 @@ from nnunet_nas.registry import get_method
 from nnunet_nas.study.settings import DatasetFacts, StudySettings
 
 PLAN = "plan"  # the planning step's name
+TRAINING_KINDS = ("baseline", "search", "train")  # steps that run nnUNetv2_train
 MACHINE_OPTIONS = ("-device", "-num_gpus")  # where a step runs, not what it computes: not in its fingerprint
 
 
