@@ -150,7 +150,7 @@ def _cmd_attention(args) -> None:
 
 def _cmd_add_config(args) -> None:
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunet_nas.nnunet.plans_io import load_plans, plans_file, register_configuration
+    from nnunet_nas.nnunet.plans_io import load_plans, plans_file, register_configuration, written_by_us
     if not nnUNet_preprocessed:
         raise EnvironmentSetupError("nnUNet_preprocessed is not set; nnU-Net needs it to find the plans file. Set it "
                                     "as for nnUNetv2_train.")
@@ -160,13 +160,25 @@ def _cmd_add_config(args) -> None:
     if base is None or "architecture" not in base:
         raise UserError(f"{path} has no configuration {args.base!r} with an architecture to copy.")
     extra = None if args.batch_size is None else {"batch_size": args.batch_size}
-    entry = {"inherits_from": args.base, "architecture": base["architecture"], **(extra or {})}
-    if args.name in configs and configs[args.name] != entry:
+    architecture = base["architecture"]
+    if args.trained_start:
+        from nnunetv2.paths import nnUNet_results
+        from nnunet_nas.networks.trained_start import trained_start_block
+        if not nnUNet_results:
+            raise EnvironmentSetupError("nnUNet_results is not set; --trained-start names a trained model there. "
+                                        "Set it as for nnUNetv2_train.")
+        host = os.path.join(nnUNet_results, _dataset_name(args.dataset),
+                            f"{args.trained_start}__{args.plans}__{args.base}", "fold_{fold}", "checkpoint_final.pth")
+        architecture = trained_start_block(architecture, host)
+    entry = {"inherits_from": args.base, "architecture": architecture, **(extra or {})}
+    ours = args.name in configs and written_by_us(configs[args.name])  # replaced only without trained models
+    if args.name in configs and configs[args.name] != entry and not ours:
         raise UserError(f"{path} already has a configuration {args.name!r}, not this copy of {args.base!r}; "
                         f"choose another name.")
-    used = register_configuration(path, args.base, args.name, base["architecture"], extra=extra)
+    used = register_configuration(path, args.base, args.name, architecture, extra=extra, overwrite=ours)
+    start = f", starting from {args.trained_start}'s model of each fold" if args.trained_start else ""
     print(f"registered {used!r} (the network, patch and preprocessed data of {args.base!r}"
-          f"{'' if extra is None else f', batch {args.batch_size}'}) in {path}")
+          f"{'' if extra is None else f', batch {args.batch_size}'}{start}) in {path}")
 
 
 STUDY_INCOMPLETE = 3  # nnunet-nas run: a step failed (or could not run); the summary names it
@@ -209,27 +221,23 @@ def positive_float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a whole number of at least 1")
 
 
 def fold(text: str):
     """nnU-Net's fold: ``all`` or an integer >= 0."""
-    if text == "all":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fold (an integer >= 0, or 'all')") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fold (an integer >= 0, or 'all')")
-    return value
+    return text if text == "all" else _int_at_least(text, 0, "a fold (an integer >= 0, or 'all')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", help="the new configuration's name")
     s.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
     s.add_argument("--batch-size", type=positive_int, help="another batch size (e.g. a CPU protocol's 2d at 32)")
+    s.add_argument("--trained-start", metavar="TRAINER", help="the copy starts from the model TRAINER trained of BASE, "
+                                                             "each fold from its own (IAC's fair control)")
     s.set_defaults(func=_cmd_add_config)
 
     s = sub.add_parser("demo", help="DiNTS end to end on 24 real MSD Hippocampus cases against nnU-Net's own "

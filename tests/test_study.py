@@ -120,6 +120,12 @@ def test_the_graph_orders_nnunets_commands_and_iac_builds_on_each_folds_own_base
     assert select[select.index("-c") + 1:select.index("-tr")] == ["3d_fullres", "3d_fullres_dints", "3d_fullres_iac"]
     assert "--npz" in steps["train/3d_fullres_dints/fold_0"].command
     assert found_configuration("2d", "dast", "v2") == "2d_dast_v2"
+    # IAC's fair control: the planned network from fold f's own baseline, trained as the IAC configuration is
+    assert steps["config/3d_fullres_iac_control"].command[-2:] == ["--trained-start", TRAINER]
+    for f in (0, 1, 2):
+        control = steps[f"control/3d_fullres_iac_control/fold_{f}"]
+        assert control.deps == ["config/3d_fullres_iac_control", f"baseline/3d_fullres/fold_{f}"]
+        assert control.command[2:6] == ["3d_fullres_iac_control", str(f), "-tr", TRAINER]
 
 
 def test_fingerprints_follow_what_a_step_computes_and_what_it_builds_on(monkeypatch):
@@ -186,7 +192,8 @@ def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_
                    "cpu", "--run-dir", run_dir, "--dry-run"], env).stdout
     assert re.search(r"\[ 4\] search/dints/3d_fullres  \(to run; after: plan\)\n +NNUNET_NAS_EXPORT_NAME="
                      r"3d_fullres_dints nnUNetv2_train Dataset991_NASDemo 3d_fullres 0 -tr " + SEARCH["dints"], dry)
-    assert "8 trainings (2 baseline, 2 searches, 4 of found configurations)" in dry and not os.path.exists(run_dir)
+    assert "10 trainings (2 baseline, 2 searches, 4 of found configurations, 2 fair controls)" in dry
+    assert not os.path.exists(run_dir)
 
     first = _study(env, run_dir, crash=True)  # both searches die; the baselines finish, selection runs on them
     assert first.returncode == 3, first.stderr[-3000:]  # the study is incomplete
@@ -207,6 +214,9 @@ def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_
     # IAC's fine-tune of fold 1 started from fold 1's own baseline, not from the search fold's
     log = open(ledger[f"train/{CONFIG}_iac/fold_1"]["log"]).read()
     assert re.search(rf"host's weights loaded from \S+{TRAINER}__nnUNetPlans__{CONFIG}/fold_1/checkpoint_final", log)
+    # and its fair control, the planned network fine-tuned from the same model as long, did too, every weight
+    log = open(ledger[f"control/{CONFIG}_iac_control/fold_1"]["log"]).read()
+    assert re.search(rf"every weight loaded from \S+{TRAINER}__nnUNetPlans__{CONFIG}/fold_1/checkpoint_final", log)
     select = ledger["select"]["command"]
     assert select[select.index("-c") + 1:select.index("-tr")] == [CONFIG, f"{CONFIG}_dints", f"{CONFIG}_iac"]
     final = os.path.join(run_dir, "test_predictions", "final")
@@ -220,6 +230,7 @@ def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_
                                              f"fold_{f}", "validation", "summary.json")))["foreground_mean"]["Dice"]
                  for f in (0, 1)]
         assert f"| {config} | 0,1 | " in report and f"| {np.mean(means):.4f} | {np.std(means):.4f} |" in report
+    assert f"| {CONFIG}_iac against {CONFIG}_iac_control (the same start and schedule, no cells) | " in report
     info = json.load(open(os.path.join(run_dir, "selection", "inference_information.json")))
     assert f"{info['best_model_or_ensemble']['result_on_crossval_pre_pp']:.4f}" in report
     assert os.path.getsize(os.path.join(run_dir, "figures", "dice_per_case.png")) > 1000
@@ -337,3 +348,38 @@ def test_add_config_copies_a_configuration_for_a_second_run_or_another_batch(fre
     again = run_cli(["nnunet-nas", "add-config", str(DATASET_ID), "2d", "2d_bs4", "--batch-size", "8"], env,
                     check=False)
     assert again.returncode == 2 and "2d_bs4" in again.stderr  # never replaces a configuration silently
+
+
+def test_a_trained_start_is_the_planned_network_with_every_weight_of_its_folds_model(tmp_path):
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from helpers import tiny_planned_block
+    from nnunet_nas.errors import MissingFileError
+    from nnunet_nas.networks.trained_start import trained_start_block
+    block = tiny_planned_block(2)
+    planned = get_network_from_plans(block["network_class_name"], block["arch_kwargs"], block["_kw_requires_import"],
+                                     1, 3, allow_init=True, deep_supervision=True)
+    os.makedirs(tmp_path / "fold_1")
+    torch.save({"network_weights": {f"module.{k}": v + 1 for k, v in planned.state_dict().items()}},
+               tmp_path / "fold_1" / "checkpoint_final.pth")
+    start = trained_start_block(block, str(tmp_path / "fold_{fold}" / "checkpoint_final.pth"))
+
+    def build():
+        return get_network_from_plans(start["network_class_name"], start["arch_kwargs"], [], 1, 3, allow_init=True,
+                                      deep_supervision=True)
+
+    class Trainer(nnUNetTrainer):
+        def initialize(self):
+            return build()
+    trainer = object.__new__(Trainer)
+    trainer.fold = 1
+    net = trainer.initialize()
+    assert type(net) is type(planned)  # an ordinary nnU-Net network: its checkpoints are nnU-Net's
+    for k, v in planned.state_dict().items():  # every weight, the segmentation heads included
+        assert torch.equal(net.state_dict()[k], v + 1), k
+    trainer.fold = 0
+    with pytest.raises(MissingFileError, match="train that fold of the model first"):
+        trainer.initialize()
+    assert not torch.equal(build().state_dict()["decoder.seg_layers.0.weight"],  # the predictor: nothing loaded
+                           planned.state_dict()["decoder.seg_layers.0.weight"] + 1)

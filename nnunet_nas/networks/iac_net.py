@@ -22,19 +22,17 @@ fine-tuned network starts as the trained host. nnU-Net's ``-pretrained_weights``
 key of the new network in the old checkpoint and never transfers the segmentation heads.
 """
 
-import os
-import warnings
 from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from nnunet_nas.arch.weighting import EdgeNormalisedWeights, SampledOpWeights
-from nnunet_nas.errors import ConfigError, InputFileError, MissingFileError, PlansError
+from nnunet_nas.errors import ConfigError, InputFileError, PlansError
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.genotypes.schema import GenotypeError
 from nnunet_nas.geometry import space_geometry
-from nnunet_nas.nnunet.host import FOLD_FIELD, building_trainer_fold, host_for_fold
+from nnunet_nas.nnunet.host import host_to_load
 from nnunet_nas.ops.catalog import get_op_set
 from nnunet_nas.ops.conv import conv_nd
 from nnunet_nas.spaces.cell import Cell
@@ -172,23 +170,10 @@ class IACUNet(nn.Module):
         configuration names a checkpoint (fine-tuning starts from it)."""
         if module is not self or self.host_checkpoint is None:
             return
-        path = self.host_checkpoint
-        if FOLD_FIELD in path:  # each fold fine-tunes from its own trained model (nnunet_nas.nnunet.host)
-            fold = building_trainer_fold()
-            if fold is None:  # nnU-Net's predictor: the trained IAC checkpoint replaces every weight next
-                return
-            path = host_for_fold(path, fold)
-        if not os.path.isfile(path):
-            fix = ("train that fold of the host first (every fold fine-tunes from its own trained model), "
-                   if FOLD_FIELD in self.host_checkpoint else "")
-            # nnU-Net also builds (and initialises) the network for prediction, where the trained IAC checkpoint
-            # replaces every weight next; a training run must start from the host, so it is told loudly.
-            message = (f"IACUNet: the trained host {path} named by this configuration does not exist; "
-                       f"the backbone starts from nnU-Net's random initialisation. Fine-tuning an IAC configuration "
-                       f"needs it: {fix}restore the file, or re-export the search with nnunet-nas export.")
-            if self.decoder.deep_supervision:  # training (nnU-Net predicts without deep supervision)
-                raise MissingFileError(message)
-            warnings.warn(message)
+        # nnU-Net predicts without deep supervision: there a missing host is a warning (the trained IAC
+        # checkpoint replaces every weight next); a training must start from it
+        path = host_to_load(self.host_checkpoint, self.decoder.deep_supervision, "IACUNet")
+        if path is None:
             return
         from nnunet_nas.nnunet.search_state import read_checkpoint
         self.load_host_weights(read_checkpoint(path)["network_weights"], source=path)

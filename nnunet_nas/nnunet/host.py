@@ -35,6 +35,29 @@ def host_for_fold(path: str, fold) -> str:
     return path.replace(FOLD_FIELD, str(fold))
 
 
+def host_to_load(path: str, training: bool, what: str) -> Optional[str]:
+    """The trained model a network named by a configuration starts from, for the training that builds it: the
+    fold field filled in (:func:`building_trainer_fold`); None where nothing is to be loaded (nnU-Net's predictor,
+    whose trained checkpoint replaces every weight next). A missing file stops a training with one error and is a
+    warning at prediction."""
+    per_fold = FOLD_FIELD in path
+    if per_fold:
+        fold = building_trainer_fold()
+        if fold is None:
+            return None
+        path = host_for_fold(path, fold)
+    if os.path.isfile(path):
+        return path
+    fix = "train that fold of the model first (every fold starts from its own trained model), " if per_fold else ""
+    message = (f"{what}: the trained model {path} named by this configuration does not exist; the network starts "
+               f"from nnU-Net's random initialisation. Training this configuration needs it: {fix}restore the file, "
+               f"or re-register the configuration.")
+    if training:
+        raise MissingFileError(message)
+    warnings.warn(message)
+    return None
+
+
 def building_trainer_fold():
     """The fold of the nnU-Net trainer whose ``initialize`` is building a network right now (nnU-Net builds its
     network inside ``nnUNetTrainer.initialize``), or None where no trainer is building one (the predictor)."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from nnunet_nas.io import atomic_write_text
 from nnunet_nas.nnunet.export import EXPORT_NAME_ENV
-from nnunet_nas.study.steps import TRAINING_KINDS
+from nnunet_nas.study.steps import TRAINING_KINDS, VALIDATED_KINDS, control_configuration
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -60,7 +60,7 @@ def configuration_results(study: dict) -> Dict[str, dict]:
     """Per trained configuration: its kind (baseline / found), folds read, per-case scores and summaries."""
     out: Dict[str, dict] = {}
     for step in study["steps"]:
-        if step["kind"] not in ("baseline", "train"):
+        if step["kind"] not in VALIDATED_KINDS:
             continue
         entry = out.setdefault(step["configuration"], {"kind": step["kind"], "folds": {}})
         fold = read_fold(step["fold_folder"])
@@ -191,6 +191,13 @@ def comparison_table(study, results, scores) -> List[str]:
         only_clean = paired_difference({k: v for k, v in scores[c].items() if k in clean}, scores[base])
         lines.append(f"| {c} | {' | '.join(fmt(pooled))} | {' | '.join(fmt(only_clean))} |")
         counts += [d["cases"] for d in (pooled, only_clean) if d is not None]
+    for found in results:  # a method that builds on the baseline (IAC) against its fair control
+        control = control_configuration(found)
+        if control in results and scores[found] and scores[control]:
+            pooled = paired_difference(scores[found], scores[control])
+            only_clean = paired_difference({k: v for k, v in scores[found].items() if k in clean}, scores[control])
+            lines.append(f"| {found} against {control} (the same start and schedule, no cells) | "
+                         f"{' | '.join(fmt(pooled))} | {' | '.join(fmt(only_clean))} |")
     if counts and min(counts) < FEW_CASES:
         lines.append(f"\nWith fewer than {FEW_CASES} cases an interval over cases is rough: it cannot show the "
                      f"run-to-run spread of the trainings themselves (about 0.015 mean Dice between identical "
@@ -226,7 +233,7 @@ def network_table(study, results) -> List[str]:
              "configuration) of the network each configuration trains.", "",
              "| configuration | parameters (M) | estimated memory (GiB) | batch x patch |", "|---|---|---|---|"]
     for step in study["steps"]:
-        if step["kind"] in ("baseline", "train") and step["fold"] == study["folds"][0]:
+        if step["kind"] in VALIDATED_KINDS and step["fold"] == study["folds"][0]:
             try:
                 n = network_figures(step["fold_folder"], step["configuration"])
             except Exception as e:  # noqa: BLE001 - one network that cannot be built must not lose the report

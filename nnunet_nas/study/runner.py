@@ -22,7 +22,8 @@ from nnunet_nas.io import atomic_write_text
 from nnunet_nas.study.executor import BLOCKED, LocalExecutor, _clock
 from nnunet_nas.study.ledger import DONE, FAILED, Ledger
 from nnunet_nas.study.settings import DatasetFacts, StudySettings, check_settings, check_trainers
-from nnunet_nas.study.steps import TRAINING_KINDS, Step, build_steps, model_folder, prediction_steps
+from nnunet_nas.study.steps import (TRAINING_KINDS, VALIDATED_KINDS, Step, build_steps, model_folder,
+                                    prediction_steps)
 
 RUN_MARKER = ".nnunet_nas_run"
 DERIVED_KINDS = ("config", "select", "predict")  # cheap, and read what others made: redone when they change
@@ -45,7 +46,7 @@ def outputs_exist(step: Step, facts: DatasetFacts, run_dir: str) -> bool:
         return os.path.isfile(facts.plans_path)
     if step.kind == "config":
         return os.path.isfile(facts.plans_path) and step.configuration in load_plans(facts.plans_path)["configurations"]
-    if step.kind in ("baseline", "train"):
+    if step.kind in VALIDATED_KINDS:
         validation = os.path.join(step.fold_folder, "validation")
         return (os.path.isfile(os.path.join(step.fold_folder, "checkpoint_final.pth"))
                 and os.path.isfile(os.path.join(validation, "summary.json"))
@@ -324,9 +325,11 @@ def dry_run_lines(s, facts, steps, prints, ledger, run_dir) -> List[str]:
         lines.append(f"[{i:>2}] {st.name}  ({state}; after: {', '.join(st.deps) or 'nothing'})")
         lines.append(f"      {st.shell()}")
     trainings = [st for st in steps if st.kind in TRAINING_KINDS]
+    controls = sum(st.kind == "control" for st in steps)
     lines.append(f"{LOG} {len(trainings)} trainings ({sum(st.kind == 'baseline' for st in steps)} baseline, "
                  f"{sum(st.kind == 'search' for st in steps)} searches, {sum(st.kind == 'train' for st in steps)} "
-                 f"of found configurations); {time_estimate(trainings, ledger)}; {disk_estimate(s, facts, steps)}")
+                 f"of found configurations{f', {controls} fair controls' if controls else ''}); "
+                 f"{time_estimate(trainings, ledger)}; {disk_estimate(s, facts, steps)}")
     return lines
 
 
@@ -352,7 +355,7 @@ def disk_estimate(s: StudySettings, facts: DatasetFacts, steps: List[Step]) -> s
         "numTraining", 0)
     total = 0
     for st in steps:
-        if st.kind in ("baseline", "train"):
+        if st.kind in VALIDATED_KINDS:
             base = next(c for c in s.configurations if st.configuration.startswith(c))
             voxels = 1
             for v in plans["configurations"][base].get("median_image_size_in_voxels", [0]):

@@ -15,7 +15,8 @@ from nnunet_nas.registry import get_method
 from nnunet_nas.study.settings import DatasetFacts, StudySettings
 
 PLAN = "plan"  # the planning step's name
-TRAINING_KINDS = ("baseline", "search", "train")  # steps that run nnUNetv2_train
+VALIDATED_KINDS = ("baseline", "train", "control")  # trainings with nnU-Net's validation (--npz)
+TRAINING_KINDS = VALIDATED_KINDS + ("search",)  # steps that run nnUNetv2_train
 MACHINE_OPTIONS = ("-device", "-num_gpus")  # where a step runs, not what it computes: not in its fingerprint
 
 
@@ -58,6 +59,12 @@ class Step:
 def found_configuration(configuration: str, method: str, tag: Optional[str] = None) -> str:
     """The name a study pins for the configuration ``method``'s search on ``configuration`` registers."""
     return f"{configuration}_{method}" + (f"_{tag}" if tag else "")
+
+
+def control_configuration(found: str) -> str:
+    """The fair control of a found configuration that builds on a trained model (IAC): the planned network
+    fine-tuned from the same model as long, without cells."""
+    return f"{found}_control"
 
 
 def repeat_configuration(configuration: str, tag: Optional[str] = None) -> str:
@@ -119,6 +126,14 @@ def build_steps(s: StudySettings, facts: DatasetFacts, search_trainers: Dict[str
                 deps = [search.name] + ([f"baseline/{c}/fold_{f}"] if on_host else [])
                 steps.append(_training(s, facts, found, f, "train", deps))
                 trainings.setdefault(found, []).append(steps[-1].name)
+            if on_host:  # its fair control, for the report (not a candidate of model selection)
+                control = control_configuration(found)
+                steps.append(Step(f"config/{control}", "config",
+                                  ["nnunet-nas", "add-config", d, c, control, "-p", s.plans, "--trained-start",
+                                   s.trainer], deps=list(plan), configuration=control))
+                for f in s.folds:
+                    steps.append(_training(s, facts, control, f, "control",
+                                           [f"config/{control}", f"baseline/{c}/fold_{f}"]))
     selected = [n for n in trainings if not any(n == repeat_configuration(c, s.tag) for c in s.configurations)]
     steps.append(Step("select", "select",
                       ["nnUNetv2_find_best_configuration", d, "-c", *selected, "-tr", s.trainer, "-p", s.plans,
