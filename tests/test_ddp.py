@@ -8,6 +8,7 @@ runs the real search trainer on the tiny planned dataset, its set-up and steps n
 nnU-Net's set-up assumes of CUDA (the device it moves each rank to) undone.
 """
 
+import gc
 import math
 import os
 import socket
@@ -68,8 +69,11 @@ def _prune_by_jsd(jsd, model, step, steps):
 
 
 def _finish():
-    """All ranks meet before the group is torn down: a rank that destroys gloo's group while another still talks
-    to it can abort the process ("terminate called without an active exception")."""
+    """All ranks meet before the group is torn down, and no DDP wrapper outlives it: a rank that destroys gloo's
+    group while another still talks to it, or a wrapper's reducer freed after the group is gone, can abort the
+    process ("terminate called without an active exception"). Callers drop their wrappers first; reference cycles
+    holding one (a trainer's) are collected here."""
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 
@@ -125,6 +129,7 @@ def _search_worker(rank, world, port, name, out):
     _train_under_nnunets_ddp(net, (2, 1, 16, 16))
     if rank == 0:
         torch.save({"gathered": gathered, "pruned": len(pruned)}, out)
+    del ddp
     _finish()
 
 
@@ -197,6 +202,7 @@ def _real_trainer_worker(rank, world, port, method, out):
     res["gathered"] = _gathered(torch.cat(state), world)
     if rank == 0:
         torch.save(res, out)
+    del trainer, net
     _finish()
 
 
