@@ -22,8 +22,9 @@ def table(run_dir: str, info: dict, wall_s: float) -> str:
     ledger = json.load(open(os.path.join(run_dir, "ledger.json")))
     study = json.load(open(os.path.join(run_dir, "study.json")))
     selection = json.load(open(os.path.join(run_dir, "selection", "inference_information.json")))
+    measured = f"measured end to end: {wall_s:.0f} s" if wall_s else "(figures of the finished study)"
     lines = [f"Machine: {info['cpu']}, torch {info['torch']}, {time.strftime('%Y-%m-%d')}; `nnunet-nas demo` "
-             f"{'measured end to end: ' + format(wall_s, '.0f') + ' s' if wall_s else '(figures of the finished study)'}"
+             f"{measured}"
              f".", "", "| step | wall-clock | peak RSS (MiB) | fold 0 Dice anterior / posterior / mean |",
              "|---|---|---|---|"]
     for step in study["steps"]:

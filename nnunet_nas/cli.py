@@ -241,6 +241,7 @@ def fold(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nnunet_nas.study.settings import EXECUTORS as STUDY_EXECUTORS
     p = _Parser(prog="nnunet-nas", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -322,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus", nargs="+", help="run independent steps side by side, one per GPU (CUDA ids)")
     s.add_argument("--parallel", type=int, help="without --gpus: steps run side by side (default 1)")
     s.add_argument("--num-gpus-per-training", type=int, help="nnU-Net's -num_gpus for each training")
-    s.add_argument("--executor", choices=("local", "slurm"), help="local (default): this machine; slurm: each step "
-                                                                  "a SLURM job through submitit")
+    s.add_argument("--executor", choices=STUDY_EXECUTORS,
+                   help="local (default): this machine; slurm: each step a SLURM job through submitit; "
+                        "submitit-local: submitit's jobs on this machine (the SLURM set-up without a cluster)")
     s.add_argument("--slurm-partition", help="SLURM partition of the jobs")
     s.add_argument("--slurm-time", type=int, help="SLURM time limit per job, minutes")
     s.add_argument("--slurm-cpus", type=int, help="CPUs per SLURM job")

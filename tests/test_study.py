@@ -87,6 +87,11 @@ def test_trainers_are_found_by_nnunets_lookup_and_must_be_of_their_kind(raw_only
     monkeypatch.setenv("nnUNet_extTrainer", TEST_TRAINERS)
     s = StudySettings("977", ["dints", "iac"], trainer=TRAINER, search_trainers={"dints": SEARCH["dints"]})
     assert check_trainers(s) == {"dints": SEARCH["dints"], "iac": "nnUNetTrainerIACSearch"}
+    # our shims are searched beside the user's folders, as the steps will see them (the fixture folder does not
+    # import nnUNetTrainerNAS_20x50) and the user's variable is left as it was
+    assert check_trainers(StudySettings("977", ["dints"], trainer="nnUNetTrainerNAS_20x50")) == {
+        "dints": "nnUNetTrainerDiNTSSearch"}
+    assert os.environ["nnUNet_extTrainer"] == TEST_TRAINERS
     with pytest.raises(UserError, match="nnU-Net finds no such trainer"):
         check_trainers(StudySettings("977", ["dints"], trainer="nnUNetTrainerTypo"))
     with pytest.raises(UserError, match="is a search trainer"):
@@ -308,6 +313,40 @@ def test_slurm_jobs_are_followed_again_after_the_run_that_submitted_them_died(pl
     assert {n: ledger[n]["job_id"] for n in jobs} == jobs  # followed, not submitted again
     assert len(open(state / "submissions").read().splitlines()) == 4  # baseline, search, training, selection
     assert all(r["status"] == "done" for r in ledger.values()) and "every step finished" in again.stdout
+
+
+def test_submitit_local_jobs_run_steps_in_order_and_a_live_one_is_not_started_twice(tmp_path):
+    """submitit's local executor behind the same scheduler as SLURM: each step a submitit job (pickled call, job
+    id in the ledger), dependents after what they need, a failed step blocking only its dependents, one job at a
+    time; a rerun that finds a step's job still alive (it cannot follow a local job) stops with one error."""
+    import sys
+    from nnunet_nas.study.ledger import Ledger
+    from nnunet_nas.study.slurm import SubmititLocalExecutor
+    from nnunet_nas.study.steps import Step
+
+    def write(path, fail=False):
+        code = f"open({str(path)!r}, 'w').write(str(__import__('os').getpid()))" + ("; raise SystemExit(4)" * fail)
+        return [sys.executable, "-c", code]
+    a, b, bad = tmp_path / "a", tmp_path / "b", tmp_path / "bad"
+    steps = [Step("first", "config", write(a)), Step("second", "config", write(b), deps=["first"]),
+             Step("broken", "config", write(bad, fail=True)), Step("after_broken", "config", write(bad), ["broken"])]
+    run_dir = str(tmp_path / "run")
+    ledger = Ledger(str(tmp_path))
+    ex = SubmititLocalExecutor(run_dir, ledger, {"PATH": os.environ["PATH"]}, {}, 0, log=lambda line: None)
+    ex.poll_s = 0.2
+    status = ex.run(steps, {st.name: st.name for st in steps}, {st.name: st.command for st in steps})
+    assert status == {"first": "done", "second": "done", "broken": "failed", "after_broken": "blocked"}
+    assert a.read_text() != str(os.getpid()) and a.read_text() != b.read_text()  # each step its own job process
+    records = ledger.records
+    assert all(records[n]["job_id"] for n in ("first", "second", "broken")) and records["broken"]["returncode"] == 4
+    spans = sorted((records[n]["started"], records[n]["ended"]) for n in ("first", "second", "broken"))
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))  # --parallel 1: never side by side
+    assert os.path.isfile(os.path.join(run_dir, "logs", "second.log"))
+    assert os.path.isdir(os.path.join(run_dir, "slurm"))  # submitit's own job files
+
+    ledger.update("first", status="running", job_id=str(os.getpid()))  # a job id whose process is alive
+    with pytest.raises(UserError, match="still runs as submitit local job"):
+        ex.run(steps[:1], {"first": "first"}, {"first": steps[0].command})
 
 
 def test_time_left_comes_from_finished_steps_of_the_same_kind():

@@ -21,7 +21,8 @@ from nnunet_nas.errors import UserError
 from nnunet_nas.io import atomic_write_text
 from nnunet_nas.study.executor import BLOCKED, LocalExecutor, _clock
 from nnunet_nas.study.ledger import DONE, FAILED, Ledger
-from nnunet_nas.study.settings import DatasetFacts, StudySettings, check_settings, check_trainers
+from nnunet_nas.study.settings import (DatasetFacts, StudySettings, check_settings, check_trainers,
+                                      study_trainer_folders)
 from nnunet_nas.study.steps import (TRAINING_KINDS, VALIDATED_KINDS, Step, build_steps, model_folder,
                                     prediction_steps)
 
@@ -70,12 +71,8 @@ def command_to_run(step: Step) -> List[str]:
 
 def study_env() -> dict:
     """This process's environment with our trainer shims added to the user's ``nnUNet_extTrainer`` entries."""
-    from nnunet_nas.nnunet.environment import trainer_dir
     env = dict(os.environ)
-    entries = [e for e in env.get("nnUNet_extTrainer", "").split(os.pathsep) if e]
-    if trainer_dir() not in entries:
-        entries.append(trainer_dir())
-    env["nnUNet_extTrainer"] = os.pathsep.join(entries)
+    env["nnUNet_extTrainer"] = study_trainer_folders()
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     return env
 
@@ -210,17 +207,22 @@ def _run(s, facts, search_trainers, run_dir, steps, prints, ledger, redo_changed
 
 
 def make_executor(s: StudySettings, run_dir: str, ledger: Ledger, log):
-    if s.executor == "slurm":
-        from nnunet_nas.study.slurm import SlurmExecutor
+    if s.executor in ("slurm", "submitit-local"):
+        from nnunet_nas.study.slurm import SlurmExecutor, SubmititLocalExecutor
         options = {"partition": s.slurm_partition, "time": s.slurm_time, "cpus_per_task": s.slurm_cpus,
                    "mem": s.slurm_mem_gb}
-        return SlurmExecutor(run_dir, ledger, study_env(), options, s.num_gpus_per_training, log)
+        if s.executor == "slurm":
+            return SlurmExecutor(run_dir, ledger, study_env(), options, s.num_gpus_per_training, log)
+        return SubmititLocalExecutor(run_dir, ledger, study_env(), options, s.num_gpus_per_training, log,
+                                     at_once=s.parallel or 1)
     return LocalExecutor(run_dir, ledger, study_env(), _slots(s), log)
 
 
 def describe_executor(s: StudySettings) -> str:
     if s.executor == "slurm":
         return "each a SLURM job"
+    if s.executor == "submitit-local":
+        return f"each a job of submitit's local executor, {s.parallel or 1} at a time"
     slots = _slots(s)
     return "one at a time" if len(slots) == 1 else f"{len(slots)} side by side"
 

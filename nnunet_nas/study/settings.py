@@ -2,6 +2,7 @@
 against the registry, nnU-Net's folders and the dataset before any work starts (one error naming the problem and
 the fix)."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -12,6 +13,9 @@ from typing import Dict, List, Optional
 from nnunet_nas.errors import EnvironmentSetupError, UserError
 
 NNUNET_PLANNED_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")  # what nnUNetv2_plan_and_preprocess -c makes
+
+
+EXECUTORS = ("local", "slurm", "submitit-local")
 
 
 @dataclass
@@ -33,7 +37,7 @@ class StudySettings:
     processes: int = 1  # nnU-Net's -np of model selection, ensembling and postprocessing
     run_dir: Optional[str] = None  # None: ./nnunet_nas_run_<dataset>
     tag: Optional[str] = None  # appended to the names of the configurations the study registers
-    executor: str = "local"  # or slurm: every step a SLURM job (submitit)
+    executor: str = "local"  # or slurm: every step a SLURM job (submitit); submitit-local: submitit's jobs here
     slurm_partition: Optional[str] = None
     slurm_time: Optional[int] = None  # minutes per job
     slurm_cpus: Optional[int] = None  # per job
@@ -141,11 +145,16 @@ def check_settings(s: StudySettings) -> DatasetFacts:
     if s.baseline_repeats > 2:
         raise UserError(f"--baseline-repeats {s.baseline_repeats}: 1 or 2 (a second run shows the baseline's own "
                         f"run-to-run spread).")
-    if s.executor not in ("local", "slurm"):
-        raise UserError(f"--executor {s.executor!r}: local (this machine) or slurm.")
-    if s.executor == "slurm":
+    if s.executor not in EXECUTORS:
+        raise UserError(f"--executor {s.executor!r}: local (this machine), slurm, or submitit-local (submitit's "
+                        f"jobs on this machine).")
+    if s.executor != "local":
         from nnunet_nas.study.slurm import require_submitit
         require_submitit()
+    if s.executor == "submitit-local" and s.gpus:
+        raise UserError("--gpus places steps with the local executor; submitit-local runs --parallel steps at a time "
+                        "on the GPUs this process sees (--num-gpus-per-training each).")
+    if s.executor == "slurm":
         if not s.slurm_time or s.slurm_time < 1:
             raise UserError("--executor slurm needs --slurm-time MINUTES, each job's time limit (submitit's default is "
                             "5 minutes; nnU-Net's 1000-epoch training takes about a day or two on one GPU, and a "
@@ -236,22 +245,44 @@ def check_test_folder(folder: str, facts: DatasetFacts) -> None:
                         f"stop there or predict garbage.")
 
 
+def study_trainer_folders() -> str:
+    """``nnUNet_extTrainer`` for the study's steps: the user's entries, then our trainer shims."""
+    from nnunet_nas.nnunet.environment import trainer_dir
+    entries = [e for e in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if e]
+    return os.pathsep.join(entries + [trainer_dir()] * (trainer_dir() not in entries))
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def check_trainers(s: StudySettings) -> Dict[str, str]:
     """``--trainer`` and every search trainer, found by nnU-Net's own lookup (``nnUNet_extTrainer`` included) and
     of the right kind; returns the search trainer of each method."""
-    import contextlib
     import io
     from nnunetv2.run.run_training import recursive_find_trainer_class_by_name
     from nnunet_nas.nnunet.trainers import default_search_trainer
 
+    folders = study_trainer_folders()
+
     def lookup(name, option):
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's lookup lists every folder it searches
-                return recursive_find_trainer_class_by_name(name)
+        try:  # with the folders the steps will see: the user's entries and our shims
+            with contextlib.redirect_stdout(io.StringIO()), _environ(nnUNet_extTrainer=folders):
+                return recursive_find_trainer_class_by_name(name)  # (nnU-Net lists every folder it searches)
         except RuntimeError:
             raise UserError(f"{option} {name}: nnU-Net finds no such trainer (nnunetv2's trainers and "
-                            f"nnUNet_extTrainer={os.environ.get('nnUNet_extTrainer', '')}). Check the name, or add "
-                            f"its folder to nnUNet_extTrainer.") from None
+                            f"nnUNet_extTrainer={folders}). Check the name, or add its folder to "
+                            f"nnUNet_extTrainer.") from None
     if hasattr(lookup(s.trainer, "--trainer"), "method_and_config"):
         raise UserError(f"--trainer {s.trainer} is a search trainer; --trainer trains the baselines and the found "
                         f"configurations (nnUNetTrainer or a variant of it).")

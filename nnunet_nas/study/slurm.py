@@ -2,7 +2,11 @@
 it needs is done, its state read with ``sacct`` (submitit's watcher). The job id goes to the ledger the moment the
 job is submitted, so a rerun of the same ``nnunet-nas run`` after the controlling process died follows a job that
 is still queued or running instead of submitting a second copy, and takes the result of one that finished
-meanwhile."""
+meanwhile.
+
+``--executor submitit-local`` runs the same jobs through submitit's local executor (each job a process of this
+machine, with submitit's pickled function, result and log files): the SLURM set-up tried without a cluster. A
+local job cannot be followed by a later run; a rerun that finds one still alive stops and says so."""
 
 import os
 import time
@@ -32,6 +36,8 @@ def run_step_job(command: List[str], env_overrides: Dict[str, str], log_file: st
 
 
 class SlurmExecutor(StepScheduler):
+    cluster = "slurm"
+
     def __init__(self, run_dir: str, ledger: Ledger, base_env: dict, options: dict, gpus_per_training: int,
                  log: Callable[[str], None] = print):
         super().__init__(run_dir, ledger, log)
@@ -63,7 +69,7 @@ class SlurmExecutor(StepScheduler):
         return {"job_id": job.job_id}
 
     def where(self, note: Optional[dict]) -> str:
-        return f" as SLURM job {note['job_id']}" if note else ""
+        return f" as {self.cluster} job {note['job_id']}" if note else ""
 
     def attach(self, step: Step, record: dict) -> bool:
         if not record.get("job_id"):
@@ -88,3 +94,41 @@ class SlurmExecutor(StepScheduler):
 
     def wait(self) -> None:
         time.sleep(self.poll_s)
+
+
+class SubmititLocalExecutor(SlurmExecutor):
+    """submitit's local executor: the jobs of :class:`SlurmExecutor` as processes of this machine."""
+    cluster = "submitit-local"
+
+    def __init__(self, *args, at_once: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at_once = at_once
+
+    def can_start(self) -> bool:
+        return len(self.jobs) < self.at_once
+
+    def _executor(self, step: Step):
+        ex = self.submitit.LocalExecutor(folder=self.folder)
+        params = {"timeout_min": self.options.get("time") or 60 * 24 * 30}  # submitit's default would be 5 minutes
+        if step.kind in TRAINING_KINDS and self.gpus_per_training:
+            params["gpus_per_node"] = self.gpus_per_training
+        ex.update_parameters(**params)
+        return ex
+
+    def attach(self, step: Step, record: dict) -> bool:
+        pid = record.get("job_id")
+        if pid and _alive(int(pid)):
+            raise UserError(f"{step.name} still runs as submitit local job {pid}, started by a run that died (a local "
+                            f"job cannot be followed by another run): wait for it to end or kill it (kill {pid}), "
+                            f"then start the run again.")
+        return False  # started again (a training continues with --c)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
