@@ -45,16 +45,27 @@ def _cmd_methods(args) -> None:
 
 def _cmd_export(args) -> None:
     from nnunet_nas.nnunet.export import export_from_checkpoint
-    ckpt = args.checkpoint
-    if os.path.isdir(ckpt):
+    export_from_checkpoint(_search_checkpoint(args.checkpoint), name=args.name, channel_mul=args.channel_mul,
+                           base_config=args.base_config, overwrite=args.overwrite)
+
+
+def _search_checkpoint(path: str) -> str:
+    """A search checkpoint, or the first of nnU-Net's checkpoints in a search fold folder."""
+    if os.path.isdir(path):
         names = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
-        found = [os.path.join(ckpt, n) for n in names if os.path.isfile(os.path.join(ckpt, n))]
+        found = [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
         if not found:
-            raise MissingFileError(f"{ckpt} holds none of {names}; pass a search fold folder or one of its "
+            raise MissingFileError(f"{path} holds none of {names}; pass a search fold folder or one of its "
                                    f"checkpoints.")
-        ckpt = found[0]
-    export_from_checkpoint(ckpt, name=args.name, channel_mul=args.channel_mul, base_config=args.base_config,
-                           overwrite=args.overwrite)
+        return found[0]
+    return path
+
+
+def _cmd_agreement(args) -> None:
+    import json
+    from nnunet_nas.agreement import agreement_lines, search_agreement
+    result = search_agreement(_search_checkpoint(args.a), _search_checkpoint(args.b), args.samples, args.seed)
+    print(json.dumps(result, indent=1) if args.json else "\n".join(agreement_lines(result)))
 
 
 def _dataset_name(dataset: str) -> str:
@@ -261,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base-config", help="configuration to inherit from (default: the searched one)")
     s.add_argument("--overwrite", action="store_true", help="replace a configuration holding another architecture")
     s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("agreement", help="do two searches of the same space agree? The share of edges their "
+                                         "architectures decide alike, against two random architectures")
+    s.add_argument("a", help="a search checkpoint, or the fold folder holding it")
+    s.add_argument("b", help="another search of the same method and space (e.g. another seed or fold)")
+    s.add_argument("--samples", type=positive_int, default=500, help="random pairs for chance (default 500)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random architectures")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.set_defaults(func=_cmd_agreement)
 
     s = sub.add_parser("add-arch", help="register an architecture without search (default: the published DiNTS "
                                         "CVPR 2021 architecture, MONAI Auto3DSeg's default)")

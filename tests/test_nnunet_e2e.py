@@ -48,7 +48,15 @@ def test_search_exports_a_dropin_configuration(searched):
     # per-epoch architecture curves went through nnU-Net's logger (and so into the checkpoint)
     ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     logged = ckpt["logging"]["arch_discretization_gap"]
-    assert len(logged) == 4
+    assert len(logged) == 4 and len(ckpt["logging"]["arch_separation"]) == 4
+    # alpha's signal: no gradient and no movement in the two warm-up epochs, both once architecture steps run
+    rms, shift = ckpt["logging"]["arch_grad_rms"], ckpt["logging"]["arch_softmax_shift"]
+    assert np.isnan(rms[:2]).all() and all(r > 0 for r in rms[2:])
+    assert np.isnan(shift[0]) and shift[1] == 0.0 and all(d > 0 for d in shift[2:])
+    # four tiny epochs do not separate: the genotype records it and the export says so in one line
+    convergence = g.provenance["convergence"]
+    assert convergence["epochs"] == 4 and convergence["separation"] < convergence["separation_floor"]
+    assert not convergence["separated"] and "close to a random draw" in out.stdout
     assert "arch.edge_logits" in ckpt["network_weights"]
 
 
@@ -123,6 +131,11 @@ def test_resume_after_kill_gives_the_uninterrupted_result(searched, planned_data
     state, ref_state = ckpt["nnunet_nas_search_state"], ref_ckpt["nnunet_nas_search_state"]
     assert state["arch_steps_done"] == ref_state["arch_steps_done"] == 4
     np.testing.assert_allclose(ckpt["logging"]["train_losses"], ref_ckpt["logging"]["train_losses"], rtol=1e-6)
+    # nnunet-nas agreement: the resumed and the uninterrupted search decide every edge alike; random ones do not
+    result = json.loads(run_cli(["nnunet-nas", "agreement", fold_folder(env, SEARCH), fold_folder(env_done, SEARCH),
+                                 "--samples", "200", "--json"], env).stdout)
+    assert result["agreement"] == {"ops": 1.0, "edges": 1.0} and result["edges_total"] == 3 * 4  # L x (3D - 2)
+    assert 0.0 < result["chance"]["ops"] < result["chance"]["edges"] < 1.0
 
 
 def test_published_architecture_is_added_with_one_command(fresh_dataset):

@@ -236,6 +236,11 @@ def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_
                  for f in (0, 1)]
         assert f"| {config} | 0,1 | " in report and f"| {np.mean(means):.4f} | {np.std(means):.4f} |" in report
     assert f"| {CONFIG}_iac against {CONFIG}_iac_control (the same start and schedule, no cells) | " in report
+    # beside the Dice, how far each search separated (the tiny searches did not): the genotype's own figure
+    genotype = json.load(open(os.path.join(results, DATASET_NAME, f"{SEARCH['dints']}__nnUNetPlans__{CONFIG}",
+                                           "fold_0", "dints_genotype.json")))
+    separation = genotype["provenance"]["convergence"]["separation"]
+    assert re.search(rf"\| {CONFIG}_dints \| 0,1 \|.*\| \*\*{separation:.2f}.*close to a random draw\*\* \|", report)
     info = json.load(open(os.path.join(run_dir, "selection", "inference_information.json")))
     assert f"{info['best_model_or_ensemble']['result_on_crossval_pre_pp']:.4f}" in report
     assert os.path.getsize(os.path.join(run_dir, "figures", "dice_per_case.png")) > 1000

@@ -49,6 +49,10 @@ class CellGenotype(Genotype):
         search's ``op_logits``."""
         return np.array([[op is not None for op in self.edge_ops(t)] for t in self.cell_types])
 
+    def edge_decisions(self) -> List[Optional[str]]:
+        """Per edge of every cell type, in the order of the search's ``op_logits``: the op kept, or None."""
+        return [op for t in self.cell_types for op in self.edge_ops(t)]
+
     def edge_ops(self, cell_type: str) -> List[Optional[str]]:
         """The cell's ops in edge order (:func:`nnunet_nas.spaces.cell.cell_edges`)."""
         return [op for row in self.cells[cell_type] for op in row]

@@ -15,7 +15,7 @@ non-empty and the input levels of block b+1 equal the output levels of block b (
 """
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -47,6 +47,10 @@ class GridGenotype(Genotype):
     @property
     def num_depths(self) -> int:
         return self.node_a.shape[1]
+
+    def edge_decisions(self) -> List[Optional[str]]:
+        """Per block and edge, in the order of the search's ``op_logits``: the op of an active edge, or None."""
+        return [op if on else None for row, on_row in zip(self.ops, self.arch_code_a) for op, on in zip(row, on_row)]
 
     def op_indices(self) -> np.ndarray:
         """``[L, E]`` op indices in the op set's order (0 on inactive edges)."""

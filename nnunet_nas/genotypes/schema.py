@@ -92,6 +92,11 @@ class Genotype:
     def to_dict(self) -> dict:
         raise NotImplementedError
 
+    def edge_decisions(self) -> list:
+        """Per edge of the search space, in the order of the search's ``op_logits``: the op kept or None (what
+        :mod:`nnunet_nas.agreement` compares)."""
+        raise NotImplementedError
+
     @classmethod
     def from_dict(cls, d: dict, source: str = "genotype") -> "Genotype":
         return genotype_from_dict(d, source)

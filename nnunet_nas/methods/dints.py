@@ -18,6 +18,7 @@ from nnunet_nas.arch.weighting import GridEdgeOpWeighting
 from nnunet_nas.arch.memory import MEMORY_PENALTIES, MEMORY_REFERENCES
 from nnunet_nas.config import SearchConfig
 from nnunet_nas.config_rules import boolean, integer, number, one_of
+from nnunet_nas.convergence import gate_separation, separation_record
 from nnunet_nas.discretize.grid_path import decode_grid_codes
 from nnunet_nas.errors import ConfigError
 from nnunet_nas.genotypes.grid import GridGenotype
@@ -30,7 +31,7 @@ from nnunet_nas.spaces.grid import GRID_OP_SETS
 from nnunet_nas.spaces.grid_topology import MAX_DEPTHS, MIN_DEPTHS
 
 HISTORY_KEYS = ("arch_entropy_alpha", "arch_entropy_eta", "arch_topology_loss", "arch_memory_ratio",
-                "arch_discretization_gap")
+                "arch_discretization_gap", "arch_separation", "arch_edge_separation")
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ def describe(net, cfg: DiNTSSearchConfig):
         "arch_topology_loss": float(grid_probs.topology_loss(eta, net.supernet.num_depths)),
         "arch_memory_ratio": ratio,
         "arch_discretization_gap": float(grid_probs.discretisation_gap(edge_logits, code_a)),
+        **separation_record(op_probs.numpy(), gate_separation(torch.sigmoid(edge_logits).numpy())),
         "edge_probs": torch.sigmoid(edge_logits).numpy().round(5).tolist(),
         "op_probs": op_probs.numpy().round(5).tolist(),
     }

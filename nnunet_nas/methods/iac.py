@@ -13,13 +13,15 @@ width for the host and adds the cells (``fits_width=False``).
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Tuple
 
+import numpy as np
 import torch
 
 from nnunet_nas.arch.params import CellEdgeArchParams, masked_op_probs, mean_entropy
 from nnunet_nas.arch.weighting import EdgeNormalisedWeighting
 from nnunet_nas.config import SearchConfig
 from nnunet_nas.config_rules import boolean, integer, number, one_of, optional
-from nnunet_nas.discretize.cell import top_edges_cell
+from nnunet_nas.convergence import separation_index, separation_record
+from nnunet_nas.discretize.cell import edge_scores, top_edges_cell
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.networks.iac_net import DEFAULT_OP_SETS, IACUNet, iac_cell_types, iac_layout
 from nnunet_nas.ops.catalog import get_op_set
@@ -27,7 +29,7 @@ from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import SearchMethod, register_method
 from nnunet_nas.spaces.cell import cell_edges, cell_num_nodes, node_softmax
 
-HISTORY_KEYS = ("arch_entropy_alpha", "arch_entropy_beta")
+HISTORY_KEYS = ("arch_entropy_alpha", "arch_entropy_beta", "arch_separation", "arch_edge_separation")
 
 
 IAC_MODES = ("fusion", "skip_only")
@@ -100,13 +102,36 @@ def discretize(arch_state, op_set: str, provenance=None, cfg: Optional[IACSearch
                                                for i, t in enumerate(types)}, num_nodes, provenance)
 
 
+def decision_distributions(probs: np.ndarray, edge_weights: np.ndarray, names, num_nodes: int, keep: int):
+    """What the discretiser decides on: ``(op distributions [T, E, N], separation of each edge choice)``: per edge
+    softmax(alpha) over the ops other than ``zero`` (the op it keeps), and per node with more than ``keep`` incoming
+    edges the separation of its edge scores (:func:`~nnunet_nas.discretize.cell.edge_scores`, beta included)
+    normalised over them, of which it keeps ``keep``."""
+    ops = np.array(probs, dtype=np.float64, copy=True)
+    if "zero" in names:
+        ops[..., list(names).index("zero")] = 0.0
+    ops /= np.clip(ops.sum(axis=-1, keepdims=True), 1e-12, None)
+    choices = []
+    for t in range(probs.shape[0]):
+        scores, start = edge_scores(probs[t], edge_weights[t], names), 0
+        for node in range(num_nodes):
+            node_scores = scores[start:start + node + 2]
+            if len(node_scores) > keep:
+                choices.append(separation_index(node_scores / max(node_scores.sum(), 1e-12), keep))
+            start += node + 2
+    return ops, (np.asarray(choices) if choices else np.ones(1))  # no node with a choice: nothing undecided
+
+
 @torch.no_grad()
 def describe(net, cfg: IACSearchConfig):
     probs = net.arch.op_probs().float().cpu()
     edges = node_softmax(net.arch.edge_norm_logits.float().cpu(), cfg.num_nodes)
     # beta: the entropies of the node softmaxes sum over a cell's edges; reported per node
+    names = [o.name for o in get_op_set(net.supernet.op_set).ops]
     return {"arch_entropy_alpha": float(mean_entropy(probs)),
             "arch_entropy_beta": float(mean_entropy(edges) / cfg.num_nodes),
+            **separation_record(*decision_distributions(probs.numpy(), edges.numpy(), names, cfg.num_nodes,
+                                                        cfg.edges_per_node)),
             "op_probs": probs.numpy().round(5).tolist(), "edge_weights": edges.numpy().round(5).tolist()}
 
 

@@ -16,6 +16,7 @@ from nnunet_nas.arch.params import CellArchParams, masked_op_probs, mean_entropy
 from nnunet_nas.arch.weighting import GumbelPairWeighting
 from nnunet_nas.config import SearchConfig
 from nnunet_nas.config_rules import integer, number, one_of
+from nnunet_nas.convergence import separation_record
 from nnunet_nas.discretize.cell import argmax_cell
 from nnunet_nas.errors import ConfigError
 from nnunet_nas.genotypes.cell import CellGenotype
@@ -26,7 +27,7 @@ from nnunet_nas.registry import SearchMethod, register_method
 from nnunet_nas.spaces.cell import cell_edges, cell_num_nodes
 from nnunet_nas.strategies.temperature import SCHEDULES, TemperatureAnnealing
 
-HISTORY_KEYS = ("arch_entropy_alpha",)
+HISTORY_KEYS = ("arch_entropy_alpha", "arch_separation")
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def discretize(arch_state, op_set: str, provenance=None, cfg=None) -> CellGenoty
 def describe(net, cfg: SCNASSearchConfig):
     probs = net.arch.op_probs().float().cpu()
     entropy = mean_entropy(probs)
-    return {"arch_entropy_alpha": float(entropy), "op_probs": probs.numpy().round(5).tolist()}
+    return {"arch_entropy_alpha": float(entropy), **separation_record(probs.numpy()),
+            "op_probs": probs.numpy().round(5).tolist()}
 
 
 def fixed_network_kwargs(genotype: CellGenotype, channel_mul: float, base_channels: int = 32,

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from nnunet_nas.convergence import convergence_summary, unseparated_warning
 from nnunet_nas.errors import ConfigError, EnvironmentSetupError, InputFileError
 from nnunet_nas.genotypes.schema import Genotype
 from nnunet_nas.io import read_json
@@ -306,7 +307,7 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
                   "fold": init.get("fold"), "epoch": int(ckpt.get("current_epoch", -1)),
                   "trainer": ckpt.get("trainer_name"), "checkpoint": os.path.abspath(checkpoint_path),
                   "search_config": config.to_dict(), "stopped_early": bool(state.get("stopped_early", False)),
-                  "search_fit": state.get("fit"),
+                  "search_fit": state.get("fit"), "convergence": convergence_summary(state.get("arch_history") or {}),
                   "nnunet_nas_version": _version()}
     arch_state = {k[len("arch."):]: v for k, v in ckpt["network_weights"].items() if k.startswith("arch.")}
     genotype = method.discretize(arch_state, op_set, provenance, cfg=config)
@@ -318,7 +319,11 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
                                         log=log)
     write_genotype_files(method, genotype, os.path.dirname(os.path.abspath(checkpoint_path)),
                          genotype_tag(checkpoint_path), log=log)
-    return registration.commit(log)
+    name = registration.commit(log)
+    warning = unseparated_warning(provenance["convergence"])
+    if warning:
+        log(warning)
+    return name
 
 
 def _searched_geometry(state: dict, method: SearchMethod, config, searched: dict, dims: int, source: str):

@@ -36,6 +36,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 
+from nnunet_nas.convergence import LEVER, SEPARATION_FLOOR, argmax_changed_share
 from nnunet_nas.errors import ConfigError, InputFileError, install_excepthook
 from nnunet_nas.io import atomic_path
 from nnunet_nas.memory_count import IterationMemory
@@ -85,6 +86,8 @@ class NASSearchTrainer(nnUNetTrainer):
         self.dataloader_arch = None
         self.host_checkpoint = None  # the trained model the search builds on (methods with trained_host)
         self.stopped_early = False
+        self._warned_separation = False
+        self._arch_signal = self._arch_signal_n = None  # alpha's squared gradient summed over the epoch, count
         self._stop_reasons: List[str] = []
         self._pending_rng_state = None
         self.search_fit: Optional[SearchFit] = None  # the search's batch, patch and width (nnunet_nas.memory_fit)
@@ -142,7 +145,8 @@ class NASSearchTrainer(nnUNetTrainer):
 
     @property
     def history_keys(self):
-        return tuple(self.method.history_keys) + tuple(k for s in self.strategies for k in s.history())
+        return tuple(self.method.history_keys) + SIGNAL_KEYS + tuple(
+            k for s in self.strategies for k in s.history())
 
     def _fold_seed(self) -> int:
         return self.fold if isinstance(self.fold, int) else 0
@@ -415,6 +419,7 @@ class NASSearchTrainer(nnUNetTrainer):
             (scaler.scale(loss) if scaler is not None else loss).backward()
             if scaler is not None:
                 scaler.unscale_(self.arch_optimizer)
+            self._note_arch_signal(net)
             if self.cfg.arch_grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, self.cfg.arch_grad_clip)
             if scaler is not None:
@@ -430,6 +435,30 @@ class NASSearchTrainer(nnUNetTrainer):
         logs = {"arch_loss": loss.detach()}
         logs.update({f"reg_{k}": v.detach() for k, v in regs.items()})
         return logs
+
+    def _note_arch_signal(self, net: SearchNetwork) -> None:
+        """Alpha's loss gradient this step (weight decay is Adam's, not in it), summed on the device; read per epoch
+        as ``arch_grad_rms``."""
+        grad = net.arch.op_logits.grad
+        if grad is None:
+            return
+        squares = grad.detach().float().square().sum()
+        finite = torch.isfinite(squares)  # an AMP step the GradScaler skips (overflow) carries no signal
+        squares, count = torch.where(finite, squares, 0.0), finite.float() * grad.numel()
+        self._arch_signal = squares if self._arch_signal is None else self._arch_signal + squares
+        self._arch_signal_n = count if self._arch_signal_n is None else self._arch_signal_n + count
+
+    def _epoch_signal(self, record: dict) -> None:
+        """``arch_grad_rms`` (RMS of alpha's loss gradient over the epoch's architecture steps; NaN without any) and
+        ``arch_softmax_shift`` (how far softmax(alpha) at temperature 1 moved this epoch: the mean over edges of the
+        total variation distance to the previous epoch's)."""
+        squares, n = self._arch_signal, self._arch_signal_n
+        self._arch_signal = self._arch_signal_n = None
+        record["arch_grad_rms"] = float("nan") if squares is None or not n else float((squares / n).sqrt())
+        previous = self.arch_history.get("op_probs")
+        record["arch_softmax_shift"] = float("nan") if not previous else float(0.5 * np.abs(
+            np.asarray(record["op_probs"], dtype=np.float64) - np.asarray(previous[-1], dtype=np.float64)).sum(
+            axis=-1).mean())
 
     def _note_arch_finite(self, net: SearchNetwork) -> None:
         """Alpha's finiteness after an update: checked now on the CPU; on an accelerator kept as device flags, and-ed
@@ -454,6 +483,9 @@ class NASSearchTrainer(nnUNetTrainer):
             record = self.method.describe(net, self.cfg)
             for s in self.strategies:
                 record.update(s.history())
+            changed = argmax_changed_share(self.arch_history.get("op_probs", []) + [record["op_probs"]])
+            record["arch_argmax_changed"] = float("nan") if changed is None else changed
+            self._epoch_signal(record)
             for key in self.history_keys:
                 self.logger.log(key, float(record[key]), self.current_epoch)
             for key, value in record.items():
@@ -461,11 +493,23 @@ class NASSearchTrainer(nnUNetTrainer):
             self.arch_history.setdefault("epoch", []).append(self.current_epoch)
             summary = ", ".join(f"{k} {float(record[k]):.4g}" for k in self.history_keys)
             self.print_to_log_file(f"architecture: ramp {self.ramp():.3f}, {summary}")
+            self._warn_if_not_separating(record)
         super().on_epoch_end()
         if self.local_rank == 0:
             self.plot_history()
         if self.stopped_early:
             raise SearchStopped(f"stopped by {', '.join(self._stop_reasons)}")
+
+    def _warn_if_not_separating(self, record: dict) -> None:
+        """Past the search's midpoint, once: a line in the log while alpha is still close to uniform."""
+        if self._warned_separation or self.current_epoch + 1 < self.num_epochs / 2 or not self.arch_steps_done:
+            return
+        if record["arch_separation"] < SEPARATION_FLOOR:
+            self._warned_separation = True
+            self.print_to_log_file(
+                f"WARNING: past the search's midpoint (epoch {self.current_epoch}) the op choice is still close to "
+                f"uniform (separation {record['arch_separation']:.3f} < {SEPARATION_FLOOR:g}, 0 being uniform); the "
+                f"export would be close to a random draw of the space: {LEVER}.")
 
     def _apply_strategy_decisions(self, net: SearchNetwork) -> None:
         progress = self.progress()
@@ -589,6 +633,9 @@ class NASSearchTrainer(nnUNetTrainer):
         if alive is not None:  # a pruned search: prune the fresh network the same way before loading into it
             self.apply_op_pruning(alive)
         super().load_checkpoint(filename_or_checkpoint)  # nnU-Net 2.8.1 reads only file names correctly
+        logged = self.logger.local_logger.my_fantastic_logging  # a checkpoint of a version that logged fewer keys
+        for key in self.history_keys:
+            logged.setdefault(key, [float("nan")] * len(logged["train_losses"]))
         self.arch_optimizer.load_state_dict(state["arch_optimizer"])
         if self.arch_grad_scaler is not None and state["arch_grad_scaler"] is not None:
             self.arch_grad_scaler.load_state_dict(state["arch_grad_scaler"])
@@ -605,6 +652,10 @@ class NASSearchTrainer(nnUNetTrainer):
         # is trained and validated with nnU-Net's own trainer.
         self.print_to_log_file("search trainer: final validation of the supernet skipped; train the exported "
                                "configuration with nnUNetv2_train to validate the found architecture")
+
+
+# recorded per architecture epoch for every method, beside the method's own history keys
+SIGNAL_KEYS = ("arch_argmax_changed", "arch_grad_rms", "arch_softmax_shift")
 
 
 def outputs_on_host(outputs: List[dict]) -> List[dict]:

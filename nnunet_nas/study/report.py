@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from nnunet_nas.convergence import CHANGE_CEILING, SEPARATION_FLOOR
 from nnunet_nas.io import atomic_write_text
 from nnunet_nas.nnunet.export import EXPORT_NAME_ENV
 from nnunet_nas.study.steps import TRAINING_KINDS, VALIDATED_KINDS, control_configuration
@@ -140,19 +141,49 @@ def _label_names(study: dict) -> Dict[str, str]:
     return names
 
 
+def search_convergence(study) -> Dict[str, dict]:
+    """Per found configuration, the convergence summary its search's genotype records (nnunet_nas.convergence)."""
+    out = {}
+    for step in study["steps"]:
+        if step["kind"] != "search":
+            continue
+        path = os.path.join(step["fold_folder"], f"{step['name'].split('/')[1]}_genotype.json")
+        try:
+            with open(path) as f:
+                summary = json.load(f).get("provenance", {}).get("convergence")
+        except (OSError, ValueError):
+            continue
+        if summary:
+            out[step["env"].get(EXPORT_NAME_ENV)] = summary
+    return out
+
+
+def separation_cell(summary: Optional[dict]) -> str:
+    if not summary:
+        return "-"
+    changed = summary.get("argmax_changed")
+    text = f"{summary['separation']:.2f}" + (f", {changed:.0%} changing" if changed else "")
+    return text if summary["separated"] else f"**{text}: close to a random draw**"
+
+
 def dice_table(study, results) -> List[str]:
     labels = _label_names(study)
     keys = sorted({k for r in results.values() for f in r["folds"].values() for k in f["mean"]})
     head = [labels.get(k, k) for k in keys]
+    convergence = search_convergence(study)
     lines = ["## Cross-validated Dice", "",
              "Per label: mean over the validation cases of the folds read; mean: nnU-Net's foreground mean per fold, "
-             "averaged over folds (spread: standard deviation over folds).", "",
-             "| configuration | folds | " + " | ".join(head) + " | mean | spread over folds |",
-             "|---|---|" + "---|" * (len(head) + 2)]
+             "averaged over folds (spread: standard deviation over folds). Search separation: how far the search's "
+             f"final op choice is from uniform (0) towards decided (1), and the share of edges whose op still changed "
+             f"in its last epochs; below {SEPARATION_FLOOR:g}, or with more than {CHANGE_CEILING:.0%} changing, the "
+             f"found architecture is close to a random draw of its space.", "",
+             "| configuration | folds | " + " | ".join(head) + " | mean | spread over folds | search separation |",
+             "|---|---|" + "---|" * (len(head) + 3)]
     for c, r in results.items():
         folds = r["folds"]
         if not folds:
-            lines.append(f"| {c} | none finished |" + " |" * (len(head) + 2))
+            lines.append(f"| {c} | none finished |" + " |" * (len(head) + 2)
+                         + f" {separation_cell(convergence.get(c))} |")
             continue
         per_label = []
         for k in keys:
@@ -161,7 +192,8 @@ def dice_table(study, results) -> List[str]:
             per_label.append(f"{np.mean(values):.4f}" if values else "-")
         fold_means = [f["foreground_mean"] for f in folds.values()]
         lines.append(f"| {c} | {','.join(map(str, sorted(folds)))} | " + " | ".join(per_label)
-                     + f" | {np.mean(fold_means):.4f} | {np.std(fold_means):.4f} |")
+                     + f" | {np.mean(fold_means):.4f} | {np.std(fold_means):.4f} | "
+                       f"{separation_cell(convergence.get(c))} |")
     return lines + [""]
 
 

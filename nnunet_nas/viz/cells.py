@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from nnunet_nas.viz.convergence import draw_convergence, has_convergence
 from nnunet_nas.viz.figure import default_style, new_figure, op_colour_map, save_png
 
 
@@ -61,9 +62,9 @@ def plot_cell_genotype(genotype, path: str, title: Optional[str] = None) -> str:
 
 @default_style
 def plot_cell_trajectories(history: dict, path: str, op_names: List[str], cell_types: List[str]) -> str:
-    """Per cell type, the mean op probability over its edges per epoch; the temperature and the mean op entropy.
-    ``history``: per-epoch ``epoch``, ``op_probs`` [T][types][E][N], optional ``arch_temperature`` and
-    ``arch_entropy_alpha``."""
+    """Per cell type, the mean op probability over its edges per epoch; the temperature, the mean op entropy and the
+    convergence panel. ``history``: per-epoch ``epoch``, ``op_probs`` [T][types][E][N], optional
+    ``arch_temperature``, ``arch_entropy_alpha`` and the series of :mod:`nnunet_nas.viz.convergence`."""
     from matplotlib.ticker import MaxNLocator
     epochs = np.asarray(history["epoch"], dtype=np.float64)
     probs = np.asarray(history["op_probs"], dtype=np.float64)
@@ -72,6 +73,7 @@ def plot_cell_trajectories(history: dict, path: str, op_names: List[str], cell_t
         raise ValueError(f"plot_cell_trajectories: op_probs {list(probs.shape)} is not [T={len(epochs)}, "
                          f"{len(cell_types)} cell types, E, {len(op_names)} ops].")
     extra = [k for k in ("arch_temperature", "arch_entropy_alpha") if history.get(k)]
+    extra += ["convergence"] if has_convergence(history) else []
     panels = len(cell_types) + len(extra)
     ncols = 3
     fig = new_figure(5.0 * ncols, 3.4 * ((panels + ncols - 1) // ncols))
@@ -90,6 +92,8 @@ def plot_cell_trajectories(history: dict, path: str, op_names: List[str], cell_t
             ax.set_title(f"{cell_types[i].replace('_', '-')} cell", fontsize=10)
             if i == 0:
                 ax.legend(fontsize=7, loc="best")
+        elif extra[i - len(cell_types)] == "convergence":
+            draw_convergence(ax, epochs, history, marker)
         else:
             key = extra[i - len(cell_types)]
             ax.plot(epochs, history[key], color="black", lw=1.8, marker=marker, ms=3)

@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from nnunet_nas.viz.convergence import draw_convergence
 from nnunet_nas.viz.figure import default_style, new_figure, op_colour_map, save_png
 
 DIRECTION_NAMES = {-1: "down (finer -> coarser)", 0: "same resolution", 1: "up (coarser -> finer)"}
@@ -79,7 +80,8 @@ def plot_arch_trajectories(history: dict, path: str) -> str:
 
     ``history`` holds per-epoch lists: ``epoch`` [T], ``edge_probs`` [T][L][E] (sigmoid of the edge logits),
     ``op_probs`` [T][L][E][N] (softmax), ``op_names`` [N]; optional scalar series ``gap``, ``memory_ratio``,
-    ``topology_loss``, ``entropy_alpha``, ``entropy_eta`` ([T] each, ``None`` entries allowed) and an optional
+    ``topology_loss``, ``entropy_alpha``, ``entropy_eta`` and the convergence series (``arch_separation``, ...:
+    :mod:`nnunet_nas.viz.convergence`) ([T] each, ``None`` entries allowed) and an optional
     scalar ``sigma`` (memory budget) and ``max_ratio`` (``GridMemoryModel.max_ratio()``), drawn as lines in
     the memory panel, and an optional ``title``. Panels for missing series are omitted (one function per panel,
     :data:`PANELS`). Returns ``path``.
@@ -205,11 +207,16 @@ def _entropy_panel(ax, h: _Trajectories) -> None:
     ax.legend(fontsize=8, loc="best")
 
 
+def _convergence_panel(ax, h: _Trajectories) -> None:
+    draw_convergence(ax, h.epochs, h.history, h.marker)
+
+
 # panel name -> (history keys, any of which makes it drawn; the function drawing it), in drawing order
 PANELS = {"edges": (("edge_probs",), _edges_panel), "ops": (("op_probs",), _ops_panel),
           "memory": (("memory_ratio",), _memory_panel), "gap": (("gap",), _gap_panel),
           "topology": (("topology_loss",), _topology_panel),
-          "entropy": (("entropy_alpha", "entropy_eta"), _entropy_panel)}
+          "entropy": (("entropy_alpha", "entropy_eta"), _entropy_panel),
+          "convergence": (("arch_separation",), _convergence_panel)}
 
 
 def _positive(*arrays) -> bool:

@@ -97,6 +97,27 @@ def test_discretised_genotype_round_trips_through_json(name, dims, tmp_path):
     assert method.discretize(state, op_set, {"method": name}, cfg=cfg) == g  # deterministic
 
 
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_records_how_far_its_search_separated(name):
+    """The convergence figures of :mod:`nnunet_nas.convergence` come from every method's per-epoch record: about 0
+    at the near-uniform initialisation, about 1 once one op (and, where the method chooses edges, one edge per
+    decision) dominates."""
+    torch.manual_seed(3)
+    method, cfg, _, net = _search_network(name, 2)
+    assert "arch_separation" in method.history_keys
+    start = method.describe(net, cfg)
+    assert 0.0 <= start["arch_separation"] < 0.05
+    with torch.no_grad():
+        net.arch.op_logits[..., -1] += 30.0  # the last op of every set computes something (never "zero")
+        for key, p in net.arch.named_parameters():
+            if key != "op_logits":  # the grid's edge gates, IAC's beta: one decision per edge or node
+                p.copy_(torch.where(torch.arange(p.shape[-1]) % 2 == 0, 30.0, -30.0).expand_as(p))
+    decided = method.describe(net, cfg)
+    assert decided["arch_separation"] > 0.99
+    assert decided.get("arch_edge_separation", 1.0) > 0.99 and ("arch_edge_separation" in decided) == (
+        "arch_edge_separation" in method.history_keys)
+
+
 @pytest.mark.parametrize("name,dims", CASES, ids=IDS)
 def test_jsd_pruning_prunes_every_method_and_the_pruned_supernet_runs(name, dims):
     torch.manual_seed(2)
