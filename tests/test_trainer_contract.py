@@ -104,9 +104,9 @@ def test_gpu_acceptance_script_rehearses_on_the_cpu(tmp_path):
     import sys
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "gpu.json"
+    # --budget-s: the GPU shot's time budget; the rehearsal runs everything, on a loaded machine too
     p = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "gpu_acceptance.py"), "--device", "cpu",
-                        "--tiny", "--geometry", "plan", "isotropic", "--out", str(out),
-                        "--budget-s", "1e6"],  # the GPU shot's time budget: the rehearsal runs everything, loaded or not
+                        "--tiny", "--geometry", "plan", "isotropic", "--out", str(out), "--budget-s", "1e6"],
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     report = json.load(open(out))
