@@ -5,7 +5,11 @@ temperature where the method anneals one), so it measures any finished or runnin
 
     python benchmarks/arch_signal.py FOLD_FOLDER [FOLD_FOLDER ...] [--json OUT.json] [--markdown]
 
-Each fold folder is a search's (``checkpoint_latest.pth`` or ``checkpoint_final.pth``). ``--markdown`` prints one
+Each fold folder is a search's (``checkpoint_latest.pth`` or ``checkpoint_final.pth``). The SCNAS probes of the CPU
+protocol (``benchmarks/trainers``: today's coupled decay with linear tau, decoupled, decoupled with exponential tau)
+run on the protocol's ``2d_bs32`` as, e.g.,
+``NNUNET_NAS_EXPORT_NAME=2d_bs32_scnas_decoupled nnUNetv2_train 4 2d_bs32 0 -tr
+nnUNetTrainerSCNASSearchHippo2D_20x10_Decoupled -device cpu``. ``--markdown`` prints one
 table per search for BENCHMARKS.md. With a coupled weight decay ``wd`` (Adam's L2, DARTS's), alpha cannot go past
 about ``|g| / wd`` where its loss gradient ``g`` is balanced by the decay: the table prints that bound beside the
 logits' spread, so a search whose logits sit at the bound is held there by the decay, not by its data.

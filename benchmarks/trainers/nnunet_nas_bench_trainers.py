@@ -98,6 +98,19 @@ class nnUNetTrainerSCNASSearchHippo2D_20x10_JSD(nnUNetTrainerSCNASSearchHippo2D_
     search_config = replace(nnUNetTrainerSCNASSearchHippo2D_20x10.search_config, jsd_pruning=JSDRule())
 
 
+class nnUNetTrainerSCNASSearchHippo2D_20x10_Decoupled(nnUNetTrainerSCNASSearchHippo2D_20x10):
+    """The signal probe of issue 23 (benchmarks/arch_signal.py): the same search with alpha's weight decay decoupled
+    (AdamW's) instead of Adam's L2, which holds a logit where its loss gradient equals 1e-3 times it."""
+    search_config = replace(nnUNetTrainerSCNASSearchHippo2D_20x10.search_config, arch_decoupled_weight_decay=True)
+
+
+class nnUNetTrainerSCNASSearchHippo2D_20x10_DecoupledExp(nnUNetTrainerSCNASSearchHippo2D_20x10_Decoupled):
+    """The decoupled probe with tau annealed exponentially (10 -> 0.1): half the epochs below tau 1 instead of a
+    tenth."""
+    search_config = replace(nnUNetTrainerSCNASSearchHippo2D_20x10_Decoupled.search_config,
+                            temperature_schedule="exponential")
+
+
 class nnUNetTrainerIACSearchHippo2D_40x5(nnUNetTrainerIACSearch):
     """CPU IAC search for MSD Hippocampus 2d_bs32 (benchmarks/iac_hippocampus.py), on the benchmark's trained
     baseline (nnUNetTrainerNAS_20x50), frozen. The default IAC cell (4 nodes, 8 DARTS ops, K=4 partial channels, edge
