@@ -9,7 +9,7 @@ architecture looks like, so chance is measured by Monte Carlo through the method
 architecture logits drawn i.i.d. N(0, 1) in the shapes of the searches' (unpruned: the space as defined).
 """
 
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 import torch
@@ -77,8 +77,8 @@ def agreement_lines(result: dict) -> list:
             verdict(a["ops"], c["ops"])]
 
 
-def verdict(agree: float, chance: float, margin: Optional[float] = 0.1) -> str:
+def verdict(agree: float, chance: float, margin: float = 0.1) -> str:
     if agree >= chance + margin:
         return "The searches agree more than chance: they found something about this data."
-    return ("The searches agree no more than chance (within 10 points): their architectures are not reproducible "
+    return (f"The searches agree no more than chance (within {margin:.0%}): their architectures are not reproducible "
             "at this budget.")
