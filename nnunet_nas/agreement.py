@@ -43,27 +43,20 @@ def chance_agreement(method, arch_state: Dict[str, torch.Tensor], op_set: str, c
 
 def search_agreement(checkpoint_a: str, checkpoint_b: str, samples: int = 500, seed: int = 0) -> dict:
     """How far the architectures of two search checkpoints agree, and how far two random ones of their space do."""
-    from nnunet_nas.nnunet.export import read_search_checkpoint
-    from nnunet_nas.nnunet.search_state import saved_search_config
-    found, spaces = [], []
-    for path in (checkpoint_a, checkpoint_b):
-        ckpt, state, method = read_search_checkpoint(path)
-        cfg = method.config_class.from_dict(saved_search_config(state), source=f"{path}: search_config")
-        arch = {k[len("arch."):]: v.detach().float().cpu() for k, v in ckpt["network_weights"].items()
-                if k.startswith("arch.")}
-        op_set = state.get("op_set")
-        if op_set is None:
-            raise UserError(f"{path} records no op set (a checkpoint of nnunet_nas 0.1); compare searches of a newer "
-                            f"version.")
-        found.append(method.discretize(arch, op_set, cfg=cfg).edge_decisions())
-        spaces.append((method, op_set, {k: tuple(v.shape) for k, v in arch.items() if k != "alive_ops"}, cfg, arch))
-    (method, op_set, shapes, cfg, arch), (method_b, op_set_b, shapes_b, _, _) = spaces
-    if (method.name, op_set, shapes) != (method_b.name, op_set_b, shapes_b):
-        raise UserError(f"{checkpoint_a} ({method.name}, {op_set}) and {checkpoint_b} ({method_b.name}, {op_set_b}) "
-                        f"searched different spaces; compare two searches of the same method, op set and size.")
+    from nnunet_nas.nnunet.export import read_searched_architecture
+    a, b = read_searched_architecture(checkpoint_a), read_searched_architecture(checkpoint_b)
+
+    def space(s):
+        return s.method.name, s.op_set, {k: tuple(v.shape) for k, v in s.arch_state.items() if k != "alive_ops"}
+    if space(a) != space(b):
+        raise UserError(f"{checkpoint_a} ({a.method.name}, {a.op_set}) and {checkpoint_b} ({b.method.name}, "
+                        f"{b.op_set}) searched different spaces; compare two searches of the same method, op set and "
+                        f"size.")
+    found = [s.method.discretize(s.arch_state, s.op_set, cfg=s.config).edge_decisions() for s in (a, b)]
+    method, op_set = a.method, a.op_set
     return {"method": method.name, "op_set": op_set, "edges_total": len(found[0]),
-            "agreement": decisions_agreement(*found), "chance": chance_agreement(method, arch, op_set, cfg, samples,
-                                                                                   seed),
+            "agreement": decisions_agreement(*found),
+            "chance": chance_agreement(method, a.arch_state, op_set, a.config, samples, seed),
             "samples": samples}
 
 

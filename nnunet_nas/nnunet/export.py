@@ -279,6 +279,29 @@ def read_search_checkpoint(checkpoint_path: str):
     return ckpt, state, get_method(state.get("method", "dints"))  # checkpoints of 0.1.0 are DiNTS searches
 
 
+@dataclass
+class SearchedArchitecture:
+    """What a search checkpoint's discretiser reads: the method, its validated config, the op set, the ``arch.*``
+    tensors (prefix dropped) and the searched configuration's spatial dims, beside the checkpoint and its state."""
+    checkpoint: dict
+    state: dict
+    method: SearchMethod
+    config: object
+    op_set: str
+    arch_state: dict
+    dims: int
+
+
+def read_searched_architecture(checkpoint_path: str) -> SearchedArchitecture:
+    ckpt, state, method = read_search_checkpoint(checkpoint_path)
+    config = method.config_class.from_dict(saved_search_config(state), source=f"{checkpoint_path}: search_config")
+    init = ckpt["init_args"]
+    dims = len(_resolved(init["plans"], init["configuration"])["patch_size"])
+    arch_state = {k[len("arch."):]: v for k, v in ckpt["network_weights"].items() if k.startswith("arch.")}
+    return SearchedArchitecture(ckpt, state, method, config, state.get("op_set") or method.default_op_sets[dims],
+                                arch_state, dims)
+
+
 def preprocessed_plans_path(dataset_name: str, plans_identifier: str) -> str:
     """The plans file nnU-Net reads for a dataset; one error naming the fix when the environment lacks it."""
     from nnunetv2.paths import nnUNet_preprocessed
@@ -296,21 +319,19 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
     ``checkpoint_final.pth`` goes to ``<method>_genotype_<checkpoint>.json`` (:func:`genotype_tag`). Returns the
     configuration name used.
     """
-    ckpt, state, method = read_search_checkpoint(checkpoint_path)
-    config = method.config_class.from_dict(saved_search_config(state), source=f"{checkpoint_path}: search_config")
+    arch = read_searched_architecture(checkpoint_path)
+    ckpt, state, method, config = arch.checkpoint, arch.state, arch.method, arch.config
     init = ckpt["init_args"]
     plans, searched = init["plans"], init["configuration"]
     path = preprocessed_plans_path(plans.get("dataset_name"), plans.get("plans_name"))
-    dims = len(_resolved(plans, searched)["patch_size"])
-    op_set = state.get("op_set") or method.default_op_sets[dims]
+    dims = arch.dims
     provenance = {"method": method.name, "dataset": plans["dataset_name"], "configuration": searched,
                   "fold": init.get("fold"), "epoch": int(ckpt.get("current_epoch", -1)),
                   "trainer": ckpt.get("trainer_name"), "checkpoint": os.path.abspath(checkpoint_path),
                   "search_config": config.to_dict(), "stopped_early": bool(state.get("stopped_early", False)),
                   "search_fit": state.get("fit"), "convergence": convergence_summary(state.get("arch_history") or {}),
                   "nnunet_nas_version": _version()}
-    arch_state = {k[len("arch."):]: v for k, v in ckpt["network_weights"].items() if k.startswith("arch.")}
-    genotype = method.discretize(arch_state, op_set, provenance, cfg=config)
+    genotype = method.discretize(arch.arch_state, arch.op_set, provenance, cfg=config)
     genotype.geometry = _searched_geometry(state, method, config, _resolved(plans, searched), dims, checkpoint_path)
     mul = config.export_channel_mul if channel_mul is None else channel_mul  # None: fitted
     registration = prepare_registration(path, base_config or searched, method, genotype, mul, name=name,
