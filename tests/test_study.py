@@ -354,6 +354,44 @@ def test_submitit_local_jobs_run_steps_in_order_and_a_live_one_is_not_started_tw
         ex.run(steps[:1], {"first": "first"}, {"first": steps[0].command})
 
 
+def test_a_training_killed_while_saving_resumes_from_its_last_whole_checkpoint(tmp_path):
+    """nnU-Net's trainer writes its checkpoints in place: a kill mid-save leaves a truncated file that --c would load
+    and crash on at every restart. Before the training starts again such files are moved aside, never deleted; it
+    resumes from the next whole one, or starts anew without --c when none is left."""
+    import sys
+    import torch
+    from nnunet_nas.study.executor import LocalExecutor
+    from nnunet_nas.study.ledger import Ledger
+    from nnunet_nas.study.resume import command_to_run
+    from nnunet_nas.study.steps import Step
+
+    fold = tmp_path / "fold_0"
+    fold.mkdir()
+    torch.save({"current_epoch": 7}, fold / "checkpoint_latest.pth")
+    whole = (fold / "checkpoint_latest.pth").read_bytes()
+    (fold / "checkpoint_final.pth").write_bytes(whole[:len(whole) // 2])  # killed while saving the final one
+    (fold / "checkpoint_best.pth").write_bytes(b"")
+    seen = tmp_path / "seen.txt"
+    listing = [sys.executable, "-c", f"import os; open({str(seen)!r}, 'w').write(' '.join(sorted(os.listdir("
+               f"{str(fold)!r}))))"]
+    step = Step("baseline/2d/fold_0", "baseline", listing, fold_folder=str(fold))
+    assert command_to_run(step)[-1] == "--c"
+    lines = []
+    ex = LocalExecutor(str(tmp_path / "run"), Ledger(str(tmp_path)), {"PATH": os.environ["PATH"]}, log=lines.append)
+    assert ex.run([step], {step.name: "x"}, {step.name: listing}) == {step.name: "done"}
+    names = seen.read_text().split()
+    assert "checkpoint_latest.pth" in names and "checkpoint_final.pth" not in names and "checkpoint_best.pth" \
+        not in names
+    assert sorted(n.split("-")[0] for n in names if ".unreadable-" in n) == ["checkpoint_best.pth.unreadable",
+                                                                           "checkpoint_final.pth.unreadable"]
+    assert torch.load(fold / "checkpoint_latest.pth")["current_epoch"] == 7  # the whole one untouched
+    assert sum("is cut short" in line for line in lines) == 2
+
+    os.remove(fold / "checkpoint_latest.pth")
+    (fold / "checkpoint_latest.pth").write_bytes(whole[:100])
+    assert command_to_run(step) == listing  # nothing whole is left: a new training, not a crash on --c
+
+
 def test_time_left_comes_from_finished_steps_of_the_same_kind():
     from nnunet_nas.study.executor import launched, time_left
     from nnunet_nas.study.steps import Step

@@ -15,6 +15,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from nnunet_nas.study.ledger import DONE, FAILED, RUNNING, Ledger
+from nnunet_nas.study.resume import set_aside_unreadable_checkpoints
 from nnunet_nas.study.steps import TRAINING_KINDS, Step
 
 BLOCKED = "blocked"
@@ -157,6 +158,7 @@ class StepScheduler:
                 peak = gpu_peak_path(self.run_dir, step)
                 if os.path.isfile(peak):
                     os.remove(peak)  # an earlier attempt's
+                set_aside_unreadable_checkpoints(step, self.log)
                 note = self.start(step, launched(self.run_dir, step, todo[step.name]))
                 if note:
                     self.ledger.update(step.name, **note)

@@ -21,6 +21,7 @@ from nnunet_nas.errors import UserError
 from nnunet_nas.io import atomic_write_text
 from nnunet_nas.study.executor import BLOCKED, LocalExecutor, _clock
 from nnunet_nas.study.ledger import DONE, FAILED, Ledger
+from nnunet_nas.study.resume import command_to_run
 from nnunet_nas.study.settings import (DatasetFacts, StudySettings, check_settings, check_trainers,
                                       study_trainer_folders)
 from nnunet_nas.study.steps import (TRAINING_KINDS, VALIDATED_KINDS, Step, build_steps, model_folder,
@@ -59,14 +60,6 @@ def outputs_exist(step: Step, facts: DatasetFacts, run_dir: str) -> bool:
     if step.kind == "select":
         return os.path.isfile(os.path.join(run_dir, "selection", "inference_information.json"))
     return True  # predictions: the ledger's word
-
-
-def command_to_run(step: Step) -> List[str]:
-    """The step's command, with nnU-Net's ``--c`` where a training left checkpoints (a killed run resumes)."""
-    if step.kind in TRAINING_KINDS and any(os.path.isfile(os.path.join(step.fold_folder, f"checkpoint_{k}.pth"))
-                                           for k in ("latest", "final", "best")):
-        return step.command + ["--c"]
-    return list(step.command)
 
 
 def study_env() -> dict:
