@@ -174,7 +174,7 @@ def one_search(sigma, seed, args):
     from nnunet_nas.spaces.grid_topology import grid_topology
     torch.manual_seed(seed)
     cfg = DASTSearchConfig(num_blocks=args.blocks, num_depths=args.depths, channel_mul=args.channel_mul,
-                           memory_budget=sigma, arch_lr=args.arch_lr)
+                           memory_budget=sigma, memory_reference="max_discrete", arch_lr=args.arch_lr)
     patch = [args.size] * args.dims
     m, net, weight_step, arch_step = build("dast", cfg, patch, torch.device("cpu"))
     g = torch.Generator().manual_seed(1234)  # the same data for every run

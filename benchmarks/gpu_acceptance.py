@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from nnunet_nas.memory_count import count_search_iteration
 from nnunet_nas.memory_fit import CUDA_RESERVE_GIB, GIB, MemoryTarget, fit_search, narrowed
-from nnunet_nas.nnunet.search_memory import search_divisor
+from nnunet_nas.nnunet.search_memory import count_export_memory, search_divisor
 from nnunet_nas.nnunet.search_network import SearchNetwork
 from nnunet_nas.patch import round_up_patch
 from nnunet_nas.planned_network import PlannedNetwork
@@ -96,6 +96,7 @@ def build(method, cfg, planned, in_ch, classes, device):
     op_set = method.op_set_for(cfg, 3)
     supernet = method.build_supernet(cfg, op_set, in_ch, classes, 3, True, planned=planned)
     net = SearchNetwork(supernet, method.build_arch_params(cfg, supernet, op_set), method.make_weighting(cfg))
+    net.export_memory = count_export_memory(method, cfg, planned, in_ch, classes)  # as the search trainer does
     return net if device.type == "cpu" else net.to(device)  # built on the CPU (fake tensors cannot move)
 
 

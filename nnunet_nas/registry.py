@@ -37,8 +37,9 @@ class SearchMethod:
     * ``fixed_network_kwargs(genotype, channel_mul, planned=None)`` -> the ``arch_kwargs`` of the plans'
       architecture block (``planned``: the base configuration's network and, after a search on a trained model of it,
       that model's checkpoint);
-    * ``fits_width``: True: the export fits ``channel_mul`` to the memory nnU-Net planned (the found network replaces
-      nnU-Net's); False: the method's own default width is used (IAC: cells added to nnU-Net's planned network);
+    * ``export_memory_share``: the export fits ``channel_mul`` so that the found network takes this share of the
+      memory nnU-Net planned (1.0: it replaces nnU-Net's network; IAC's cells add to it), by the export's counter;
+      None: the method's own default width is used and the memory it adds is printed;
     * ``trained_host``: True: the search starts from a trained model of the configuration's planned network, which
       the trainer finds, loads and freezes (the supernet has ``load_host_weights`` and ``host_parameters``);
     * ``search_downsamplings(cfg)`` -> how many down-sampling stages the search space has; it takes the plan's
@@ -55,7 +56,11 @@ class SearchMethod:
     * ``check_search(net, cfg)``: raises :class:`~nnunet_nas.errors.ConfigError` when the config asks for what this
       search network cannot do (a memory budget it cannot reach); called when the search starts (optional);
     * ``choose_op_set(cfg, spatial_dims)`` -> the op set where a config option picks it (optional; default:
-      ``default_op_sets``); ``cfg.op_set`` wins over both.
+      ``default_op_sets``); ``cfg.op_set`` wins over both;
+    * ``count_export_memory(cfg, build, input_channels, patch_size, reference)`` -> an object whose memory ratio the
+      method's ``regularizers`` read as ``net.export_memory`` (the found network counted by the export's counter at
+      its export width, against nnU-Net's planned network's ``reference()`` elements), or None where the config does
+      not budget in nnU-Net's terms; ``build(cfg)`` makes the supernet at the configuration's patch (optional).
     """
     name: str  # registry key, file stem and configuration suffix: "dints" -> dints_genotype.json, 3d_fullres_dints
     paper: str
@@ -75,7 +80,7 @@ class SearchMethod:
     history_keys: Tuple[str, ...] = ()
     make_strategies: Callable = field(default=lambda cfg: [])
     kept_edges: Optional[Callable] = None
-    fits_width: bool = True
+    export_memory_share: Optional[float] = 1.0
     # the config field that scales the supernet's width ("channel_mul"): the memory fit's last resort narrows it; None:
     # the fit never narrows this method's search
     search_width_field: Optional[str] = None
@@ -86,6 +91,7 @@ class SearchMethod:
     search_notes: Optional[Callable] = None
     check_search: Optional[Callable] = None
     choose_op_set: Optional[Callable] = None
+    count_export_memory: Optional[Callable] = None
 
     @property
     def network_class_name(self) -> str:

@@ -84,6 +84,13 @@ def test_search_freezes_the_host_and_exports_a_configuration_that_starts_from_it
     fine = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration(f"{CONFIG}_iac"), 1, 3, True).eval()
     plain = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration(CONFIG), 1, 3, True).eval()
     plain.load_state_dict(host_weights)
+    # the cells' width was fitted: host plus cells take at most 2x the planned network's conv feature maps
+    from nnunet_nas.methods.iac import IAC_MEMORY_SHARE
+    from nnunet_nas.networks.common import conv_output_elements
+    counts = [conv_output_elements(lambda: nnUNetTrainer.build_network_architecture(pm, pm.get_configuration(c), 1, 3,
+                                                                                   True), 1,
+                                   pm.get_configuration(CONFIG).patch_size) for c in (f"{CONFIG}_iac", CONFIG)]
+    assert 1.0 < counts[0] / counts[1] <= IAC_MEMORY_SHARE and arch["arch_kwargs"]["cell_channel_mul"] < 1.0
     x = torch.randn(2, 1, *pm.get_configuration(CONFIG).patch_size)
     with torch.no_grad():
         for a, b in zip(fine(x), plain(x)):

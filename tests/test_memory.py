@@ -214,3 +214,48 @@ def test_budget_is_a_share_of_the_largest_discrete_architecture():
     assert torch.equal(grad(0.2, "max_discrete"), -grad(0.8, "max_discrete"))
     with pytest.raises(ValueError, match="memory reference"):
         model.ratio(edge_marginals(a), torch.softmax(c, -1), "monai")
+
+
+@pytest.mark.parametrize("method_name, dims, patch, strides", [
+    ("dints", 2, (56, 40), None),
+    ("dints", 3, (40, 56, 40), [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]),  # an anisotropic plan
+    ("dast", 2, (56, 40), None),  # transformer ops: counted by their linear outputs, as the export does
+])
+def test_the_search_counts_a_found_network_as_the_export_does(method_name, dims, patch, strides):
+    """memory_reference="nnunet": the search's table, built from one counted pass over the supernet at the export
+    width, gives every discrete architecture the export counter's figure for the exported network (within its one
+    deep-supervision head per level the found network lacks); between discrete points it is smooth in alpha."""
+    from nnunet_nas.arch.params import GridArchParams
+    from nnunet_nas.networks.common import conv_output_elements
+    from nnunet_nas.networks.dints_net import DiNTSNet
+    from nnunet_nas.planned_network import PlannedNetwork
+    from nnunet_nas.registry import get_method
+    method = get_method(method_name)
+    extra = {"num_heads": 2} if method_name == "dast" else {}
+    cfg = method.config_class(num_blocks=3, num_depths=3, channel_mul=0.125, **extra)
+    kwargs = {} if strides is None else {"strides": strides, "kernel_sizes": [[3] * dims] * len(strides)}
+    planned = PlannedNetwork("dynamic_network_architectures.architectures.unet.PlainConvUNet", kwargs, (), None, patch)
+    op_set = method.op_set_for(cfg, dims)
+    width = cfg.counted_export_width()
+    assert width == 0.25  # twice the search width [DiNTS paper 4.1]
+    counted = method.count_export_memory(
+        cfg, lambda c: method.build_supernet(c, op_set, 1, 3, dims, True, planned=planned), 1, patch, lambda: 1.0)
+    geometry = method.search_geometry(cfg, planned, dims)[0]
+    torch.manual_seed(0)
+    for _ in range(3):
+        arch = GridArchParams(3, 3, counted.op.shape[-1])
+        with torch.no_grad():
+            for p in arch.parameters():
+                p.normal_(0, 2)
+        genotype = method.discretize({k: v.detach() for k, v in arch.state_dict().items()}, op_set,
+                                     provenance={"search_config": cfg.to_dict()}, cfg=cfg)
+        genotype.geometry = geometry
+        fixed = method.fixed_network_kwargs(genotype, width, planned=planned)
+        exact = conv_output_elements(lambda: DiNTSNet(1, 3, deep_supervision=True, **fixed), 1, patch)
+        assert counted.genotype_ratio(genotype) == pytest.approx(exact, rel=3e-3)
+    a, c = _rand_logits(3, counted.pre.shape[1], counted.op.shape[-1], seed=1)
+    a.requires_grad_(True)
+    c.requires_grad_(True)
+    counted.ratio(edge_marginals(a), torch.softmax(c, -1)).backward()
+    assert a.grad.abs().sum() > 0 and c.grad.abs().sum() > 0
+    assert counted.max_ratio() > float(counted.ratio(edge_marginals(a), torch.softmax(c, -1)).detach())

@@ -178,6 +178,7 @@ def test_nnunet_nas_memory_reports_the_search_planned_and_fitted_beside_nnunets_
            "-tr", SEARCH_TEST_TRAINERS["iac"][0], "--gpu-memory", "80", "--json"]
     report = json.loads(run_cli(iac, env).stdout)
     assert report["found_network_gib"] >= report["nnunet_planned_network_gib"] > 0
+    assert "at most 2x nnU-Net's conv feature maps" in report["found_network"]  # the cells' width as exported
     assert roomy["found_network_gib"] is None  # DiNTS: the export fits the width to nnU-Net's planned memory
     for bad, needed in ((["--gpu-memory", "0.001"], "does not fit"),
                         (["-tr", "nnUNetTrainer"], "not a search trainer")):

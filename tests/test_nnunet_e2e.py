@@ -35,6 +35,8 @@ def test_search_exports_a_dropin_configuration(searched):
     env, out = searched
     fold = fold_folder(env, SEARCH)
     assert "Found class nnUNetTrainerDiNTSSearchTest" in out.stdout
+    # the default budget is in nnU-Net's terms: the found network at its export width against nnU-Net's planned one
+    assert "memory budget: sigma 1.0 of nnU-Net's planned network" in out.stdout
     g = GridGenotype.load(os.path.join(fold, "dints_genotype.json"))
     assert (g.num_blocks, g.num_depths) == (3, 2) and g.provenance["epoch"] == 4
     for picture in ("dints_architecture.png", "dints_arch_trajectories.png", "progress.png"):
@@ -72,6 +74,16 @@ def test_export_on_demand_from_a_checkpoint(searched):
     for g in (kwargs["genotype"], searched_genotype):  # the search ran in another folder (this one is its copy)
         g["provenance"].pop("checkpoint")
     assert kwargs["genotype"] == searched_genotype
+    # a search that left the export width to the fit: the export says how far the fit moved from the width the
+    # search counted its budget at (twice the search width)
+    ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    ckpt["nnunet_nas_search_state"]["search_config"]["export_channel_mul"] = None
+    torch.save(ckpt, os.path.join(fold, "checkpoint_fitted.pth"))
+    res = run_cli(["nnunet-nas", "export", os.path.join(fold, "checkpoint_fitted.pth"), "--name", "3d_fullres_fitted"],
+                  env)
+    fitted = _plans(env)["configurations"]["3d_fullres_fitted"]["architecture"]["arch_kwargs"]["channel_mul"]
+    assert f"the search counted its memory budget at channel_mul 0.25; fitted to nnU-Net's plan {fitted:g}, a " \
+           f"correction of {fitted / 0.25:.2f}x" in res.stdout
     res = run_cli(["nnunet-nas", "export", os.path.join(fold, "debug.json")], env, check=False)
     assert res.returncode == 2 and "error" in res.stderr
 

@@ -16,12 +16,13 @@ class nnUNetTrainerDiNTSSearchHippo2D_L8D3(nnUNetTrainerDiNTSSearch):
     """CPU search for MSD Hippocampus 2d_bs32 (first, loaded-machine run; BENCHMARKS.md now uses the 40x25 variant).
 
     L=8 blocks, D=3 levels (patch 56x40 -> 64x48), search width channel_mul 0.125, retrained at twice the
-    search width (0.25, as the paper's 2x). Memory budget: the default sigma. 6 epochs x 8 iterations,
+    search width (0.25, as the paper's 2x). Memory budget: sigma 0.8 of the space's largest discrete architecture
+    (the default before issue 23; the _nnunet variants below budget in nnU-Net's terms). 6 epochs x 8 iterations,
     half warm-up (24 weight-only, 24 weight+architecture iterations), 2 validation iterations per epoch.
     arch_lr 0.03 (not the paper's 0.008): with so few architecture steps, 0.008 barely moves the logits.
     """
     search_config = replace(DiNTSSearchConfig(), num_blocks=8, num_depths=3, channel_mul=0.125,
-                            export_channel_mul=0.25, arch_lr=0.03)
+                            export_channel_mul=0.25, arch_lr=0.03, memory_reference="max_discrete")
     num_epochs_default = 6
     iterations_per_epoch = 8
     val_iterations_per_epoch = 2
@@ -33,6 +34,13 @@ class nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25(nnUNetTrainerDiNTSSearchHippo2D
     (500 weight-only, 500 weight+architecture iterations)."""
     num_epochs_default = 40
     iterations_per_epoch = 25
+
+
+class nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25_nnunet(nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25):
+    """Issue 23's DiNTS row under the package's budget default: sigma 1.0 of nnU-Net's planned network, the found
+    network counted at twice the search width (0.25), the export's width fit then a correction."""
+    search_config = replace(nnUNetTrainerDiNTSSearchHippo2D_L8D3.search_config, memory_reference="nnunet",
+                            export_channel_mul=None)
 
 
 class nnUNetTrainerDiNTSSearchHippo2D_L8D3_20x25_fit(nnUNetTrainerDiNTSSearchHippo2D_L8D3):
@@ -48,11 +56,18 @@ class nnUNetTrainerDASTSearchHippo2D_L8D3_20x25(nnUNetTrainerDASTSearch):
     channels at the three levels, one channel per head at level 0; 20 epochs x 25 iterations, half warm-up, arch_lr
     0.03, sigma 0.8), ops skip, conv 3x3, transformer (token grids 8x8, 8x8, 7x5 at the levels of 28x20, 14x10,
     7x5); exported at the width fitted to nnU-Net's planned memory."""
-    search_config = replace(DASTSearchConfig(), num_blocks=8, num_depths=3, channel_mul=0.125, arch_lr=0.03)
+    search_config = replace(DASTSearchConfig(), num_blocks=8, num_depths=3, channel_mul=0.125, arch_lr=0.03,
+                            memory_reference="max_discrete")
     num_epochs_default = 20
     iterations_per_epoch = 25
     val_iterations_per_epoch = 2
     save_every_default = 1
+
+
+class nnUNetTrainerDASTSearchHippo2D_L8D3_20x25_nnunet(nnUNetTrainerDASTSearchHippo2D_L8D3_20x25):
+    """Issue 23's DAST row under the package's budget default: sigma 1.0 of nnU-Net's planned network (a cap, DAST's
+    penalty), the found network counted at twice the search width."""
+    search_config = replace(nnUNetTrainerDASTSearchHippo2D_L8D3_20x25.search_config, memory_reference="nnunet")
 
 
 class nnUNetTrainerDiNTSBudget02(nnUNetTrainerDiNTSSearch):
@@ -61,7 +76,8 @@ class nnUNetTrainerDiNTSBudget02(nnUNetTrainerDiNTSSearch):
     84 architecture steps move the logits). Exported at a fixed width (0.25) so that memory differences come from
     the architecture alone."""
     search_config = replace(DiNTSSearchConfig(), num_blocks=4, num_depths=3, channel_mul=0.125,
-                            export_channel_mul=0.25, arch_lr=0.05, warmup_epochs=3, memory_budget=0.2)
+                            export_channel_mul=0.25, arch_lr=0.05, warmup_epochs=3, memory_budget=0.2,
+                            memory_reference="max_discrete")
     num_epochs_default = 10
     iterations_per_epoch = 12
     val_iterations_per_epoch = 2

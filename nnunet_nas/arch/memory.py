@@ -64,6 +64,14 @@ MEMORY_REFERENCES = ("max_discrete", "paper")
 MEMORY_PENALTIES = ("two_sided", "upper")
 
 
+def budget_loss(ratio: torch.Tensor, sigma: float, penalty: str = "two_sided") -> torch.Tensor:
+    """Eq. 10 on a memory ratio: ``|ratio - sigma|``, or with ``penalty="upper"`` ``max(0, ratio - sigma)``."""
+    if penalty not in MEMORY_PENALTIES:
+        raise ValueError(f"memory penalty {penalty!r} is not one of {MEMORY_PENALTIES}.")
+    excess = ratio - float(sigma)
+    return excess.abs() if penalty == "two_sided" else excess.clamp(min=0)
+
+
 def _voxels(patch_size, spatial_dims: int) -> float:
     patch = [int(s) for s in patch_size]
     if len(patch) != spatial_dims:
@@ -232,10 +240,7 @@ class GridMemoryModel:
         """``L_m = |M_e / M_ref - sigma|`` (Eq. 10; ``M_ref = M_a`` with ``reference="paper"``); with
         ``penalty="upper"`` only memory above the budget costs, ``max(0, M_e / M_ref - sigma)`` (a cap: below it the
         term does not push towards costlier operations)."""
-        if penalty not in MEMORY_PENALTIES:
-            raise ValueError(f"memory penalty {penalty!r} is not one of {MEMORY_PENALTIES}.")
-        excess = self.ratio(edge_marginals, op_probs, reference) - float(sigma)
-        return excess.abs() if penalty == "two_sided" else excess.clamp(min=0)
+        return budget_loss(self.ratio(edge_marginals, op_probs, reference), sigma, penalty)
 
     # ------------------------------------------------------------------ discrete networks
     def genotype_elements(self, genotype, patch_size, batch_size: int = 1, saved: bool = False) -> float:

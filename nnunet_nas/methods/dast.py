@@ -112,7 +112,7 @@ def search_notes(net, cfg: DASTSearchConfig):
     grids = ["level {}: {} map, {} token grid".format(
         d, "x".join(map(str, shape)), "x".join(map(str, resolve_token_grid(cfg.token_grid, len(shape), shape))))
         for d, shape in enumerate(space.feature_shapes)]
-    return [f"DAST transformers ({cfg.num_heads} heads): " + "; ".join(grids)]
+    return dints.search_notes(net, cfg) + [f"DAST transformers ({cfg.num_heads} heads): " + "; ".join(grids)]
 
 
 # DiNTS's record (its arch params, weighting, regularisers, decoder, genotype, fixed network, pictures) with DAST's

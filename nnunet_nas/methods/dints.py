@@ -6,8 +6,8 @@ Eq. 5, 7 and 10 (``L_arch = L_seg + t/t_all * (L_alpha + L_eta + lambda L_tp + L
 topology-guaranteed decoder (Eq. 3-4) and :class:`~nnunet_nas.genotypes.grid.GridGenotype`.
 """
 
-from dataclasses import dataclass
-from typing import ClassVar, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import ClassVar, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -15,9 +15,10 @@ import torch
 from nnunet_nas.arch import grid_probs
 from nnunet_nas.arch.params import GridArchParams
 from nnunet_nas.arch.weighting import GridEdgeOpWeighting
-from nnunet_nas.arch.memory import MEMORY_PENALTIES, MEMORY_REFERENCES
+from nnunet_nas.arch.counted_memory import CountedGridMemory
+from nnunet_nas.arch.memory import MEMORY_PENALTIES, MEMORY_REFERENCES, budget_loss
 from nnunet_nas.config import SearchConfig
-from nnunet_nas.config_rules import boolean, integer, number, one_of
+from nnunet_nas.config_rules import boolean, integer, number, one_of, optional
 from nnunet_nas.convergence import gate_separation, separation_record
 from nnunet_nas.discretize.grid_path import decode_grid_codes
 from nnunet_nas.errors import ConfigError
@@ -30,6 +31,10 @@ from nnunet_nas.registry import SearchMethod, register_method
 from nnunet_nas.spaces.grid import GRID_OP_SETS
 from nnunet_nas.spaces.grid_topology import MAX_DEPTHS, MIN_DEPTHS
 
+# the budget as a share of nnU-Net's planned network, the found network counted at its export width by the export's
+# counter (arch/counted_memory.py); the other references are shares of the space's own architectures
+NNUNET_REFERENCE = "nnunet"
+BUDGET_REFERENCES = (NNUNET_REFERENCE,) + MEMORY_REFERENCES
 HISTORY_KEYS = ("arch_entropy_alpha", "arch_entropy_eta", "arch_topology_loss", "arch_memory_ratio",
                 "arch_discretization_gap", "arch_separation", "arch_edge_separation")
 
@@ -43,9 +48,12 @@ class DiNTSSearchConfig(SearchConfig):
     # retrained width: None fits it to the memory nnU-Net planned for the base configuration [ours, default];
     # 2 * channel_mul is the paper's literal "twice the search filters" [paper 4.1]
     export_channel_mul: Optional[float] = None
-    memory_budget: float = 0.8  # sigma of Eq. 10 [paper]: a share of memory_reference
-    # [ours] largest discrete architecture; "paper": Eq. 9's M_a, see documentation/dints.md
-    memory_reference: str = "max_discrete"
+    # sigma of Eq. 10, a share of memory_reference; None: 1.0 with "nnunet" (the found network at its export width
+    # takes the memory nnU-Net planned) [ours], 0.8 with the others [paper]
+    memory_budget: Optional[float] = None
+    # [ours] "nnunet": nnU-Net's planned network, the found one counted at its export width; "max_discrete": the
+    # space's largest discrete architecture; "paper": Eq. 9's M_a. See documentation/dints.md, memory budget
+    memory_reference: str = NNUNET_REFERENCE
     # Eq. 10 holds the ratio at sigma from both sides [paper]; "upper": only memory above sigma costs (a cap)
     memory_penalty: str = "two_sided"
     topology_weight: float = 0.001  # lambda of Eq. 11 [paper]
@@ -58,9 +66,23 @@ class DiNTSSearchConfig(SearchConfig):
 
     rules: ClassVar[dict] = {
         "num_blocks": integer(1), "num_depths": integer(MIN_DEPTHS, MAX_DEPTHS), "channel_mul": number(0, lo_open=True),
-        "memory_budget": number(0, lo_open=True), "memory_reference": one_of(MEMORY_REFERENCES),
+        "memory_budget": optional(number(0, lo_open=True)), "memory_reference": one_of(BUDGET_REFERENCES),
         "memory_penalty": one_of(MEMORY_PENALTIES), "topology_weight": number(0), "recompute_norms": boolean,
     }
+
+    @property
+    def sigma(self) -> float:
+        """The memory budget: ``memory_budget``, or its default for the reference."""
+        if self.memory_budget is not None:
+            return float(self.memory_budget)
+        return 1.0 if self.memory_reference == NNUNET_REFERENCE else 0.8
+
+    def counted_export_width(self) -> Optional[float]:
+        """The width the search counts its memory at (``memory_reference="nnunet"``): ``export_channel_mul``, else
+        the paper's twice the search width [paper 4.1]; None under the other references."""
+        if self.memory_reference != NNUNET_REFERENCE:
+            return None
+        return float(self.export_channel_mul) if self.export_channel_mul is not None else 2.0 * self.channel_mul
 
 
 def build_supernet(cfg: DiNTSSearchConfig, op_set: str, input_channels: int, num_classes: int, spatial_dims: int,
@@ -75,13 +97,48 @@ def build_arch_params(cfg: DiNTSSearchConfig, supernet, op_set: str) -> GridArch
     return GridArchParams(cfg.num_blocks, cfg.num_depths, len(op_names(op_set)))
 
 
+def count_export_memory(cfg: DiNTSSearchConfig, build, input_channels: int, patch_size, reference
+                        ) -> Optional[CountedGridMemory]:
+    """Under ``memory_reference="nnunet"``: the export's counter over the supernet ``build(cfg)`` makes at the
+    export width, at the configuration's ``patch_size``, against nnU-Net's planned network's ``reference()``
+    elements."""
+    width = cfg.counted_export_width()
+    if width is None:
+        return None
+    return CountedGridMemory.of_supernet(lambda: build(replace(cfg, channel_mul=width)), input_channels, patch_size,
+                                         reference())
+
+
+def _counted(net) -> CountedGridMemory:
+    counted = getattr(net, "export_memory", None)
+    if counted is None:
+        raise RuntimeError("memory_reference='nnunet' needs the search's memory counted against nnU-Net's planned "
+                           "network; the search trainer counts it when it starts (NASSearchTrainer.initialize). Build "
+                           "the search through the trainer, or choose memory_reference='max_discrete'.")
+    return counted
+
+
+def memory_ratio(net, cfg: DiNTSSearchConfig, edge_marginals, op_probs):
+    """The architecture's memory as a share of ``cfg.memory_reference``."""
+    if cfg.memory_reference == NNUNET_REFERENCE:
+        return _counted(net).ratio(edge_marginals, op_probs)
+    return net.supernet.memory_model.ratio(edge_marginals, op_probs, cfg.memory_reference)
+
+
+def max_memory_ratio(net, cfg: DiNTSSearchConfig) -> float:
+    """The largest ratio an architecture of the space reaches."""
+    if cfg.memory_reference == NNUNET_REFERENCE:
+        return _counted(net).max_ratio()
+    return net.supernet.memory_model.max_ratio(cfg.memory_reference)
+
+
 def regularizers(net, cfg: DiNTSSearchConfig):
     """Unramped terms of Eq. 11: op and pattern entropies (Eq. 5), topology loss (Eq. 7, times lambda), memory
     (Eq. 10)."""
     arch = net.arch
     eta = grid_probs.pattern_probs(arch.edge_logits)
-    memory = net.supernet.memory_model.memory_loss(grid_probs.edge_marginals(arch.edge_logits), arch.op_probs(),
-                                                   cfg.memory_budget, cfg.memory_reference, cfg.memory_penalty)
+    memory = budget_loss(memory_ratio(net, cfg, grid_probs.edge_marginals(arch.edge_logits), arch.op_probs()),
+                         cfg.sigma, cfg.memory_penalty)
     return {"entropy_alpha": grid_probs.entropy_loss_ops(arch.op_logits),
             "entropy_eta": grid_probs.entropy_loss_patterns(eta),
             "topology": cfg.topology_weight * grid_probs.topology_loss(eta, net.supernet.num_depths),
@@ -110,8 +167,8 @@ def describe(net, cfg: DiNTSSearchConfig):
     op_probs = arch.op_probs().detach().float().cpu()
     eta = grid_probs.pattern_probs(edge_logits)
     _, code_a, _ = decode_grid_codes(edge_logits, _alive_logits(arch.op_logits, arch.alive_ops))
-    ratio = float(net.supernet.memory_model.ratio(grid_probs.edge_marginals(edge_logits), op_probs,
-                                                  cfg.memory_reference))
+    ratio = float(memory_ratio(net, cfg, grid_probs.edge_marginals(edge_logits).to(torch.float64),
+                               op_probs.to(torch.float64)))
     return {
         "arch_entropy_alpha": float(grid_probs.entropy_loss_ops(arch.op_logits.detach().float().cpu())),
         "arch_entropy_eta": float(grid_probs.entropy_loss_patterns(eta)),
@@ -141,14 +198,34 @@ def fixed_network_kwargs(genotype: GridGenotype, channel_mul: float, base_channe
 
 
 def check_search(net, cfg: DiNTSSearchConfig) -> None:
-    """The memory budget must be one the space can reach with the chosen reference: sigma in (0, max ratio]."""
+    """The memory budget must be one the space can reach with a reference that is a share of the space's own
+    architectures: sigma in (0, max ratio] (under "nnunet" a budget above the space is said in the search's notes)."""
+    if cfg.memory_reference == NNUNET_REFERENCE:
+        return
     attainable = net.supernet.memory_model.max_ratio(cfg.memory_reference)
-    if cfg.memory_budget > attainable * (1 + 1e-9):
-        raise ConfigError(f"{type(cfg).__name__}: memory_budget={cfg.memory_budget} is above the largest memory ratio "
+    if cfg.sigma > attainable * (1 + 1e-9):
+        raise ConfigError(f"{type(cfg).__name__}: memory_budget={cfg.sigma} is above the largest memory ratio "
                           f"this space can reach with memory_reference={cfg.memory_reference!r}: the attainable range "
                           f"is (0, {attainable:.3f}]. Above it the memory term pushes every search towards the "
                           f"densest, costliest architecture. Choose a budget in that range (see "
                           f"documentation/dints.md, memory budget).")
+
+
+def search_notes(net, cfg: DiNTSSearchConfig) -> List[str]:
+    """What the memory budget means for this search, for its log."""
+    if cfg.memory_reference != NNUNET_REFERENCE:
+        return [f"memory budget: sigma {cfg.sigma} of memory_reference={cfg.memory_reference!r} (the space's own "
+                f"architectures; the export then fits the width to nnU-Net's plan)"]
+    counted, width = _counted(net), cfg.counted_export_width()
+    notes = [f"memory budget: sigma {cfg.sigma} of nnU-Net's planned network ({counted.reference / 1e6:.2f} M "
+             f"conv-output elements at the configuration's patch), the found network counted at its export width "
+             f"channel_mul {width:g}; the architectures of this space take up to {counted.max_ratio():.2f}x"]
+    if cfg.sigma > counted.max_ratio():
+        favours = " (the two-sided term favours the largest architectures)" if cfg.memory_penalty == "two_sided" else ""
+        notes.append(f"note: the budget is above every architecture of this space at channel_mul {width:g}: it does "
+                     f"not bind{favours}; a wider search (channel_mul) or a smaller memory_budget makes it bind. The "
+                     f"export widens the found network to nnU-Net's memory.")
+    return notes
 
 
 def plot_genotype(genotype: GridGenotype, path: str) -> str:
@@ -161,8 +238,8 @@ def plot_history(history: dict, path: str, net, cfg: DiNTSSearchConfig) -> str:
     from nnunet_nas.viz import plot_arch_trajectories
     h = dict(history)
     h["op_names"] = list(op_names(net.supernet.space.op_set_name))
-    h["sigma"] = cfg.memory_budget
-    h["max_ratio"] = net.supernet.memory_model.max_ratio(cfg.memory_reference)
+    h["sigma"] = cfg.sigma
+    h["max_ratio"] = max_memory_ratio(net, cfg)
     for ours, theirs in (("arch_discretization_gap", "gap"), ("arch_memory_ratio", "memory_ratio"),
                          ("arch_topology_loss", "topology_loss"), ("arch_entropy_alpha", "entropy_alpha"),
                          ("arch_entropy_eta", "entropy_eta")):
@@ -192,5 +269,7 @@ DINTS = register_method(SearchMethod(
     plot_genotype=plot_genotype,
     plot_history=plot_history,
     check_search=check_search,
+    search_notes=search_notes,
+    count_export_memory=count_export_memory,
     search_width_field="channel_mul",
 ))

@@ -60,11 +60,12 @@ def prepare_registration(plans_path: str, base_config: str, method: SearchMethod
     nothing is written.
 
     The patch size of the base configuration is rounded up to what the architecture needs. ``channel_mul=None``
-    fits the width to the memory nnU-Net planned for the base configuration (:mod:`nnunet_nas.nnunet.width`) for a
-    method whose network replaces nnU-Net's (``fits_width``); a method that adds to nnU-Net's network (IAC) keeps
-    its own default and the added memory is printed. ``host_checkpoint``: the trained model of the base
-    configuration's network the search built on (IAC; the fixed network starts from it). The training memory of
-    the fixed network at that patch and the base batch size is estimated and printed.
+    fits the width to the method's share of the memory nnU-Net planned for the base configuration
+    (``export_memory_share``, :mod:`nnunet_nas.nnunet.width`: 1.0 for a network that replaces nnU-Net's, more for
+    IAC's host plus cells); a method without a share keeps its own default and the added memory is printed.
+    ``host_checkpoint``: the trained model of the base configuration's network the search built on (IAC; the fixed
+    network starts from it). The training memory of the fixed network at that patch and the base batch size is
+    estimated and printed.
     """
     plans = load_plans(plans_path)
     name = name or f"{base_config}_{method.name}"
@@ -88,13 +89,13 @@ def prepare_registration(plans_path: str, base_config: str, method: SearchMethod
             f"axis)")
     channels, classes = network_channels(plans_path, plans, base_config)
     planned = PlannedNetwork.from_block(base["architecture"], host_checkpoint, patch)
-    if channel_mul is None and method.fits_width:
+    if channel_mul is None and method.export_memory_share is not None:
         channel_mul = _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, planned,
                                           log)
     arch = architecture_block(method, genotype, channel_mul, planned)
     # the fixed network as nnU-Net trains it (deep supervision on), built once for the memory figures below
     fixed = method.network_class(channels, classes, deep_supervision=True, **arch["arch_kwargs"])
-    if not method.fits_width:
+    if method.export_memory_share is None:
         _log_added_memory(plans_path, base_config, method.name, fixed, patch, channels, classes, log)
     name = check_registration(plans_path, plans, base_config, name, arch, overwrite, auto_rename)
     return Registration(plans_path, base_config, name, arch, patch, overwrite, auto_rename,
@@ -122,17 +123,12 @@ def _log_geometry(method: SearchMethod, genotype: Genotype, base: dict, base_con
             f"the searched geometry (search on this configuration to follow its plan).")
 
 
-def sampled_fixed_network(method: SearchMethod, cfg, planned: PlannedNetwork, spatial_dims: int,
-                          input_channels: int, num_heads: int, channel_mul: Optional[float] = None, seed: int = 0):
-    """A fixed network of ``method`` as its export registers and nnU-Net builds it (``get_network_from_plans``,
-    deep supervision on), for a definite random architecture: architecture logits drawn N(0, 2) (a mix of ops)
-    and discretised by the method's own rule, the geometry the search space takes from ``planned``. What a found
-    network costs before any search (its memory, whether it compiles). ``channel_mul`` None: the search config's
-    ``export_channel_mul``, else (a method whose export fits the width) its ``channel_mul``."""
+def sampled_genotype(method: SearchMethod, cfg, planned: PlannedNetwork, spatial_dims: int, input_channels: int,
+                     num_heads: int, seed: int = 0):
+    """A definite random architecture of ``method``: architecture logits drawn N(0, 2) (a mix of ops), discretised by
+    the method's own rule, with the geometry the search space takes from ``planned`` (as the export records it)."""
     import torch
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     op_set = method.op_set_for(cfg, spatial_dims)
-    geometry, _ = method.search_geometry(cfg, planned, spatial_dims)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         supernet = method.build_supernet(cfg, op_set, input_channels, num_heads, spatial_dims, True, planned=planned)
@@ -141,15 +137,34 @@ def sampled_fixed_network(method: SearchMethod, cfg, planned: PlannedNetwork, sp
             for p in arch.parameters():
                 p.normal_(0, 2)
         genotype = method.discretize(arch.state_dict(), op_set, cfg=cfg)
-        genotype.geometry = geometry  # as the export records the searched space's geometry
-        if channel_mul is None:
-            channel_mul = cfg.export_channel_mul
-        if channel_mul is None and method.fits_width:  # where the export would fit it to nnU-Net's plan
-            channel_mul = getattr(cfg, "channel_mul", 1.0)
-        block = architecture_block(method, genotype, channel_mul, planned=planned)
-        return get_network_from_plans(block["network_class_name"], block["arch_kwargs"],
-                                      block["_kw_requires_import"], input_channels, num_heads, allow_init=True,
-                                      deep_supervision=True)
+    genotype.geometry = method.search_geometry(cfg, planned, spatial_dims)[0]
+    return genotype
+
+
+def planned_fixed_network(method: SearchMethod, genotype: Genotype, channel_mul: Optional[float],
+                          planned: PlannedNetwork, input_channels: int, num_heads: int):
+    """``genotype``'s network as its export registers and nnU-Net builds it (``get_network_from_plans``, deep
+    supervision on)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    block = architecture_block(method, genotype, channel_mul, planned=planned)
+    return get_network_from_plans(block["network_class_name"], block["arch_kwargs"], block["_kw_requires_import"],
+                                  input_channels, num_heads, allow_init=True, deep_supervision=True)
+
+
+def sampled_fixed_network(method: SearchMethod, cfg, planned: PlannedNetwork, spatial_dims: int,
+                          input_channels: int, num_heads: int, channel_mul: Optional[float] = None, seed: int = 0):
+    """The fixed network of :func:`sampled_genotype`: what a found network costs before any search (its memory,
+    whether it compiles). ``channel_mul`` None: the search config's ``export_channel_mul``, else (a method whose
+    export fits the width) its search width."""
+    import torch
+    genotype = sampled_genotype(method, cfg, planned, spatial_dims, input_channels, num_heads, seed)
+    if channel_mul is None:
+        channel_mul = cfg.export_channel_mul
+    if channel_mul is None and method.export_memory_share is not None:  # where the export fits it
+        channel_mul = getattr(cfg, method.search_width_field or "channel_mul", 1.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return planned_fixed_network(method, genotype, channel_mul, planned, input_channels, num_heads)
 
 
 def register_searched_configuration(plans_path: str, base_config: str, method: SearchMethod, genotype: Genotype,
@@ -181,19 +196,22 @@ def _resolved(plans: dict, name: str, _seen: tuple = ()) -> dict:
 
 def _fitted_channel_mul(plans_path, base_config, method, genotype, patch, channels, classes, planned, log) -> float:
     from nnunet_nas.nnunet.width import FIT_TOLERANCE, fit_channel_mul, planned_network_elements
-    target = planned_network_elements(plans_path, base_config, channels, classes)
+    planned_count = planned_network_elements(plans_path, base_config, channels, classes)
+    share = method.export_memory_share
+    target = int(share * planned_count)
 
     def build(mul):
         return method.network_class(channels, classes, deep_supervision=True,
                                     **method.fixed_network_kwargs(genotype, mul, planned=planned))
     mul, elements = fit_channel_mul(build, channels, patch, target)
-    log(f"width fitted to nnU-Net's planned network for {base_config!r}: channel_mul {mul} (conv feature maps "
-        f"{elements / 1e6:.2f} M elements at patch {patch} vs {target / 1e6:.2f} M planned; pass --channel-mul to "
-        f"choose another width)")
+    what = "nnU-Net's planned network" if share == 1.0 else f"{share:g}x nnU-Net's planned network"
+    log(f"width fitted to {what} for {base_config!r}: channel_mul {mul} (conv feature maps "
+        f"{elements / 1e6:.2f} M elements at patch {patch} vs {planned_count / 1e6:.2f} M planned; pass --channel-mul "
+        f"to choose another width)")
     if elements > target * (1 + FIT_TOLERANCE):
-        log(f"warning: this architecture does not fit nnU-Net's planned memory for {base_config!r} at any width it "
-            f"can be built at: {elements / target:.2f}x the planned conv feature maps at channel_mul {mul}. Search "
-            f"with a smaller memory budget, or lower the configuration's batch size.")
+        log(f"warning: this architecture does not fit {what} for {base_config!r} at any width it can be built at: "
+            f"{elements / planned_count:.2f}x the planned conv feature maps at channel_mul {mul}. Search with a "
+            f"smaller memory budget, or lower the configuration's batch size.")
     return mul
 
 
@@ -338,6 +356,9 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
                                         overwrite=overwrite, auto_rename=name is None and not overwrite,
                                         host_checkpoint=per_fold_host(state.get("host_checkpoint"), init.get("fold")),
                                         log=log)
+    if mul is None:
+        _log_width_correction(config, state.get("fit"), registration.architecture["arch_kwargs"].get("channel_mul"),
+                              log)
     write_genotype_files(method, genotype, os.path.dirname(os.path.abspath(checkpoint_path)),
                          genotype_tag(checkpoint_path), log=log)
     name = registration.commit(log)
@@ -345,6 +366,18 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
     if warning:
         log(warning)
     return name
+
+
+def _log_width_correction(config, fit: Optional[dict], fitted: Optional[float], log) -> None:
+    """Where the search budgeted its memory in nnU-Net's terms at an export width (``counted_export_width``), how
+    far the export's fit to nnU-Net's plan moved from it (a search whose memory term bound: a small correction)."""
+    counted = getattr(config, "counted_export_width", None)
+    aimed = counted() if counted is not None else None
+    if aimed is None or fitted is None:
+        return
+    aimed /= (fit or {}).get("width_scale") or 1.0  # the config's width, before the memory fit narrowed the search
+    log(f"width: the search counted its memory budget at channel_mul {aimed:g}; fitted to nnU-Net's plan "
+        f"{fitted:g}, a correction of {fitted / aimed:.2f}x")
 
 
 def _searched_geometry(state: dict, method: SearchMethod, config, searched: dict, dims: int, source: str):
@@ -380,7 +413,7 @@ def check_export_inputs(dataset_name: str, plans_identifier: str, configuration:
     else:
         check_registration(path, plans, configuration, name, None, overwrite=True)
     channels, classes = network_channels(path, plans, configuration)
-    if method.fits_width and cfg.export_channel_mul is None:
+    if method.export_memory_share is not None and cfg.export_channel_mul is None:
         planned_network_elements(path, configuration, channels, classes)  # on the meta device: shapes only
 
 

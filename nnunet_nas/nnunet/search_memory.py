@@ -83,11 +83,19 @@ def memory_report(trainer_class, plans_manager, configuration: str, dataset_json
     fit = fit_search(estimate, cm.batch_size, patch, divisor, target, method.search_width_field)
     planned_net = planned_network_memory(cm, in_ch, heads).peak
     found = None
-    if not method.fits_width:  # it adds to nnU-Net's network: count a sampled architecture at the configuration
-        from nnunet_nas.nnunet.export import sampled_fixed_network
-        net = sampled_fixed_network(method, cfg, PlannedNetwork.from_configuration_manager(cm), len(cm.patch_size),
-                                    in_ch, heads)
-        found = count_training_step(net, cm.batch_size, cm.patch_size, in_ch, "cuda", amp=True).peak
+    share = method.export_memory_share
+    if share != 1.0:  # more than nnU-Net's network (IAC's cells on top): a sampled architecture, width as exported
+        from nnunet_nas.nnunet.export import planned_fixed_network, sampled_genotype
+        from nnunet_nas.nnunet.width import fit_channel_mul, planned_elements
+        planned = PlannedNetwork.from_configuration_manager(cm)
+        genotype = sampled_genotype(method, cfg, planned, len(cm.patch_size), in_ch, heads)
+
+        def build(mul):
+            return planned_fixed_network(method, genotype, mul, planned, in_ch, heads)
+        mul = cfg.export_channel_mul
+        if mul is None and share is not None:
+            mul = fit_channel_mul(build, in_ch, cm.patch_size, int(share * planned_elements(planned, in_ch, heads)))[0]
+        found = count_training_step(build(mul), cm.batch_size, cm.patch_size, in_ch, "cuda", amp=True).peak
     return {"trainer": trainer_class.__name__, "method": method.name, "configuration": configuration,
             "target_gib": None if target.bytes is None else round(target.bytes / GIB, 2), "target": target.source,
             "search_planned": {"batch": cm.batch_size, "patch": list(patch),
@@ -97,9 +105,11 @@ def memory_report(trainer_class, plans_manager, configuration: str, dataset_json
             "nnunet_planned_network_gib": round(planned_net / GIB, 2),
             "found_network_gib": None if found is None else round(found / GIB, 2),
             "found_network": ("at most nnU-Net's planned network's memory (the export fits its width to it)"
-                              if method.fits_width else "nnU-Net's planned network plus the cells found: a sampled "
-                              "architecture at the configuration's batch and patch (the export prints the found "
-                              "one's)")}
+                              if share == 1.0 else "nnU-Net's planned network plus the cells found: a sampled "
+                              "architecture at the configuration's batch and patch, at the width the export fits "
+                              f"(host plus cells at most {share:g}x nnU-Net's conv feature maps)" if share is not None
+                              else "nnU-Net's planned network plus the cells found: a sampled architecture at the "
+                              "configuration's batch and patch (the export prints the found one's)")}
 
 
 def _visible_cuda():
@@ -124,3 +134,22 @@ def describe(report: dict) -> str:
         f"  nnU-Net's planned network (training step): {report['nnunet_planned_network_gib']:.2f} GiB",
         f"  found network: {report['found_network']}" + ("" if report["found_network_gib"] is None else
                                                          f": {report['found_network_gib']:.2f} GiB")])
+
+
+def count_export_memory(method, cfg, planned: PlannedNetwork, input_channels: int, num_heads: int):
+    """The method's memory model in nnU-Net's terms (``SearchMethod.count_export_memory``: the found network counted
+    by the export's counter at its export width and the patch of ``planned``, the configuration's, against nnU-Net's
+    planned network at that patch), or None where the method or its config budgets otherwise. Shapes only (the meta
+    device)."""
+    import torch
+    from nnunet_nas.nnunet.width import planned_elements
+    if method.count_export_memory is None:
+        return None
+    dims = len(planned.patch_size)
+    op_set = method.op_set_for(cfg, dims)
+
+    def build(c):
+        return method.build_supernet(c, op_set, input_channels, num_heads, dims, True, planned=planned)
+    with torch.random.fork_rng(devices=[]):
+        return method.count_export_memory(cfg, build, input_channels, planned.patch_size,
+                                          lambda: planned_elements(planned, input_channels, num_heads))

@@ -25,6 +25,8 @@ class SearchNetwork(nn.Module):
         self.arch = arch
         self.weighting = weighting  # not a module: it holds no parameter
         self.arch_frozen = False  # True during the weight step: alpha is read without gradient
+        # the search's memory in nnU-Net's terms (SearchMethod.count_export_memory), set by the search trainer
+        self.export_memory = None
 
     @property
     def decoder(self):  # nnU-Net toggles network.decoder.deep_supervision

@@ -25,6 +25,7 @@ import json
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -43,9 +44,11 @@ from nnunet_nas.memory_count import IterationMemory
 from nnunet_nas.memory_fit import SEARCH_WIDTH_KEY, SearchFit, fit_search, memory_target, narrowed
 from nnunet_nas.nnunet.data import make_arch_dataloader, split_weight_arch
 from nnunet_nas.nnunet.rng import get_rng_state, seed_everything, set_rng_state
-from nnunet_nas.nnunet.search_memory import estimate_search_iteration, search_divisor, search_patch
+from nnunet_nas.nnunet.search_memory import (count_export_memory, estimate_search_iteration, search_divisor,
+                                             search_patch)
 from nnunet_nas.nnunet.search_network import SearchNetwork, build_search_network, unwrap_network
 from nnunet_nas.nnunet.search_state import SEARCH_STATE_KEY, differing_settings, read_checkpoint
+from nnunet_nas.planned_network import PlannedNetwork
 from nnunet_nas.registry import SearchMethod, get_method
 from nnunet_nas.strategies.base import SearchProgress, SearchStrategy
 from nnunet_nas.strategies.jsd_pruning import JSDStabilityPruning
@@ -233,6 +236,7 @@ class NASSearchTrainer(nnUNetTrainer):
             raise RuntimeError("nnU-Net's initialize did not wrap the search network through its module's DDP name; "
                                "this nnU-Net version needs another hook in NASSearchTrainer.initialize.")
         net = self._unwrap()
+        net.export_memory = self.count_export_memory()
         if self.method.check_search is not None:
             self.method.check_search(net, self.cfg)
         net.weighting.seed(self.search_seed + self._fold_seed())  # the same on every rank: same sampled ops
@@ -296,6 +300,17 @@ class NASSearchTrainer(nnUNetTrainer):
             self.plans_manager, cm, self.dataset_json), self.label_manager.num_segmentation_heads, batch, patch,
             width_scale, cuda=self.device.type == "cuda", deep_supervision=self.enable_deep_supervision,
             ddp=self.is_ddp)
+
+    def count_export_memory(self):
+        """The search's memory in nnU-Net's terms where its config budgets so
+        (:func:`~nnunet_nas.nnunet.search_memory.count_export_memory`): at the configured width (not the memory fit's
+        narrowing: the export's width follows the config) and the configuration's patch (not the search's)."""
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        cm = self.configuration_manager
+        planned = replace(PlannedNetwork.from_configuration_manager(cm), patch_size=self.search_fit.planned_patch_size)
+        return count_export_memory(self.method, type(self).method_and_config()[1], planned,
+                                   determine_num_input_channels(self.plans_manager, cm, self.dataset_json),
+                                   self.label_manager.num_segmentation_heads)
 
     def configure_optimizers(self):
         net = unwrap_network(self.network)

@@ -15,16 +15,26 @@ from nnunet_nas.strategies.jsd_pruning import JSDRule
 
 
 class nnUNetTrainerDiNTSSearch(NASSearchTrainer):
-    """DiNTS with the paper's search space (L=12, D=4, sigma=0.8) and MONAI's search width (channel_mul 0.5)."""
+    """DiNTS with the paper's search space (L=12, D=4) and MONAI's search width (channel_mul 0.5); the memory budget
+    in nnU-Net's terms: sigma 1.0 of the memory nnU-Net planned, the found network counted at its export width (twice
+    the search width, the paper's rule)."""
     nas_method = "dints"
 
 
 class nnUNetTrainerDiNTSSearch_sigma05(nnUNetTrainerDiNTSSearch):
+    """Half of nnU-Net's planned memory at the export width."""
     search_config = replace(DiNTSSearchConfig(), memory_budget=0.5)
 
 
 class nnUNetTrainerDiNTSSearch_sigma02(nnUNetTrainerDiNTSSearch):
+    """A fifth of nnU-Net's planned memory at the export width."""
     search_config = replace(DiNTSSearchConfig(), memory_budget=0.2)
+
+
+class nnUNetTrainerDiNTSSearch_spaceBudget(nnUNetTrainerDiNTSSearch):
+    """The paper's budget as a share of the search space: sigma 0.8 of its largest discrete architecture (the
+    default before budgets in nnU-Net's terms); the export then fits the width to nnU-Net's plan."""
+    search_config = replace(DiNTSSearchConfig(), memory_reference="max_discrete")
 
 
 class nnUNetTrainerDiNTSSearchDemo(nnUNetTrainerDiNTSSearch):
@@ -86,17 +96,26 @@ class nnUNetTrainerIACLTHSearch(nnUNetTrainerIACSearch):
 
 
 class nnUNetTrainerDASTSearch(NASSearchTrainer):
-    """DAST: the DiNTS search (L=12, D=4, sigma=0.8, search width channel_mul 0.5) with the ops skip, conv and
-    transformer (8 heads, token grid min(8, extent) per axis at each level). Exports ``<configuration>_dast``."""
+    """DAST: the DiNTS search (L=12, D=4, search width channel_mul 0.5; at most nnU-Net's planned memory at the
+    export width) with the ops skip, conv and transformer (8 heads, token grid min(8, extent) per axis at each
+    level). Exports ``<configuration>_dast``."""
     nas_method = "dast"
 
 
 class nnUNetTrainerDASTSearch_sigma05(nnUNetTrainerDASTSearch):
+    """At most half of nnU-Net's planned memory at the export width."""
     search_config = replace(DASTSearchConfig(), memory_budget=0.5)
 
 
 class nnUNetTrainerDASTSearch_sigma02(nnUNetTrainerDASTSearch):
+    """At most a fifth of nnU-Net's planned memory at the export width."""
     search_config = replace(DASTSearchConfig(), memory_budget=0.2)
+
+
+class nnUNetTrainerDASTSearch_spaceBudget(nnUNetTrainerDASTSearch):
+    """The budget as a share of the search space: at most 0.8 of its largest discrete architecture (the default
+    before budgets in nnU-Net's terms)."""
+    search_config = replace(DASTSearchConfig(), memory_reference="max_discrete")
 
 
 class nnUNetTrainerDASTSearch_P3D(nnUNetTrainerDASTSearch):
@@ -136,6 +155,7 @@ class nnUNetTrainerNAS_20x50(_ShortSchedule):
 
 
 __all__ = ["nnUNetTrainerDiNTSSearch", "nnUNetTrainerDiNTSSearch_sigma05", "nnUNetTrainerDiNTSSearch_sigma02",
+           "nnUNetTrainerDiNTSSearch_spaceBudget", "nnUNetTrainerDASTSearch_spaceBudget",
            "nnUNetTrainerDiNTSSearchDemo", "nnUNetTrainerDiNTSSearch_JSD", "nnUNetTrainerSCNASSearch",
            "nnUNetTrainerSCNASSearchDemo", "nnUNetTrainerSCNASSearch_JSD", "nnUNetTrainerIACSearch",
            "nnUNetTrainerIACSearch_perLevel", "nnUNetTrainerIACLTHSearch", "nnUNetTrainerDASTSearch",
