@@ -259,3 +259,39 @@ def test_the_search_counts_a_found_network_as_the_export_does(method_name, dims,
     counted.ratio(edge_marginals(a), torch.softmax(c, -1)).backward()
     assert a.grad.abs().sum() > 0 and c.grad.abs().sum() > 0
     assert counted.max_ratio() > float(counted.ratio(edge_marginals(a), torch.softmax(c, -1)).detach())
+
+
+@pytest.mark.parametrize("dims, patch", [(2, (56, 40)), (3, (40, 56, 40))])
+def test_scnas_counts_a_found_network_as_the_export_does(dims, patch):
+    """SCNAS's optional memory term: every edge keeps its most probable op, so the count is linear in the ops' one-hot
+    choice and equals the export's counter on the exported network exactly; softmax(alpha) weights it in the search,
+    and the term steers alpha."""
+    from nnunet_nas.networks.common import conv_output_elements
+    from nnunet_nas.networks.scnas_net import CELL_TYPES, SCNASNet
+    from nnunet_nas.ops.catalog import op_names
+    from nnunet_nas.planned_network import PlannedNetwork
+    from nnunet_nas.registry import get_method
+    method = get_method("scnas")
+    cfg = method.config_class(channel_mul=0.25, num_nodes=2, memory_budget=0.5)
+    planned = PlannedNetwork("none", {}, (), None, patch)
+    op_set = method.op_set_for(cfg, dims)
+    assert cfg.counted_export_width() == pytest.approx(0.25 * 68 / 48)  # the paper's 68-channel stem from 48
+    counted = method.count_export_memory(
+        cfg, lambda c: method.build_supernet(c, op_set, 1, 3, dims, True, planned=planned), 1, patch, lambda: 1e6)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        supernet = method.build_supernet(cfg, op_set, 1, 3, dims, True, planned=planned)
+        arch = method.build_arch_params(cfg, supernet, op_set)
+        with torch.no_grad():
+            for p in arch.parameters():
+                p.normal_(0, 2)
+        genotype = method.discretize(arch.state_dict(), op_set, cfg=cfg)
+        genotype.geometry = method.search_geometry(cfg, planned, dims)[0]
+        kwargs = method.fixed_network_kwargs(genotype, cfg.counted_export_width(), planned=planned)
+        exact = conv_output_elements(lambda: SCNASNet(1, 3, deep_supervision=True, **kwargs), 1, patch)
+        assert counted.genotype_ratio(genotype, CELL_TYPES, op_names(op_set)) * 1e6 == pytest.approx(exact, rel=1e-9)
+    from nnunet_nas.nnunet.search_network import SearchNetwork
+    net = SearchNetwork(supernet, arch, method.make_weighting(cfg))
+    net.export_memory = counted
+    method.regularizers(net, cfg)["memory"].backward()
+    assert arch.op_logits.grad.abs().sum() > 0

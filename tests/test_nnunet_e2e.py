@@ -82,7 +82,7 @@ def test_export_on_demand_from_a_checkpoint(searched):
     res = run_cli(["nnunet-nas", "export", os.path.join(fold, "checkpoint_fitted.pth"), "--name", "3d_fullres_fitted"],
                   env)
     fitted = _plans(env)["configurations"]["3d_fullres_fitted"]["architecture"]["arch_kwargs"]["channel_mul"]
-    assert f"the search counted its memory budget at channel_mul 0.25; fitted to nnU-Net's plan {fitted:g}, a " \
+    assert f"the search counted its memory at channel_mul 0.25; fitted to nnU-Net's plan {fitted:g}, a " \
            f"correction of {fitted / 0.25:.2f}x" in res.stdout
     res = run_cli(["nnunet-nas", "export", os.path.join(fold, "debug.json")], env, check=False)
     assert res.returncode == 2 and "error" in res.stderr

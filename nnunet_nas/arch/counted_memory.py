@@ -1,5 +1,5 @@
-"""A grid architecture's memory in nnU-Net's terms: the export's counter, as a differentiable function of the
-architecture.
+"""An architecture's memory in nnU-Net's terms: the export's counter, as a differentiable function of the
+architecture (a DiNTS / DAST grid, an SCNAS cell U-Net).
 
 nnU-Net plans each configuration to a GPU-memory target by the conv outputs of one forward pass
 (:func:`~nnunet_nas.networks.common.conv_output_elements`, dynamic_network_architectures' convention); the export fits
@@ -16,6 +16,11 @@ the found network one per level down to its deepest node: a head is a 1x1 conv t
 ``1 - prod(1 - m)`` over the edges leaving it in block 0: a smooth function that equals the count at every discrete
 point. Divided by the count of the network nnU-Net planned for the configuration, it is the search's memory ratio
 under ``memory_reference="nnunet"``: 1.0 is "the found network at its export width takes nnU-Net's memory".
+
+:class:`CountedCellMemory` does the same for SCNAS's cells, whose discretiser keeps every edge with its most probable
+op (``zero`` drops it): ``fixed + sum_{t,e,n} [op n chosen on edge e of cell type t] * op[t, e, n]``, ``op`` summed
+over the cells of each type, ``softmax(alpha)`` as the weights in the search (an edge's input projections count as
+fixed: they are dropped only where every edge from that input is).
 """
 
 import re
@@ -29,6 +34,36 @@ from nnunet_nas.networks.common import COUNTED_OUTPUTS
 
 _CELL = re.compile(r"^space\.cells\.b(\d+)_e(\d+)\.(pre|ops\.([^.]+))(\.|$)")
 _STEM = re.compile(r"^stem_down\.(\d+)(\.|$)")
+_CELL_OP = re.compile(r"^cells\.(\d+)\.edge_ops\.(\d+)\.ops\.([^.]+)(\.|$)")
+
+
+def counted_outputs(net: nn.Module, input_channels: int, patch_size: Sequence[int], weights: torch.Tensor) -> dict:
+    """``{module name: elements of its output}`` for every conv and linear module of one forward of ``net`` (on the
+    meta device) at batch 1 with architecture ``weights``; a module run twice is counted once, as it is one tensor in
+    the network the export builds."""
+    counts = {}
+
+    def hook(name):
+        return lambda module, inputs, output: counts.__setitem__(name, output.numel())
+    handles = [m.register_forward_hook(hook(n)) for n, m in net.named_modules() if isinstance(m, COUNTED_OUTPUTS)]
+    try:
+        with torch.no_grad():
+            net(torch.zeros((1, input_channels) + tuple(int(p) for p in patch_size), device="meta"), weights)
+    finally:
+        for h in handles:
+            h.remove()
+    return counts
+
+
+def attached_counted_memory(net):
+    """The search network's memory model in nnU-Net's terms (``net.export_memory``), which the search trainer counts
+    when it starts."""
+    counted = getattr(net, "export_memory", None)
+    if counted is None:
+        raise RuntimeError("a memory budget in nnU-Net's terms needs the search's memory counted against nnU-Net's "
+                           "planned network; the search trainer counts it when it starts (NASSearchTrainer.initialize)."
+                           " Build the search through the trainer, or choose another memory_reference.")
+    return counted
 
 
 class CountedGridMemory:
@@ -63,18 +98,7 @@ class CountedGridMemory:
         space = net.space
         L, E, N, D = space.num_blocks, space.topology.num_edges, len(space.specs), space.num_depths
         op_index = {s.name: n for n, s in enumerate(space.specs)}
-        counts = {}  # module name -> its output's elements (a module run twice is counted once, as in the network)
-
-        def hook(name):
-            return lambda module, inputs, output: counts.__setitem__(name, output.numel())
-        handles = [m.register_forward_hook(hook(n)) for n, m in net.named_modules() if isinstance(m, COUNTED_OUTPUTS)]
-        try:
-            with torch.no_grad():
-                net(torch.zeros((1, input_channels) + tuple(int(p) for p in patch_size), device="meta"),
-                    torch.ones((L, E, N), device="meta"))
-        finally:
-            for h in handles:
-                h.remove()
+        counts = counted_outputs(net, input_channels, patch_size, torch.ones((L, E, N), device="meta"))
         fixed, stem, pre, op = 0.0, np.zeros(D), np.zeros((L, E)), np.zeros((L, E, N))
         for name, n in counts.items():
             cell, root = _CELL.match(name), _STEM.match(name)
@@ -116,3 +140,62 @@ class CountedGridMemory:
         on = torch.as_tensor(np.asarray(genotype.arch_code_a), dtype=torch.float64)
         onehot = torch.nn.functional.one_hot(torch.as_tensor(genotype.op_indices()), self.op.shape[-1])
         return float(self.ratio(on, onehot.to(torch.float64)))
+
+
+class CountedCellMemory:
+    """Conv-output elements of an SCNAS cell U-Net at one width and patch (float64 tables, batch 1).
+
+    Attributes:
+        fixed: elements of what every architecture has (stem, input projections of the cells, output block, heads).
+        op: ``[T, E, N]`` elements of op n on edge e, summed over the cells of type t.
+        reference: elements of nnU-Net's planned network at the configuration's patch.
+    """
+
+    def __init__(self, fixed: float, op, reference: float):
+        self.fixed, self.reference = float(fixed), float(reference)
+        self.op = torch.as_tensor(op, dtype=torch.float64)
+        if not self.reference > 0:
+            raise ValueError(f"CountedCellMemory: the planned network's count must be positive, got {reference}.")
+
+    @classmethod
+    def of_supernet(cls, build: Callable[[], nn.Module], input_channels: int, patch_size: Sequence[int],
+                    reference: float, cell_types: Sequence[str]) -> "CountedCellMemory":
+        """Count the supernet ``build()`` makes (an :class:`~nnunet_nas.networks.scnas_net.SCNASNet` without genotype,
+        built here on the meta device) at ``patch_size``, every op of every edge run."""
+        with torch.device("meta"):
+            net = build()
+        names = list(net.cells[0].edge_ops[0].op_names)
+        T, E, N = len(cell_types), len(net.cells[0].edge_ops), len(names)
+        counts = counted_outputs(net, input_channels, patch_size, torch.ones((T, E, N), device="meta"))
+        type_of = [cell_types.index(plan[0]) for plan in net.plan]
+        fixed, op = 0.0, np.zeros((T, E, N))
+        for name, n in counts.items():
+            match = _CELL_OP.match(name)
+            if match is None:
+                fixed += n
+            else:
+                op[type_of[int(match.group(1))], int(match.group(2)), names.index(match.group(3))] += n
+        return cls(fixed, op, reference)
+
+    def ratio(self, op_probs: torch.Tensor) -> torch.Tensor:
+        """The expected count for ``[T, E, N]`` op weights as a share of nnU-Net's planned network's (exact at one-hot
+        weights)."""
+        if tuple(op_probs.shape) != tuple(self.op.shape):
+            raise ValueError(f"CountedCellMemory: op weights of shape {list(op_probs.shape)}, expected "
+                             f"{list(self.op.shape)}.")
+        op = self.op.to(device=op_probs.device, dtype=op_probs.dtype)
+        return (self.fixed + (op_probs * op).sum()) / self.reference
+
+    def max_ratio(self) -> float:
+        """The largest architecture of the space (the costliest op on every edge) as a share of nnU-Net's."""
+        return float(self.fixed + self.op.max(-1).values.sum()) / self.reference
+
+    def genotype_ratio(self, genotype, cell_types: Sequence[str], op_names: Sequence[str]) -> float:
+        """A discrete cell genotype's count as a share of nnU-Net's (a dropped edge counts nothing)."""
+        chosen = torch.zeros_like(self.op)
+        for t, cell_type in enumerate(cell_types):
+            for e, op in enumerate(genotype.edge_ops(cell_type)):
+                if op is not None:
+                    chosen[t, e, list(op_names).index(op)] = 1.0
+        return float(self.ratio(chosen))
+

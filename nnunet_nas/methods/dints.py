@@ -15,7 +15,7 @@ import torch
 from nnunet_nas.arch import grid_probs
 from nnunet_nas.arch.params import GridArchParams
 from nnunet_nas.arch.weighting import GridEdgeOpWeighting
-from nnunet_nas.arch.counted_memory import CountedGridMemory
+from nnunet_nas.arch.counted_memory import CountedGridMemory, attached_counted_memory
 from nnunet_nas.arch.memory import MEMORY_PENALTIES, MEMORY_REFERENCES, budget_loss
 from nnunet_nas.config import SearchConfig
 from nnunet_nas.config_rules import boolean, integer, number, one_of, optional
@@ -109,26 +109,17 @@ def count_export_memory(cfg: DiNTSSearchConfig, build, input_channels: int, patc
                                          reference())
 
 
-def _counted(net) -> CountedGridMemory:
-    counted = getattr(net, "export_memory", None)
-    if counted is None:
-        raise RuntimeError("memory_reference='nnunet' needs the search's memory counted against nnU-Net's planned "
-                           "network; the search trainer counts it when it starts (NASSearchTrainer.initialize). Build "
-                           "the search through the trainer, or choose memory_reference='max_discrete'.")
-    return counted
-
-
 def memory_ratio(net, cfg: DiNTSSearchConfig, edge_marginals, op_probs):
     """The architecture's memory as a share of ``cfg.memory_reference``."""
     if cfg.memory_reference == NNUNET_REFERENCE:
-        return _counted(net).ratio(edge_marginals, op_probs)
+        return attached_counted_memory(net).ratio(edge_marginals, op_probs)
     return net.supernet.memory_model.ratio(edge_marginals, op_probs, cfg.memory_reference)
 
 
 def max_memory_ratio(net, cfg: DiNTSSearchConfig) -> float:
     """The largest ratio an architecture of the space reaches."""
     if cfg.memory_reference == NNUNET_REFERENCE:
-        return _counted(net).max_ratio()
+        return attached_counted_memory(net).max_ratio()
     return net.supernet.memory_model.max_ratio(cfg.memory_reference)
 
 
@@ -216,7 +207,7 @@ def search_notes(net, cfg: DiNTSSearchConfig) -> List[str]:
     if cfg.memory_reference != NNUNET_REFERENCE:
         return [f"memory budget: sigma {cfg.sigma} of memory_reference={cfg.memory_reference!r} (the space's own "
                 f"architectures; the export then fits the width to nnU-Net's plan)"]
-    counted, width = _counted(net), cfg.counted_export_width()
+    counted, width = attached_counted_memory(net), cfg.counted_export_width()
     notes = [f"memory budget: sigma {cfg.sigma} of nnU-Net's planned network ({counted.reference / 1e6:.2f} M "
              f"conv-output elements at the configuration's patch), the found network counted at its export width "
              f"channel_mul {width:g}; the architectures of this space take up to {counted.max_ratio():.2f}x"]

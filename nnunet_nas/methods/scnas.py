@@ -3,19 +3,22 @@
 The record composes: the cell U-Net (:class:`~nnunet_nas.networks.scnas_net.SCNASNet` with ``genotype=None``),
 :class:`~nnunet_nas.arch.params.CellArchParams` (alpha per cell type, edge and op), the pair-sampling
 Gumbel-softmax weighting of Algorithm 1 (:class:`~nnunet_nas.arch.weighting.GumbelPairWeighting`), temperature
-annealing (:class:`~nnunet_nas.strategies.temperature.TemperatureAnnealing`), no regulariser (the architecture loss
-is the segmentation loss), the per-edge discretisation below and :class:`~nnunet_nas.genotypes.cell.CellGenotype`.
+annealing (:class:`~nnunet_nas.strategies.temperature.TemperatureAnnealing`), no regulariser by default (the
+architecture loss is the segmentation loss; ``memory_budget`` adds a memory term in nnU-Net's terms [ours]), the
+per-edge discretisation below and :class:`~nnunet_nas.genotypes.cell.CellGenotype`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Optional, Tuple
 
 import torch
 
+from nnunet_nas.arch.counted_memory import CountedCellMemory, attached_counted_memory
+from nnunet_nas.arch.memory import MEMORY_PENALTIES, budget_loss
 from nnunet_nas.arch.params import CellArchParams, masked_op_probs, mean_entropy
 from nnunet_nas.arch.weighting import GumbelPairWeighting
 from nnunet_nas.config import SearchConfig
-from nnunet_nas.config_rules import integer, number, one_of
+from nnunet_nas.config_rules import integer, number, one_of, optional
 from nnunet_nas.convergence import separation_record
 from nnunet_nas.discretize.cell import argmax_cell
 from nnunet_nas.errors import ConfigError
@@ -27,7 +30,8 @@ from nnunet_nas.registry import SearchMethod, register_method
 from nnunet_nas.spaces.cell import cell_edges, cell_num_nodes
 from nnunet_nas.strategies.temperature import SCHEDULES, TemperatureAnnealing
 
-HISTORY_KEYS = ("arch_entropy_alpha", "arch_separation")
+HISTORY_KEYS = ("arch_entropy_alpha", "arch_separation", "arch_memory_ratio")
+PAPER_EXPORT_SCALE = 68 / 48  # the paper retrains a 68-channel stem found with a 48-channel search
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,22 @@ class SCNASSearchConfig(SearchConfig):
     temperature_start: float = 10.0  # tau [ours: GDAS's public default, the paper gives none]
     temperature_end: float = 0.1
     temperature_schedule: str = "linear"  # or "exponential"
+    # [ours; the paper has no memory term] sigma of a memory term in nnU-Net's terms, as DiNTS's default: the found
+    # network at its export width (export_channel_mul, else the paper's 68 / 48 times the search width) counted by the
+    # export's counter, as a share of nnU-Net's planned network; None: no term (the ratio is still logged)
+    memory_budget: Optional[float] = None
+    memory_penalty: str = "upper"  # a cap; "two_sided": Eq. 10 of DiNTS
 
     rules: ClassVar[dict] = {
         "num_nodes": integer(1), "channel_mul": number(0, lo_open=True), "temperature_start": number(0, lo_open=True),
         "temperature_end": number(0, lo_open=True), "temperature_schedule": one_of(SCHEDULES),
+        "memory_budget": optional(number(0, lo_open=True)), "memory_penalty": one_of(MEMORY_PENALTIES),
     }
+
+    def counted_export_width(self) -> float:
+        """The width the search counts its memory at."""
+        return float(self.export_channel_mul) if self.export_channel_mul is not None else \
+            self.channel_mul * PAPER_EXPORT_SCALE
 
     def check_consistency(self, source: str) -> None:
         if self.temperature_start < self.temperature_end:
@@ -100,11 +115,30 @@ def discretize(arch_state, op_set: str, provenance=None, cfg=None) -> CellGenoty
                                                for i, t in enumerate(CELL_TYPES)}, num_nodes, provenance)
 
 
+def count_export_memory(cfg: SCNASSearchConfig, build, input_channels: int, patch_size, reference
+                        ) -> CountedCellMemory:
+    """The export's counter over the supernet ``build(cfg)`` makes at the export width and the configuration's
+    ``patch_size``, against nnU-Net's planned network's ``reference()`` elements (logged always; a term only with a
+    ``memory_budget``)."""
+    return CountedCellMemory.of_supernet(lambda: build(replace(cfg, channel_mul=cfg.counted_export_width())),
+                                         input_channels, patch_size, reference(), CELL_TYPES)
+
+
+def regularizers(net, cfg: SCNASSearchConfig):
+    """None by default [paper]; with ``memory_budget`` the memory term of softmax(alpha) in nnU-Net's terms."""
+    if cfg.memory_budget is None:
+        return {}
+    ratio = attached_counted_memory(net).ratio(net.arch.op_probs().to(torch.float64))
+    return {"memory": budget_loss(ratio, cfg.memory_budget, cfg.memory_penalty)}
+
+
 @torch.no_grad()
 def describe(net, cfg: SCNASSearchConfig):
     probs = net.arch.op_probs().float().cpu()
     entropy = mean_entropy(probs)
-    return {"arch_entropy_alpha": float(entropy), **separation_record(probs.numpy()),
+    counted = getattr(net, "export_memory", None)
+    ratio = float("nan") if counted is None else float(counted.ratio(probs.to(torch.float64)))
+    return {"arch_entropy_alpha": float(entropy), **separation_record(probs.numpy()), "arch_memory_ratio": ratio,
             "op_probs": probs.numpy().round(5).tolist()}
 
 
@@ -116,9 +150,16 @@ def fixed_network_kwargs(genotype: CellGenotype, channel_mul: float, base_channe
 
 def search_notes(net, cfg: SCNASSearchConfig):
     edges = len(cell_edges(cfg.num_nodes))
+    counted = attached_counted_memory(net)
+    term = "no memory term (memory_budget sets one)" if cfg.memory_budget is None else \
+        f"memory term: at most {cfg.memory_budget} of it" if cfg.memory_penalty == "upper" else \
+        f"memory term: sigma {cfg.memory_budget} of it"
     return [f"SCNAS: 4 cell types x {edges} edges x {net.arch.op_logits.shape[-1]} ops; two sampled ops per edge per "
             f"step (Algorithm 1), temperature {cfg.temperature_start} -> {cfg.temperature_end} "
-            f"({cfg.temperature_schedule}, per epoch)"]
+            f"({cfg.temperature_schedule}, per epoch)",
+            f"memory: the found network at its export width channel_mul {cfg.counted_export_width():.4g} against "
+            f"nnU-Net's planned network ({counted.reference / 1e6:.2f} M conv-output elements): this space spans up "
+            f"to {counted.max_ratio():.2f}x; {term}"]
 
 
 def plot_genotype(genotype: CellGenotype, path: str) -> str:
@@ -141,7 +182,7 @@ SCNAS = register_method(SearchMethod(
     build_supernet=build_supernet,
     build_arch_params=build_arch_params,
     make_weighting=lambda cfg: GumbelPairWeighting(cfg.temperature_start),
-    regularizers=lambda net, cfg: {},
+    regularizers=regularizers,
     discretize=discretize,
     describe=describe,
     fixed_network_kwargs=fixed_network_kwargs,
@@ -153,5 +194,6 @@ SCNAS = register_method(SearchMethod(
     plot_genotype=plot_genotype,
     plot_history=plot_history,
     search_notes=search_notes,
+    count_export_memory=count_export_memory,
     search_width_field="channel_mul",
 ))

@@ -369,14 +369,14 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
 
 
 def _log_width_correction(config, fit: Optional[dict], fitted: Optional[float], log) -> None:
-    """Where the search budgeted its memory in nnU-Net's terms at an export width (``counted_export_width``), how
+    """Where the search counted its memory in nnU-Net's terms at an export width (``counted_export_width``), how
     far the export's fit to nnU-Net's plan moved from it (a search whose memory term bound: a small correction)."""
     counted = getattr(config, "counted_export_width", None)
     aimed = counted() if counted is not None else None
     if aimed is None or fitted is None:
         return
     aimed /= (fit or {}).get("width_scale") or 1.0  # the config's width, before the memory fit narrowed the search
-    log(f"width: the search counted its memory budget at channel_mul {aimed:g}; fitted to nnU-Net's plan "
+    log(f"width: the search counted its memory at channel_mul {aimed:.4g}; fitted to nnU-Net's plan "
         f"{fitted:g}, a correction of {fitted / aimed:.2f}x")
 
 

@@ -9,6 +9,7 @@ still runs; and a search trainer for the method is found by nnU-Net's own traine
 """
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -32,11 +33,14 @@ IDS = [f"{n}-{d}d" for n, d in CASES]
 
 
 def _search_network(name, dims, in_ch=1, classes=3):
+    """``name``'s search network as the search trainer builds it (its memory in nnU-Net's terms attached)."""
+    from nnunet_nas.nnunet.search_memory import count_export_memory
     method, cfg = get_method(name), TINY_CONFIGS[name]
     op_set = method.op_set_for(cfg, dims)
-    supernet = method.build_supernet(cfg, op_set, in_ch, classes, dims, True,
-                                     planned=tiny_planned(dims, _patch(method, cfg, dims)))
+    planned = tiny_planned(dims, _patch(method, cfg, dims))
+    supernet = method.build_supernet(cfg, op_set, in_ch, classes, dims, True, planned=planned)
     net = SearchNetwork(supernet, method.build_arch_params(cfg, supernet, op_set), method.make_weighting(cfg))
+    net.export_memory = count_export_memory(method, cfg, planned, in_ch, classes)
     return method, cfg, op_set, net
 
 
@@ -116,6 +120,25 @@ def test_every_method_records_how_far_its_search_separated(name):
     assert decided["arch_separation"] > 0.99
     assert decided.get("arch_edge_separation", 1.0) > 0.99 and ("arch_edge_separation" in decided) == (
         "arch_edge_separation" in method.history_keys)
+
+
+@pytest.mark.parametrize("name,dims", CASES, ids=IDS)
+def test_every_method_with_a_memory_model_in_nnunets_terms_logs_it_and_its_terms_reach_alpha(name, dims):
+    """Where a method counts its memory against nnU-Net's planned network, the per-epoch record holds the ratio
+    (within what the space spans) and every architecture-loss term is finite and reaches alpha."""
+    torch.manual_seed(4)
+    method, cfg, _, net = _search_network(name, dims)
+    if method.count_export_memory is None:
+        assert net.export_memory is None
+        return
+    counted = net.export_memory
+    assert counted.reference > 0 and counted.max_ratio() > 0
+    ratio = method.describe(net, cfg)["arch_memory_ratio"]
+    assert "arch_memory_ratio" in method.history_keys and 0 < ratio <= counted.max_ratio()
+    terms = method.regularizers(net, replace(cfg, memory_budget=1e-3))  # a budget every architecture is above
+    assert all(torch.isfinite(v) for v in terms.values()) and "memory" in terms
+    sum(terms.values()).backward()
+    assert net.arch.op_logits.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("name,dims", CASES, ids=IDS)
