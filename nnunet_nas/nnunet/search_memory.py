@@ -104,12 +104,18 @@ def memory_report(trainer_class, plans_manager, configuration: str, dataset_json
                               "estimate_gib": round(fit.estimate_bytes / GIB, 2), "changed": fit.changed},
             "nnunet_planned_network_gib": round(planned_net / GIB, 2),
             "found_network_gib": None if found is None else round(found / GIB, 2),
-            "found_network": ("at most nnU-Net's planned network's memory (the export fits its width to it)"
-                              if share == 1.0 else "nnU-Net's planned network plus the cells found: a sampled "
-                              "architecture at the configuration's batch and patch, at the width the export fits "
-                              f"(host plus cells at most {share:g}x nnU-Net's conv feature maps)" if share is not None
-                              else "nnU-Net's planned network plus the cells found: a sampled architecture at the "
-                              "configuration's batch and patch (the export prints the found one's)")}
+            "found_network": _found_network_text(share)}
+
+
+def _found_network_text(share) -> str:
+    """What the report's found-network figure is, for a method's ``export_memory_share``."""
+    if share == 1.0:
+        return "at most nnU-Net's planned network's memory (the export fits its width to it)"
+    sampled = ("nnU-Net's planned network plus the cells found: a sampled architecture at the configuration's batch "
+               "and patch")
+    if share is None:
+        return f"{sampled} (the export prints the found one's)"
+    return f"{sampled}, at the width the export fits (host plus cells at most {share:g}x nnU-Net's conv feature maps)"
 
 
 def _visible_cuda():
