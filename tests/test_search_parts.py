@@ -43,10 +43,11 @@ def _steps_under_constant_gradient(cfg, grad: float, steps: int) -> float:
 def test_coupled_weight_decay_holds_a_weak_gradient_at_g_over_wd_and_iac_decouples_it():
     """A loss gradient g = -1e-4 on a logit (IAC's measured scale behind its zero-initialised cell output). With
     DARTS's coupled L2 (wd 1e-3) Adam settles where g + wd * alpha = 0, alpha = 0.1, whatever the step count; the
-    decoupled decay (IAC's default) shrinks alpha by lr * wd per step only, so Adam's normalised steps add up."""
+    decoupled decay (IAC's and SCNAS's default) shrinks alpha by lr * wd per step only, so Adam's normalised steps add
+    up."""
     iac = replace(IACSearchConfig(), arch_lr=0.03)
     literal = replace(iac, arch_decoupled_weight_decay=False)
-    assert iac.arch_decoupled_weight_decay and not SCNASSearchConfig().arch_decoupled_weight_decay
+    assert iac.arch_decoupled_weight_decay and SCNASSearchConfig().arch_decoupled_weight_decay
     assert _steps_under_constant_gradient(literal, -1e-4, 1000) == pytest.approx(0.1, abs=0.03)
     assert _steps_under_constant_gradient(literal, -1e-4, 2000) == pytest.approx(0.1, abs=0.03)
     assert _steps_under_constant_gradient(iac, -1e-4, 1000) > 25.0  # 1000 steps of about lr, less a 3 % decay

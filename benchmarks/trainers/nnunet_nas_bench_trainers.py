@@ -101,7 +101,8 @@ class nnUNetTrainerSCNASSearchHippo2D_20x10(nnUNetTrainerSCNASSearch):
     iterations (200 weight and 200 architecture steps; paper 200 epochs); arch_lr 0.03 instead of the paper's
     3e-3, because 200 Adam steps of 3e-3 move a logit by at most 0.6. The export width is nnU-Net's memory target
     (the default)."""
-    search_config = replace(SCNASSearchConfig(), channel_mul=0.25, arch_lr=0.03)
+    search_config = replace(SCNASSearchConfig(), channel_mul=0.25, arch_lr=0.03,
+                            arch_decoupled_weight_decay=False)  # as recorded: the coupled default before issue 23
     num_epochs_default = 20
     iterations_per_epoch = 10
     val_iterations_per_epoch = 2

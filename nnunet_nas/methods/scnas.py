@@ -53,6 +53,11 @@ class SCNASSearchConfig(SearchConfig):
     arch_lr: float = 3e-3  # Adam [paper]
     arch_betas: Tuple[float, float] = (0.5, 0.999)  # [paper]
     arch_weight_decay: float = 1e-3  # [DARTS; the paper gives none]
+    # [ours] decoupled (AdamW's), not DARTS's L2-in-Adam: alpha's loss gradient is about 2e-4 RMS at tau > 1 (measured
+    # on Hippocampus 2-D), which the L2 term 1e-3 * alpha equals at |alpha| 0.2: under it the logits' spread stayed at
+    # 0.11-0.29 over 20 epochs (separation 0.02); decoupled, at the same gradient, it grew to 1.3 in 13 epochs
+    # (separation 0.12; BENCHMARKS.md). Literal: arch_decoupled_weight_decay=False
+    arch_decoupled_weight_decay: bool = True
     temperature_start: float = 10.0  # tau [ours: GDAS's public default, the paper gives none]
     temperature_end: float = 0.1
     temperature_schedule: str = "linear"  # or "exponential"
