@@ -225,9 +225,9 @@ def test_the_search_counts_a_found_network_as_the_export_does(method_name, dims,
     """memory_reference="nnunet": the search's table, built from one counted pass over the supernet at the export
     width, gives every discrete architecture the export counter's figure for the exported network (within its one
     deep-supervision head per level the found network lacks); between discrete points it is smooth in alpha."""
-    from nnunet_nas.arch.params import GridArchParams
     from nnunet_nas.networks.common import conv_output_elements
     from nnunet_nas.networks.dints_net import DiNTSNet
+    from nnunet_nas.nnunet.export import sampled_genotype
     from nnunet_nas.planned_network import PlannedNetwork
     from nnunet_nas.registry import get_method
     method = get_method(method_name)
@@ -240,16 +240,9 @@ def test_the_search_counts_a_found_network_as_the_export_does(method_name, dims,
     assert width == 0.25  # twice the search width [DiNTS paper 4.1]
     counted = method.count_export_memory(
         cfg, lambda c: method.build_supernet(c, op_set, 1, 3, dims, True, planned=planned), 1, patch, lambda: 1.0)
-    geometry = method.search_geometry(cfg, planned, dims)[0]
-    torch.manual_seed(0)
-    for _ in range(3):
-        arch = GridArchParams(3, 3, counted.op.shape[-1])
-        with torch.no_grad():
-            for p in arch.parameters():
-                p.normal_(0, 2)
-        genotype = method.discretize({k: v.detach() for k, v in arch.state_dict().items()}, op_set,
-                                     provenance={"search_config": cfg.to_dict()}, cfg=cfg)
-        genotype.geometry = geometry
+    for seed in range(3):
+        genotype = sampled_genotype(method, cfg, planned, dims, 1, 3, seed)
+        genotype.provenance = {"search_config": cfg.to_dict()}  # DAST's export reads its heads there
         fixed = method.fixed_network_kwargs(genotype, width, planned=planned)
         exact = conv_output_elements(lambda: DiNTSNet(1, 3, deep_supervision=True, **fixed), 1, patch)
         assert counted.genotype_ratio(genotype) == pytest.approx(exact, rel=3e-3)
@@ -268,6 +261,8 @@ def test_scnas_counts_a_found_network_as_the_export_does(dims, patch):
     and the term steers alpha."""
     from nnunet_nas.networks.common import conv_output_elements
     from nnunet_nas.networks.scnas_net import CELL_TYPES, SCNASNet
+    from nnunet_nas.nnunet.export import sampled_genotype
+    from nnunet_nas.nnunet.search_network import SearchNetwork
     from nnunet_nas.ops.catalog import op_names
     from nnunet_nas.planned_network import PlannedNetwork
     from nnunet_nas.registry import get_method
@@ -279,18 +274,12 @@ def test_scnas_counts_a_found_network_as_the_export_does(dims, patch):
     counted = method.count_export_memory(
         cfg, lambda c: method.build_supernet(c, op_set, 1, 3, dims, True, planned=planned), 1, patch, lambda: 1e6)
     for seed in range(2):
-        torch.manual_seed(seed)
-        supernet = method.build_supernet(cfg, op_set, 1, 3, dims, True, planned=planned)
-        arch = method.build_arch_params(cfg, supernet, op_set)
-        with torch.no_grad():
-            for p in arch.parameters():
-                p.normal_(0, 2)
-        genotype = method.discretize(arch.state_dict(), op_set, cfg=cfg)
-        genotype.geometry = method.search_geometry(cfg, planned, dims)[0]
+        genotype = sampled_genotype(method, cfg, planned, dims, 1, 3, seed)
         kwargs = method.fixed_network_kwargs(genotype, cfg.counted_export_width(), planned=planned)
         exact = conv_output_elements(lambda: SCNASNet(1, 3, deep_supervision=True, **kwargs), 1, patch)
         assert counted.genotype_ratio(genotype, CELL_TYPES, op_names(op_set)) * 1e6 == pytest.approx(exact, rel=1e-9)
-    from nnunet_nas.nnunet.search_network import SearchNetwork
+    supernet = method.build_supernet(cfg, op_set, 1, 3, dims, True, planned=planned)
+    arch = method.build_arch_params(cfg, supernet, op_set)
     net = SearchNetwork(supernet, arch, method.make_weighting(cfg))
     net.export_memory = counted
     method.regularizers(net, cfg)["memory"].backward()

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_nas.networks.common import COUNTED_OUTPUTS
+from nnunet_nas.networks.common import module_output_elements
 
 _CELL = re.compile(r"^space\.cells\.b(\d+)_e(\d+)\.(pre|ops\.([^.]+))(\.|$)")
 _STEM = re.compile(r"^stem_down\.(\d+)(\.|$)")
@@ -41,18 +41,7 @@ def counted_outputs(net: nn.Module, input_channels: int, patch_size: Sequence[in
     """``{module name: elements of its output}`` for every conv and linear module of one forward of ``net`` (on the
     meta device) at batch 1 with architecture ``weights``; a module run twice is counted once, as it is one tensor in
     the network the export builds."""
-    counts = {}
-
-    def hook(name):
-        return lambda module, inputs, output: counts.__setitem__(name, output.numel())
-    handles = [m.register_forward_hook(hook(n)) for n, m in net.named_modules() if isinstance(m, COUNTED_OUTPUTS)]
-    try:
-        with torch.no_grad():
-            net(torch.zeros((1, input_channels) + tuple(int(p) for p in patch_size), device="meta"), weights)
-    finally:
-        for h in handles:
-            h.remove()
-    return counts
+    return dict(module_output_elements(net, input_channels, patch_size, weights))
 
 
 def attached_counted_memory(net):

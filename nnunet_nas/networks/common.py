@@ -2,7 +2,7 @@
 with and without deep supervision, loading a checkpoint trained with deep supervision into a network built without it
 (nnU-Net's prediction), and the count of conv outputs nnU-Net's planner sizes networks by."""
 
-from typing import Callable, Sequence
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -38,21 +38,27 @@ COUNTED_OUTPUTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvT
                    nn.Linear)
 
 
+def module_output_elements(net: nn.Module, input_channels: int, patch_size: Sequence[int],
+                           *args) -> List[Tuple[str, int]]:
+    """``(module name, elements of its output)`` for every call of a conv or linear module in one forward of ``net``
+    (built on the meta device) at batch 1, ``args`` passed after the input (a supernet's architecture weights)."""
+    calls = []
+
+    def hook(name):
+        return lambda module, inputs, output: calls.append((name, output.numel()))
+    hooks = [m.register_forward_hook(hook(n)) for n, m in net.named_modules() if isinstance(m, COUNTED_OUTPUTS)]
+    try:
+        with torch.no_grad():
+            net(torch.zeros((1, input_channels) + tuple(int(p) for p in patch_size), device="meta"), *args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
 def conv_output_elements(build: Callable[[], nn.Module], input_channels: int, patch_size: Sequence[int]) -> int:
     """Elements of every conv (and linear) output of one forward of ``build()`` (built on the meta device) at batch
     1."""
     with torch.device("meta"):
         net = build()
-    total = [0]
-
-    def count(module, inputs, output):
-        total[0] += output.numel()
-
-    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, COUNTED_OUTPUTS)]
-    try:
-        with torch.no_grad():
-            net(torch.zeros((1, input_channels) + tuple(int(p) for p in patch_size), device="meta"))
-    finally:
-        for h in hooks:
-            h.remove()
-    return int(total[0])
+    return int(sum(n for _, n in module_output_elements(net, input_channels, patch_size)))
