@@ -78,25 +78,28 @@ def planned_unet(strides, kernels):
 
 
 def search_plan(method, cfg, plan, geometry: str):
-    """``(planned network, search patch)`` of a search at ``plan``: with ``geometry="plan"`` the space follows the
-    plan's strides and kernels and the patch is nnU-Net's (rounded only where the space needs it); with
-    ``"isotropic"`` the space is built as before plan geometries (every level 2x, 3^3 kernels, the patch rounded up
-    to 2^levels) while IAC's host keeps the plan."""
+    """``(planned network, search patch, nnU-Net's planned network)`` of a search at ``plan``: with
+    ``geometry="plan"`` the space follows the plan's strides and kernels and the patch is nnU-Net's (rounded only
+    where the space needs it); with ``"isotropic"`` the space is built as before plan geometries (every level 2x,
+    3^3 kernels, the patch rounded up to 2^levels) while IAC's host keeps the plan. The third, the plan's own
+    network at the search patch, is what the memory model counts its budget against in either geometry."""
     patch, _, _, _, strides, kernels = plan
     block = planned_unet(strides, kernels)
+    reference = PlannedNetwork.from_block(block)
     if geometry == "isotropic" and method.search_downsamplings is not None:
         block["arch_kwargs"] = {k: v for k, v in block["arch_kwargs"].items() if k not in ("strides", "kernel_sizes")}
     planned = PlannedNetwork.from_block(block)
     space, _ = method.search_geometry(cfg, planned, 3)
     patch = patch if space is None else round_up_patch(patch, space.divisor)
-    return replace(planned, patch_size=tuple(patch)), patch
+    return replace(planned, patch_size=tuple(patch)), patch, replace(reference, patch_size=tuple(patch))
 
 
-def build(method, cfg, planned, in_ch, classes, device):
+def build(method, cfg, planned, in_ch, classes, device, export_memory=None):
+    """The search network, with ``export_memory`` (``count_export_memory``'s) attached as the trainer does."""
     op_set = method.op_set_for(cfg, 3)
     supernet = method.build_supernet(cfg, op_set, in_ch, classes, 3, True, planned=planned)
     net = SearchNetwork(supernet, method.build_arch_params(cfg, supernet, op_set), method.make_weighting(cfg))
-    net.export_memory = count_export_memory(method, cfg, planned, in_ch, classes)  # as the search trainer does
+    net.export_memory = export_memory
     return net if device.type == "cpu" else net.to(device)  # built on the CPU (fake tensors cannot move)
 
 
@@ -220,10 +223,10 @@ def run_one(name, plan_name, plan, device, tiny, iterations, geometry="plan", ba
             width_scale=1.0):
     """One search's iterations at the plan (or at ``batch`` x ``patch`` x ``width_scale``, under an allocator cap of
     ``cap_gib``)."""
-    method, cfg = _config(name, tiny)
-    cfg = narrowed(cfg, method.search_width_field, width_scale)
+    method, configured = _config(name, tiny)
+    cfg = narrowed(configured, method.search_width_field, width_scale)
     _, planned_batch, in_ch, classes, _, _ = plan
-    planned, planned_patch = search_plan(method, cfg, plan, geometry)
+    planned, planned_patch, reference = search_plan(method, cfg, plan, geometry)
     batch, patch = batch or planned_batch, list(patch or planned_patch)
     row = {"method": name, "plan": plan_name, "geometry": geometry, "search_patch": patch, "batch": batch}
     if cap_gib is not None:
@@ -244,7 +247,10 @@ def run_one(name, plan_name, plan, device, tiny, iterations, geometry="plan", ba
         torch.cuda.set_per_process_memory_fraction(1.0 if cap_gib is None else min(1.0, cap_gib * GIB / total))
     try:
         torch.manual_seed(0)
-        net = build(method, cfg, replace(planned, patch_size=tuple(patch)), in_ch, classes, device)
+        # the memory model as the trainer counts it when it starts: at the config's width and the plan's search
+        # patch (not a fit's narrowing or patch), against nnU-Net's planned network
+        export_memory = count_export_memory(method, configured, planned, in_ch, classes, reference=reference)
+        net = build(method, cfg, replace(planned, patch_size=tuple(patch)), in_ch, classes, device, export_memory)
         opt_w = torch.optim.SGD(list(net.weight_parameters()), 0.01, momentum=0.99, nesterov=True)
         opt_a = torch.optim.Adam(list(net.arch_parameters()), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas))
         scalers = [torch.amp.GradScaler(device.type, enabled=device.type == "cuda") for _ in range(2)]
@@ -266,7 +272,7 @@ def run_fit(name, plan_name, plan, device, tiny, iterations, cap_gib):
     that cap. On the CPU (the rehearsal) the target leaves 60 % of the planned activations instead."""
     method, cfg = _config(name, tiny)
     _, batch, in_ch, classes, _, _ = plan
-    planned, patch = search_plan(method, cfg, plan, "plan")
+    planned, patch, _ = search_plan(method, cfg, plan, "plan")
     count, divisor = fit_inputs(method, cfg, planned, in_ch, classes, device)
     if device.type == "cuda":
         target = MemoryTarget(int((cap_gib - CUDA_RESERVE_GIB) * GIB), f"a {cap_gib} GiB card")
@@ -288,7 +294,7 @@ def run_compile(name, plan_name, plan, device, tiny, iterations, backend):
     """A sampled fixed network of ``name`` at the plan, compiled with ``backend`` (see the module's docstring)."""
     method, cfg = _config(name, tiny)
     _, batch, in_ch, classes, _, _ = plan
-    planned, patch = search_plan(method, cfg, plan, "plan")
+    planned, patch, _ = search_plan(method, cfg, plan, "plan")
     row = {"method": name, "plan": plan_name, "compile_backend": backend, "patch": patch, "batch": batch}
     try:
         from nnunet_nas.nnunet.export import sampled_fixed_network

@@ -30,7 +30,7 @@ MARKERS = ("<!-- memory-fit-table:start -->", "<!-- memory-fit-table:end -->")
 def row_for(name, plan_name, plan):
     method, cfg = _config(name, tiny=False)
     _, batch, in_ch, classes, _, _ = plan
-    planned, patch = search_plan(method, cfg, plan, "plan")
+    planned, patch, _ = search_plan(method, cfg, plan, "plan")
     counter, divisor = fit_inputs(method, cfg, planned, in_ch, classes, torch.device("cuda"))
     cache = {}
 

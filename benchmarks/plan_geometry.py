@@ -37,13 +37,14 @@ MARKERS = ("<!-- plan-geometry:start -->", "<!-- plan-geometry:end -->")
 
 
 def _network(name, plan_name, geometry):
-    """``(method, default config, planned network, search patch)`` of a search at ``plan_name``."""
+    """``(method, default config, planned network, search patch, nnU-Net's planned network)`` of a search at
+    ``plan_name``."""
     from gpu_acceptance import search_plan
     from nnunet_nas.registry import get_method
     method = get_method(name)
     cfg = method.config_class()
-    planned, patch = search_plan(method, cfg, PLANS[plan_name], geometry)
-    return method, cfg, planned, patch
+    planned, patch, reference = search_plan(method, cfg, PLANS[plan_name], geometry)
+    return method, cfg, planned, patch, reference
 
 
 def child_measure(name, plan_name, geometry, iterations) -> dict:
@@ -54,12 +55,15 @@ def child_measure(name, plan_name, geometry, iterations) -> dict:
     import torch
 
     from gpu_acceptance import build, iteration
-    method, cfg, planned, patch = _network(name, plan_name, geometry)
+
+    from nnunet_nas.nnunet.search_memory import count_export_memory
+    method, cfg, planned, patch, reference = _network(name, plan_name, geometry)
     _, batch, in_ch, classes, _, _ = PLANS[plan_name]
     device = torch.device("cpu")
     before = _rss_kib()
     torch.manual_seed(0)
-    net = build(method, cfg, planned, in_ch, classes, device)
+    net = build(method, cfg, planned, in_ch, classes, device,
+                count_export_memory(method, cfg, planned, in_ch, classes, reference=reference))
     opt_w = torch.optim.SGD(list(net.weight_parameters()), 0.01, momentum=0.99, nesterov=True)
     opt_a = torch.optim.Adam(list(net.arch_parameters()), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas))
     scalers = [torch.amp.GradScaler("cpu", enabled=False) for _ in range(2)]

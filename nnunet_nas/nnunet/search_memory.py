@@ -142,11 +142,12 @@ def describe(report: dict) -> str:
                                                          f": {report['found_network_gib']:.2f} GiB")])
 
 
-def count_export_memory(method, cfg, planned: PlannedNetwork, input_channels: int, num_heads: int):
+def count_export_memory(method, cfg, planned: PlannedNetwork, input_channels: int, num_heads: int,
+                        reference: Optional[PlannedNetwork] = None):
     """The method's memory model in nnU-Net's terms (``SearchMethod.count_export_memory``: the found network counted
     by the export's counter at its export width and the patch of ``planned``, the configuration's, against nnU-Net's
-    planned network at that patch), or None where the method or its config budgets otherwise. Shapes only (the meta
-    device)."""
+    planned network at that patch, or against ``reference`` where the search is built on another geometry than the
+    plan's), or None where the method or its config budgets otherwise. Shapes only (the meta device)."""
     import torch
     from nnunet_nas.nnunet.width import planned_elements
     if method.count_export_memory is None:
@@ -158,4 +159,4 @@ def count_export_memory(method, cfg, planned: PlannedNetwork, input_channels: in
         return method.build_supernet(c, op_set, input_channels, num_heads, dims, True, planned=planned)
     with torch.random.fork_rng(devices=[]):
         return method.count_export_memory(cfg, build, input_channels, planned.patch_size,
-                                          lambda: planned_elements(planned, input_channels, num_heads))
+                                          lambda: planned_elements(reference or planned, input_channels, num_heads))
