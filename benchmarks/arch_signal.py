@@ -13,6 +13,15 @@ nnUNetTrainerSCNASSearchHippo2D_20x10_Decoupled -device cpu``. ``--markdown`` pr
 table per search for BENCHMARKS.md. With a coupled weight decay ``wd`` (Adam's L2, DARTS's), alpha cannot go past
 about ``|g| / wd`` where its loss gradient ``g`` is balanced by the decay: the table prints that bound beside the
 logits' spread, so a search whose logits sit at the bound is held there by the decay, not by its data.
+
+Whether a method's ``arch_lr`` is enough for its package schedule (issue 23's "arch_lr against the number of
+architecture steps"): Adam moves each logit by at most ``arch_lr`` per step, so over ``S`` steps an edge's spread
+(max - min) can grow by at most ``2 * arch_lr * S``. The search's *coherence* is the share of that reach it used
+(spread gained over the architecture epochs / ``2 * arch_lr * S``): 1 when every step pushed the same logits the same
+way, near 0 when the gradient's sign wanders. With it the table projects the spread the package's default schedule
+(the method's default search trainer: its epochs, nnU-Net's 250 iterations, its warm-up, its ``arch_lr``) would
+reach at the same coherence, and the probability one op leading the others of an edge by that spread would have.
+The projection ignores a coupled decay, whose bound the table prints beside the spread.
 """
 
 import argparse
@@ -54,17 +63,50 @@ def search_signal(fold_folder: str) -> dict:
                      "coupled_decay_bound": (2 * rms / cfg["arch_weight_decay"]) if coupled and rms and
                      np.isfinite(rms) else None})
     return {"fold_folder": os.path.abspath(fold_folder), "checkpoint": os.path.basename(path),
-            "trainer": ckpt.get("trainer_name"), "method": state.get("method"),
+            "trainer": ckpt.get("trainer_name"), "method": state.get("method"), "num_ops": int(op_probs[-1].shape[-1])
+            if op_probs else None,
             "arch_lr": cfg.get("arch_lr"), "arch_weight_decay": cfg.get("arch_weight_decay"),
             "decoupled": bool(cfg.get("arch_decoupled_weight_decay")), "arch_steps": state.get("arch_steps_done"),
             "epochs": rows}
 
 
+NNUNET_ITERATIONS_PER_EPOCH = 250  # nnU-Net's, which the package's search trainers keep
+
+
+def package_schedule(method: str) -> dict:
+    """``{"arch_lr", "arch_steps", "trainer"}`` of the method's default search trainer as the package ships it."""
+    from nnunet_nas.nnunet import trainers
+    name = trainers.default_search_trainer(method)
+    cls = getattr(trainers, name)
+    _, cfg = cls.method_and_config()
+    epochs = cls.num_epochs_default
+    per_epoch = cls.iterations_per_epoch or NNUNET_ITERATIONS_PER_EPOCH
+    return {"trainer": name, "arch_lr": cfg.arch_lr,
+            "arch_steps": (epochs - cfg.num_warmup_epochs(epochs)) * per_epoch}
+
+
+def schedule_reach(result: dict) -> dict:
+    """The search's coherence and the spread its method's package schedule reaches at it (module docstring)."""
+    searched = [r for r in result["epochs"] if r["grad_rms"] is not None and r["logit_spread"] is not None]
+    if not searched or not result["arch_steps"]:
+        return {}
+    before = [r for r in result["epochs"] if r["epoch"] < searched[0]["epoch"] and r["logit_spread"] is not None]
+    start = (before[-1] if before else searched[0])["logit_spread"]
+    gained = searched[-1]["logit_spread"] - start
+    coherence = gained / (2 * result["arch_lr"] * result["arch_steps"])
+    package = package_schedule(result["method"])
+    spread = start + coherence * 2 * package["arch_lr"] * package["arch_steps"]
+    n = result["num_ops"] or 2
+    return {"spread_gained": gained, "coherence": coherence, "package": package, "package_spread": spread,
+            "package_p_max": float(np.exp(spread) / (np.exp(spread) + n - 1))}
+
+
 def markdown(result: dict) -> list:
     def f(v, fmt):
         return "-" if v is None or not np.isfinite(v) else format(v, fmt)
-    lines = [f"{result['method']} `{result['trainer']}`: arch_lr {result['arch_lr']:g}, weight decay "
-             f"{result['arch_weight_decay']:g} ({'decoupled' if result['decoupled'] else 'coupled, L2 in Adam'}), "
+    decay = ("none" if not result["arch_weight_decay"] else f"{result['arch_weight_decay']:g} "
+             f"({'decoupled' if result['decoupled'] else 'coupled, L2 in Adam'})")
+    lines = [f"{result['method']} `{result['trainer']}`: arch_lr {result['arch_lr']:g}, weight decay {decay}, "
              f"{result['arch_steps']} architecture steps.", "",
              "| epoch | tau | alpha grad RMS | softmax shift (TV) | separation | logit spread | coupled-decay bound |",
              "|---|---|---|---|---|---|---|"]
@@ -72,6 +114,14 @@ def markdown(result: dict) -> list:
         lines.append(f"| {r['epoch']} | {f(r['temperature'], '.2f')} | {f(r['grad_rms'], '.2e')} | "
                      f"{f(r['softmax_shift'], '.4f')} | {f(r['separation'], '.3f')} | {f(r['logit_spread'], '.3f')} | "
                      f"{f(r['coupled_decay_bound'], '.3f')} |")
+    reach = schedule_reach(result)
+    if reach:
+        pk = reach["package"]
+        lines += ["", f"Coherence {reach['coherence']:.3f} (spread gained {reach['spread_gained']:.2f} of at most "
+                      f"{2 * result['arch_lr'] * result['arch_steps']:.1f}). The package's `{pk['trainer']}` "
+                      f"(arch_lr {pk['arch_lr']:g}, {pk['arch_steps']} architecture steps) reaches at it a spread of "
+                      f"{reach['package_spread']:.1f}: one op leading its {result['num_ops'] - 1} rivals by that has "
+                      f"p = {reach['package_p_max']:.3f}."]
     return lines
 
 
@@ -86,7 +136,7 @@ def main():
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     for r in results["searches"]:
-        print("\n".join(markdown(r)) if args.markdown else json.dumps(r))
+        print("\n".join(markdown(r)) if args.markdown else json.dumps(dict(r, schedule_reach=schedule_reach(r))))
 
 
 if __name__ == "__main__":

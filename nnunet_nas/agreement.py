@@ -5,8 +5,8 @@ A genotype's decisions are, per edge of its search space (the order of the searc
 or None for an edge it drops (:meth:`~nnunet_nas.genotypes.schema.Genotype.edge_decisions`). Two genotypes agree
 on an edge's *op* when both keep it with the same op or both drop it, and on the *edge* when both keep it or both
 drop it. Chance is not 1/N: the grid's topology rules and the cells' edges-per-node rule shape what a random
-architecture looks like, so chance is measured by Monte Carlo through the method's own discretiser, on
-architecture logits drawn i.i.d. N(0, 1) in the shapes of the searches' (unpruned: the space as defined).
+architecture looks like, so chance is measured by Monte Carlo over random architectures of the searches' space
+(:mod:`nnunet_nas.random_architecture`).
 """
 
 from typing import Dict
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from nnunet_nas.errors import UserError
+from nnunet_nas.random_architecture import random_arch_state
 
 
 def decisions_agreement(a, b) -> Dict[str, float]:
@@ -29,14 +30,13 @@ def decisions_agreement(a, b) -> Dict[str, float]:
 
 def chance_agreement(method, arch_state: Dict[str, torch.Tensor], op_set: str, cfg, samples: int = 500,
                      seed: int = 0) -> Dict[str, float]:
-    """The mean :func:`decisions_agreement` of ``samples`` pairs of random architectures: logits N(0, 1) in the
-    shapes of ``arch_state`` (``alive_ops`` left out), each discretised by ``method``'s rule."""
+    """The mean :func:`decisions_agreement` of ``samples`` pairs of random architectures of the space of
+    ``arch_state`` (:func:`~nnunet_nas.random_architecture.random_arch_state`), each discretised by ``method``'s
+    rule."""
     gen = torch.Generator().manual_seed(seed)
-    shapes = {k: v.shape for k, v in arch_state.items() if k != "alive_ops"}
 
     def draw():
-        state = {k: torch.randn(shape, generator=gen) for k, shape in shapes.items()}
-        return method.discretize(state, op_set, cfg=cfg).edge_decisions()
+        return method.discretize(random_arch_state(arch_state, gen), op_set, cfg=cfg).edge_decisions()
     pairs = [decisions_agreement(draw(), draw()) for _ in range(samples)]
     return {k: float(np.mean([p[k] for p in pairs])) for k in ("ops", "edges")}
 

@@ -46,7 +46,7 @@ def _cmd_methods(args) -> None:
 def _cmd_export(args) -> None:
     from nnunet_nas.nnunet.export import export_from_checkpoint
     export_from_checkpoint(_search_checkpoint(args.checkpoint), name=args.name, channel_mul=args.channel_mul,
-                           base_config=args.base_config, overwrite=args.overwrite)
+                           base_config=args.base_config, overwrite=args.overwrite, random_seed=args.random)
 
 
 def _search_checkpoint(path: str) -> str:
@@ -136,11 +136,27 @@ def _cmd_add_arch(args) -> None:
             raise UserError(f"--host-checkpoint: method {method.name!r} does not start from a trained model (only "
                             f"methods that build on one, such as IAC, take it); leave it out.")
         load_host_checkpoint(host, args.configuration, dataset, fold=None)  # read as data, before any write
+        host = _per_fold(host)
     suffix = "cvpr" if not (args.monai or args.genotype) else "imported"
     name = args.name or f"{args.configuration}_{method.name}_{suffix}"
     used = register_searched_configuration(path, args.configuration, method, genotype, args.channel_mul, name=name,
                                            overwrite=args.overwrite, host_checkpoint=host)
     print(f"Train it with: nnUNetv2_train {dataset} {used} FOLD")
+
+
+def _per_fold(host: str) -> str:
+    """A host checkpoint inside nnU-Net's ``fold_<n>`` folder stands for every fold's own model (as a search's export
+    records it): fold f's validation cases were training cases of every other fold's model."""
+    import re
+    from nnunet_nas.nnunet.host import per_fold_host
+    folds = [int(m.group(1)) for part in os.path.normpath(host).split(os.sep)[:-1]
+             for m in [re.fullmatch(r"fold_(\d+)", part)] if m]
+    if not folds:
+        return host
+    per_fold = per_fold_host(host, folds[-1])
+    print(f"trained start: each fold's own model, {per_fold} (fold f's validation cases were training cases of "
+          f"fold_{folds[-1]}'s model)")
+    return per_fold
 
 
 def _cmd_attention(args) -> None:
@@ -246,6 +262,10 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1, "a whole number of at least 1")
 
 
+def seed(text: str) -> int:
+    return _int_at_least(text, 0, "a seed (a whole number of at least 0)")
+
+
 def fold(text: str):
     """nnU-Net's fold: ``all`` or an integer >= 0."""
     return text if text == "all" else _int_at_least(text, 0, "a fold (an integer >= 0, or 'all')")
@@ -271,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "the base configuration)")
     s.add_argument("--base-config", help="configuration to inherit from (default: the searched one)")
     s.add_argument("--overwrite", action="store_true", help="replace a configuration holding another architecture")
+    s.add_argument("--random", type=seed, metavar="SEED", help="register the random architecture SEED draws from the "
+                                                               "search's space instead of the found one, with the "
+                                                               "found one's geometry, width rule and trained start: "
+                                                               "its control at the same memory (default name "
+                                                               "<configuration>_<method>_random<SEED>)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("agreement", help="do two searches of the same space agree? The share of edges their "
@@ -278,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("a", help="a search checkpoint, or the fold folder holding it")
     s.add_argument("b", help="another search of the same method and space (e.g. another seed or fold)")
     s.add_argument("--samples", type=positive_int, default=500, help="random pairs for chance (default 500)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the random architectures")
+    s.add_argument("--seed", type=seed, default=0, help="seed of the random architectures")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(func=_cmd_agreement)
 
@@ -339,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-p", dest="plans", help="plans identifier (default nnUNetPlans)")
     s.add_argument("--test", help="a folder of images (nnU-Net's naming) to predict with the winner")
     s.add_argument("--baseline-repeats", type=int, help="train the baseline twice (2) to show its run-to-run spread")
+    s.add_argument("--random-controls", type=int, metavar="N",
+                   help="train N random architectures of each search's space (seeds 0..N-1) beside its found one, at "
+                        "the same memory and from the same start: did the search choose better than chance? "
+                        "(default 0)")
     s.add_argument("-device", dest="device", help="cuda (default), cpu or mps, as for nnUNetv2_train")
     s.add_argument("--gpus", nargs="+", help="run independent steps side by side, one per GPU (CUDA ids)")
     s.add_argument("--parallel", type=int, help="without --gpus: steps run side by side (default 1)")

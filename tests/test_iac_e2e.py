@@ -73,6 +73,13 @@ def test_search_freezes_the_host_and_exports_a_configuration_that_starts_from_it
     assert arch["arch_kwargs"]["host_checkpoint"] == os.path.abspath(host_ckpt).replace("fold_0", "fold_{fold}")
     assert arch["arch_kwargs"]["host_kwargs"] == plans["configurations"][CONFIG]["architecture"]["arch_kwargs"]
     assert CellGenotype.from_dict(arch["arch_kwargs"]["genotype"]) == g
+    # registered by hand on fold 0's model (nnunet-nas add-arch), every fold starts from its own model just the same
+    run_cli(["nnunet-nas", "add-arch", str(DATASET_ID), "-c", CONFIG, "--genotype",
+             os.path.join(fold, "iac_genotype.json"), "--host-checkpoint", host_ckpt, "--name", f"{CONFIG}_iac_added"],
+            env)
+    added = json.load(open(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")))
+    assert added["configurations"][f"{CONFIG}_iac_added"]["architecture"]["arch_kwargs"]["host_checkpoint"] == \
+        arch["arch_kwargs"]["host_checkpoint"]
 
     # the network nnU-Net's stock trainer builds for fine-tuning computes the trained model's function
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer

@@ -86,6 +86,16 @@ def test_export_on_demand_from_a_checkpoint(searched):
            f"correction of {fitted / 0.25:.2f}x" in res.stdout
     res = run_cli(["nnunet-nas", "export", os.path.join(fold, "debug.json")], env, check=False)
     assert res.returncode == 2 and "error" in res.stderr
+    # the control a study trains beside it: a random architecture of the same space, registered the same way
+    res = run_cli(["nnunet-nas", "export", fold, "--random", "3"], env)
+    assert "registered configuration '3d_fullres_dints_random3'" in res.stdout and "random draw" not in res.stdout
+    random = _plans(env)["configurations"]["3d_fullres_dints_random3"]["architecture"]["arch_kwargs"]
+    found = _plans(env)["configurations"]["3d_fullres_dints"]["architecture"]["arch_kwargs"]
+    assert random["genotype"]["provenance"]["random_draw"]["seed"] == 3
+    assert random["channel_mul"] == found["channel_mul"] and random["strides"] == found["strides"]
+    assert os.path.isfile(os.path.join(fold, "dints_genotype_random3.json"))
+    res = run_cli(["nnunet-nas", "export", fold, "--random", "-1"], env, check=False)
+    assert res.returncode == 2 and "a seed (a whole number of at least 0)" in res.stderr
 
 
 @pytest.fixture(scope="module")

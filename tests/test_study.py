@@ -59,6 +59,7 @@ def test_a_config_file_gives_the_settings_and_the_command_line_wins(tmp_path):
     (dict(configurations=["3d_custom"]), r"not planned yet and nnUNetv2_plan_and_preprocess makes only"),
     (dict(search_trainers={"scnas": "X"}), r"--search-trainer names \['scnas'\]"),
     (dict(baseline_repeats=3), r"1 or 2"),
+    (dict(random_controls=-1), r"--random-controls -1 must be a whole number of at least 0"),
     (dict(tag="a-b"), r"letters and digits only"),
     (dict(gpus=["0", "1", "2"], num_gpus_per_training=2), r"cannot be split into sets of"),
     (dict(executor="slurm", slurm_time=None), r"needs --slurm-time"),
@@ -133,6 +134,25 @@ def test_the_graph_orders_nnunets_commands_and_iac_builds_on_each_folds_own_base
         assert control.command[2:6] == ["3d_fullres_iac_control", str(f), "-tr", TRAINER]
 
 
+def test_random_controls_are_exported_from_each_search_and_trained_beside_its_found_configuration(monkeypatch):
+    monkeypatch.setenv("nnUNet_results", "/r")
+    steps = _graph(random_controls=2)
+    for method in ("dints", "iac"):
+        search = steps[f"search/{method}/3d_fullres"]
+        for seed in (0, 1):
+            name = f"3d_fullres_{method}_random{seed}"
+            config = steps[f"config/{name}"]
+            assert config.command == ["nnunet-nas", "export", search.fold_folder, "--random", str(seed), "--name", name,
+                                      "--overwrite"]
+            assert config.deps == [search.name]
+            for f in (0, 1, 2):  # IAC's random cells start from fold f's own baseline, as its found cells do
+                host = [f"baseline/3d_fullres/fold_{f}"] if method == "iac" else []
+                assert steps[f"control/{name}/fold_{f}"].deps == [f"config/{name}"] + host
+    select = steps["select"].command  # controls are there to compare, not candidates of model selection
+    assert select[select.index("-c") + 1:select.index("-tr")] == ["3d_fullres", "3d_fullres_dints", "3d_fullres_iac"]
+    assert not any("random" in n for n in _graph())  # none by default
+
+
 def test_fingerprints_follow_what_a_step_computes_and_what_it_builds_on(monkeypatch):
     monkeypatch.setenv("nnUNet_results", "/r")
     base = fingerprints(list(_graph().values()))
@@ -168,6 +188,22 @@ def test_paired_difference_is_the_mean_difference_with_an_interval_that_holds_it
     d = paired_difference(a, b)
     assert d["cases"] == 3 and d["mean"] == pytest.approx(0.1)
     assert d["low"] <= 0.1 <= d["high"] and d["low"] >= 0.0 - 1e-12 and d["high"] <= 0.2 + 1e-12
+
+
+def test_the_report_sets_each_found_configuration_against_its_controls_case_by_case():
+    from nnunet_nas.study.report import comparison_table
+    cases = {f"c{i}": 0.5 + 0.01 * i for i in range(30)}
+    shifted = {"2d_dints": 0.03, "2d_dints_random0": 0.01, "2d_dints_random1": 0.0, "2d_iac": 0.02,
+               "2d_iac_control": 0.0, "2d_iac_random0": 0.02}
+    scores = {"2d": cases, **{c: {k: v + d for k, v in cases.items()} for c, d in shifted.items()}}
+    results = {c: {"kind": "baseline" if c == "2d" else "train", "folds": {0: {"cases": cases}}} for c in scores}
+    lines = "\n".join(comparison_table({"search_fold": 0}, results, scores))
+    random = "a random architecture of its search's space at the same memory"
+    assert f"| 2d_dints against 2d_dints_random0 ({random}) | 30 | +0.0200 [+0.0200, +0.0200] |" in lines
+    assert f"| 2d_dints against 2d_dints_random1 ({random}) | 30 | +0.0300 [+0.0300, +0.0300] |" in lines
+    assert f"| 2d_iac against 2d_iac_random0 ({random}) | 30 | +0.0000" in lines
+    assert "| 2d_iac against 2d_iac_control (the same start and schedule, no cells) | 30 | +0.0200" in lines
+    assert "2d_dints_random0 against" not in lines and "2d_dints against 2d_iac" not in lines
 
 
 # ---------------------------------------------------------------- the whole study, real commands

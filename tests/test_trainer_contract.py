@@ -95,6 +95,57 @@ def test_search_trainer_steps_saves_loads_and_resumes_as_the_uninterrupted_run(m
     _assert_same(_state(fresh), _state(trainer), f"{method} after the resumed step")
 
 
+@pytest.mark.parametrize("method", method_names())
+def test_a_random_architecture_of_the_search_space_registers_as_the_found_one_does(method, nnunet_in_process):
+    """``nnunet-nas export --random SEED``: the control a study trains beside a found architecture is drawn from the
+    search's space, not from its result (the same draw whatever alpha learned), and registered by the same export:
+    the found one's network class, geometry, width rule (fitted to the same memory share) and trained start."""
+    import json
+    from nnunet_nas.genotypes.schema import load_genotype
+    from nnunet_nas.nnunet.export import export_from_checkpoint
+    from nnunet_nas.nnunet.plans_io import load_plans
+    name, configuration = SEARCH_TEST_TRAINERS[method]
+    trainer = _trainer(name, configuration)
+    if trainer.method.trained_host:
+        fake_trained_host(nnunet_in_process, configuration)
+    trainer.initialize()
+    os.makedirs(trainer.output_folder, exist_ok=True)
+    path = os.path.join(trainer.output_folder, "checkpoint_final.pth")
+    logs = {}
+
+    def export(key, **kw):
+        logs[key] = []
+        return export_from_checkpoint(path, log=logs[key].append, **kw)
+    trainer.save_checkpoint(path)
+    found = export("found")
+    random0 = export("random0", random_seed=0)
+    assert random0 == f"{configuration}_{method}_random0"
+    with torch.no_grad():  # another search result in the same space: the random draw does not follow it
+        for p in trainer._unwrap().arch.parameters():
+            p.add_(torch.randn_like(p))
+    trainer.save_checkpoint(path)
+    again = export("again", random_seed=0, name="random0_again")
+    genotypes = {k: load_genotype(os.path.join(trainer.output_folder, f"{method}_genotype{suffix}.json"))
+                 for k, suffix in (("found", ""), ("random0", "_random0"))}
+    assert genotypes["random0"].provenance["random_draw"]["seed"] == 0
+    assert "convergence" not in genotypes["random0"].provenance  # the search's figure is not the random one's
+    plans = load_plans(os.path.join(os.environ["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json"))
+    blocks = {k: plans["configurations"][c]["architecture"] for k, c in
+              (("found", found), ("random0", random0), ("again", again))}
+    assert blocks["again"] == blocks["random0"]
+    assert blocks["random0"]["network_class_name"] == blocks["found"]["network_class_name"]
+    kw = {k: b["arch_kwargs"] for k, b in blocks.items()}
+    for key in ("strides", "kernel_sizes", "host_checkpoint", "host_arch_kwargs"):
+        assert kw["random0"].get(key) == kw["found"].get(key), key
+    if trainer.method.export_memory_share is not None and trainer.cfg.export_channel_mul is None:
+        # both fitted to the same share of nnU-Net's memory
+        assert all(any(line.startswith("width fitted to") for line in logs[k]) for k in ("found", "random0")), logs
+    elif "channel_mul" in kw["found"]:  # the width the config pins
+        assert kw["random0"]["channel_mul"] == kw["found"]["channel_mul"]
+    assert not any("close to a random draw" in line for line in logs["random0"]), logs["random0"]
+    json.dumps(genotypes["random0"].to_dict())  # a genotype file like any other
+
+
 @pytest.mark.e2e
 def test_gpu_acceptance_script_rehearses_on_the_cpu(tmp_path):
     """benchmarks/gpu_acceptance.py --device cpu --tiny: every registered method's search iteration, memory fit and

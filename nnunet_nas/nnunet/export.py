@@ -330,12 +330,17 @@ def preprocessed_plans_path(dataset_name: str, plans_identifier: str) -> str:
 
 
 def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, channel_mul: Optional[float] = None,
-                           base_config: Optional[str] = None, overwrite: bool = False, log=print) -> str:
+                           base_config: Optional[str] = None, overwrite: bool = False,
+                           random_seed: Optional[int] = None, log=print) -> str:
     """Discretise a search checkpoint, write the genotype beside it and register the configuration.
 
     Every input is checked before anything is written; the genotype of a checkpoint other than
     ``checkpoint_final.pth`` goes to ``<method>_genotype_<checkpoint>.json`` (:func:`genotype_tag`). Returns the
-    configuration name used.
+    configuration name used. With ``random_seed``, the architecture registered is the random one that seed draws from
+    the checkpoint's space (:mod:`nnunet_nas.random_architecture`) instead of the found one, with everything else the
+    found one's: geometry, width rule (so the same memory where the width is fitted), trained start; its files are
+    tagged ``random<seed>`` and its default name is ``<configuration>_<method>_random<seed>``: the found
+    architecture's control, which tells whether the search chose better than chance.
     """
     arch = read_searched_architecture(checkpoint_path)
     ckpt, state, method, config = arch.checkpoint, arch.state, arch.method, arch.config
@@ -349,20 +354,29 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
                   "search_config": config.to_dict(), "stopped_early": bool(state.get("stopped_early", False)),
                   "search_fit": state.get("fit"), "convergence": convergence_summary(state.get("arch_history") or {}),
                   "nnunet_nas_version": _version()}
-    genotype = method.discretize(arch.arch_state, arch.op_set, provenance, cfg=config)
+    tag = genotype_tag(checkpoint_path)
+    if random_seed is None:
+        genotype = method.discretize(arch.arch_state, arch.op_set, provenance, cfg=config)
+    else:
+        from nnunet_nas.random_architecture import random_genotype
+        del provenance["convergence"]  # the search's, not this architecture's
+        provenance["random_draw"] = {"seed": int(random_seed), "of": "the search's space, not its result"}
+        genotype = random_genotype(method, arch.arch_state, arch.op_set, config, random_seed, provenance)
+        tag = "_".join(t for t in (tag, f"random{int(random_seed)}") if t)
+        if name is None:
+            name = f"{base_config or searched}_{method.name}_random{int(random_seed)}"
     genotype.geometry = _searched_geometry(state, method, config, _resolved(plans, searched), dims, checkpoint_path)
     mul = config.export_channel_mul if channel_mul is None else channel_mul  # None: fitted
     registration = prepare_registration(path, base_config or searched, method, genotype, mul, name=name,
                                         overwrite=overwrite, auto_rename=name is None and not overwrite,
                                         host_checkpoint=per_fold_host(state.get("host_checkpoint"), init.get("fold")),
                                         log=log)
-    if mul is None:
+    if mul is None and random_seed is None:
         _log_width_correction(config, state.get("fit"), registration.architecture["arch_kwargs"].get("channel_mul"),
                               log)
-    write_genotype_files(method, genotype, os.path.dirname(os.path.abspath(checkpoint_path)),
-                         genotype_tag(checkpoint_path), log=log)
+    write_genotype_files(method, genotype, os.path.dirname(os.path.abspath(checkpoint_path)), tag, log=log)
     name = registration.commit(log)
-    warning = unseparated_warning(provenance["convergence"])
+    warning = None if random_seed is not None else unseparated_warning(provenance["convergence"])
     if warning:
         log(warning)
     return name

@@ -15,7 +15,7 @@ import numpy as np
 from nnunet_nas.convergence import CHANGE_CEILING, SEPARATION_FLOOR
 from nnunet_nas.io import atomic_write_text
 from nnunet_nas.nnunet.export import EXPORT_NAME_ENV
-from nnunet_nas.study.steps import TRAINING_KINDS, VALIDATED_KINDS, control_configuration
+from nnunet_nas.study.steps import TRAINING_KINDS, VALIDATED_KINDS, control_configuration, random_configuration
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -223,13 +223,18 @@ def comparison_table(study, results, scores) -> List[str]:
         only_clean = paired_difference({k: v for k, v in scores[c].items() if k in clean}, scores[base])
         lines.append(f"| {c} | {' | '.join(fmt(pooled))} | {' | '.join(fmt(only_clean))} |")
         counts += [d["cases"] for d in (pooled, only_clean) if d is not None]
-    for found in results:  # a method that builds on the baseline (IAC) against its fair control
-        control = control_configuration(found)
-        if control in results and scores[found] and scores[control]:
-            pooled = paired_difference(scores[found], scores[control])
-            only_clean = paired_difference({k: v for k, v in scores[found].items() if k in clean}, scores[control])
-            lines.append(f"| {found} against {control} (the same start and schedule, no cells) | "
-                         f"{' | '.join(fmt(pooled))} | {' | '.join(fmt(only_clean))} |")
+    for found in results:  # a found configuration against its controls
+        randoms = {random_configuration(found, seed) for seed in range(len(results))}
+        controls = [(c, "a random architecture of its search's space at the same memory") for c in results
+                    if c in randoms]
+        controls += [(control_configuration(found), "the same start and schedule, no cells")]  # IAC's
+        for control, what in controls:
+            if control in results and scores[found] and scores[control]:
+                pooled = paired_difference(scores[found], scores[control])
+                only_clean = paired_difference({k: v for k, v in scores[found].items() if k in clean},
+                                               scores[control])
+                lines.append(f"| {found} against {control} ({what}) | {' | '.join(fmt(pooled))} | "
+                             f"{' | '.join(fmt(only_clean))} |")
     if counts and min(counts) < FEW_CASES:
         lines.append(f"\nWith fewer than {FEW_CASES} cases an interval over cases is rough: it cannot show the "
                      f"run-to-run spread of the trainings themselves (about 0.015 mean Dice between identical "

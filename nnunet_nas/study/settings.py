@@ -30,6 +30,7 @@ class StudySettings:
     plans: str = "nnUNetPlans"
     test: Optional[str] = None  # a folder of images to predict with the winner
     baseline_repeats: int = 1
+    random_controls: int = 0  # random architectures of each search's space trained beside its found one
     device: str = "cuda"
     gpus: List[str] = field(default_factory=list)  # local executor: one step per GPU at a time
     parallel: Optional[int] = None  # steps side by side without --gpus (default 1: CPU machines)
@@ -142,6 +143,9 @@ def check_settings(s: StudySettings) -> DatasetFacts:
     if s.gpus and len(s.gpus) % s.num_gpus_per_training:
         raise UserError(f"--gpus {s.gpus} cannot be split into sets of --num-gpus-per-training "
                         f"{s.num_gpus_per_training}.")
+    if not isinstance(s.random_controls, int) or s.random_controls < 0:
+        raise UserError(f"--random-controls {s.random_controls!r} must be a whole number of at least 0 (random "
+                        f"architectures per search, trained beside the found one).")
     if s.baseline_repeats > 2:
         raise UserError(f"--baseline-repeats {s.baseline_repeats}: 1 or 2 (a second run shows the baseline's own "
                         f"run-to-run spread).")

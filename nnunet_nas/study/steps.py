@@ -67,6 +67,12 @@ def control_configuration(found: str) -> str:
     return f"{found}_control"
 
 
+def random_configuration(found: str, seed: int) -> str:
+    """The random-architecture control ``seed`` of a found configuration: a random architecture of the same search's
+    space, registered by the same export (``nnunet-nas export --random``: same geometry, width rule, trained start)."""
+    return f"{found}_random{seed}"
+
+
 def repeat_configuration(configuration: str, tag: Optional[str] = None) -> str:
     """The copy of ``configuration`` a second baseline run trains under (nnU-Net keys its models by name)."""
     return f"{configuration}_repeat2" + (f"_{tag}" if tag else "")
@@ -126,6 +132,14 @@ def build_steps(s: StudySettings, facts: DatasetFacts, search_trainers: Dict[str
                 deps = [search.name] + ([f"baseline/{c}/fold_{f}"] if on_host else [])
                 steps.append(_training(s, facts, found, f, "train", deps))
                 trainings.setdefault(found, []).append(steps[-1].name)
+            for seed in range(s.random_controls):  # for the report, as the controls below
+                random = random_configuration(found, seed)
+                steps.append(Step(f"config/{random}", "config",
+                                  ["nnunet-nas", "export", search.fold_folder, "--random", str(seed), "--name", random,
+                                   "--overwrite"], deps=[search.name], configuration=random))
+                for f in s.folds:
+                    steps.append(_training(s, facts, random, f, "control",
+                                           [f"config/{random}"] + ([f"baseline/{c}/fold_{f}"] if on_host else [])))
             if on_host:  # its fair control, for the report (not a candidate of model selection)
                 control = control_configuration(found)
                 steps.append(Step(f"config/{control}", "config",
