@@ -352,14 +352,13 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
                   "fold": init.get("fold"), "epoch": int(ckpt.get("current_epoch", -1)),
                   "trainer": ckpt.get("trainer_name"), "checkpoint": os.path.abspath(checkpoint_path),
                   "search_config": config.to_dict(), "stopped_early": bool(state.get("stopped_early", False)),
-                  "search_fit": state.get("fit"), "convergence": convergence_summary(state.get("arch_history") or {}),
-                  "nnunet_nas_version": _version()}
+                  "search_fit": state.get("fit"), "nnunet_nas_version": _version()}
     tag = genotype_tag(checkpoint_path)
     if random_seed is None:
+        provenance["convergence"] = convergence_summary(state.get("arch_history") or {})  # the search's: not a draw's
         genotype = method.discretize(arch.arch_state, arch.op_set, provenance, cfg=config)
     else:
         from nnunet_nas.random_architecture import random_genotype
-        del provenance["convergence"]  # the search's, not this architecture's
         provenance["random_draw"] = {"seed": int(random_seed), "of": "the search's space, not its result"}
         genotype = random_genotype(method, arch.arch_state, arch.op_set, config, random_seed, provenance)
         tag = "_".join(t for t in (tag, f"random{int(random_seed)}") if t)
@@ -376,7 +375,7 @@ def export_from_checkpoint(checkpoint_path: str, name: Optional[str] = None, cha
                               log)
     write_genotype_files(method, genotype, os.path.dirname(os.path.abspath(checkpoint_path)), tag, log=log)
     name = registration.commit(log)
-    warning = None if random_seed is not None else unseparated_warning(provenance["convergence"])
+    warning = unseparated_warning(provenance.get("convergence"))
     if warning:
         log(warning)
     return name

@@ -216,11 +216,15 @@ def comparison_table(study, results, scores) -> List[str]:
 
     def fmt(d):
         return ("-", "-") if d is None else (str(d["cases"]), f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]")
+
+    def compared(a, b):
+        """``a - b`` pooled over every case both have and on the clean fold's cases."""
+        return (paired_difference(scores[a], scores[b]),
+                paired_difference({k: v for k, v in scores[a].items() if k in clean}, scores[b]))
     for c in results:
         if c == base:
             continue
-        pooled = paired_difference(scores[c], scores[base])
-        only_clean = paired_difference({k: v for k, v in scores[c].items() if k in clean}, scores[base])
+        pooled, only_clean = compared(c, base)
         lines.append(f"| {c} | {' | '.join(fmt(pooled))} | {' | '.join(fmt(only_clean))} |")
         counts += [d["cases"] for d in (pooled, only_clean) if d is not None]
     for found in results:  # a found configuration against its controls
@@ -230,9 +234,7 @@ def comparison_table(study, results, scores) -> List[str]:
         controls += [(control_configuration(found), "the same start and schedule, no cells")]  # IAC's
         for control, what in controls:
             if control in results and scores[found] and scores[control]:
-                pooled = paired_difference(scores[found], scores[control])
-                only_clean = paired_difference({k: v for k, v in scores[found].items() if k in clean},
-                                               scores[control])
+                pooled, only_clean = compared(found, control)
                 lines.append(f"| {found} against {control} ({what}) | {' | '.join(fmt(pooled))} | "
                              f"{' | '.join(fmt(only_clean))} |")
     if counts and min(counts) < FEW_CASES:
