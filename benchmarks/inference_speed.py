@@ -14,12 +14,18 @@ the 40 validation cases of fold 0 of nnU-Net's split:
 2. the real command ``nnUNetv2_predict -device cpu -npp 1 -nps 1`` on the same 40 cases (wall-clock, start-up
    included);
 3. the network alone: one forward at batch 1 at the configuration's patch (median of repeats), and a
-   ``torch.profiler`` table of its top operators, written to ``benchmarks/results/inference_profile_<config>.txt``.
+   ``torch.profiler`` table of its top operators, written to
+   ``benchmarks/results/<table>_profile_<config>_t<threads>.txt``.
 
 Threads: nnU-Net's predictor runs the network with ``min(nnUNet_def_n_proc, torch threads)`` threads; the protocol
 sets ``nnUNet_def_n_proc=1`` on 2-core machines, ``--threads 1 2`` times both.
 
-    python benchmarks/inference_speed.py [--work /tmp/hippo_infer] [--threads 1 2] [--update-benchmarks-md]
+``--genotype`` times another found architecture (issue 23's row: the DiNTS search under the nnU-Net budget,
+``--genotype benchmarks/results/issue23_dints_nnunet_genotype.json --table inference_speed_issue23``); ``--table``
+names the results JSON and the BENCHMARKS.md table it updates.
+
+    python benchmarks/inference_speed.py [--work /tmp/hippo_infer] [--threads 1 2] [--genotype PATH] [--table TAG]
+        [--update-benchmarks-md]
 """
 
 import argparse
@@ -36,15 +42,13 @@ from hippocampus_2d import DATA, DATASET, add_bs32, env_for, machine
 GENOTYPE = os.path.join(RESULTS, "hippocampus_2d_dints_genotype.json")
 BASE, FOUND = "2d_bs32", "2d_bs32_dints"
 TRAINER = "nnUNetTrainer"
-TABLE_START = "<!-- inference_speed:table:start -->"
-TABLE_END = "<!-- inference_speed:table:end -->"
 
 
 def model_folder(env, config):
     return os.path.join(env["nnUNet_results"], DATASET, f"{TRAINER}__nnUNetPlans__{config}")
 
 
-def prepare(work):
+def prepare(work, genotype):
     """Raw data, plans, ``2d_bs32``, the found configuration and one model folder per configuration."""
     env = env_for(work)
     raw = os.path.join(env["nnUNet_raw"], DATASET)
@@ -56,7 +60,7 @@ def prepare(work):
         subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "2d", "-np", "1", "-npfp", "1", "--no_pp"],
                        env=env, check=True, stdout=subprocess.DEVNULL)
     add_bs32(env)
-    add = subprocess.run(["nnunet-nas", "add-arch", "4", "-c", BASE, "--genotype", GENOTYPE, "--name", FOUND,
+    add = subprocess.run(["nnunet-nas", "add-arch", "4", "-c", BASE, "--genotype", genotype, "--name", FOUND,
                           "--overwrite"], env=env, check=True, capture_output=True, text=True)
     print(add.stdout.strip(), flush=True)
     for config in (BASE, FOUND):
@@ -96,7 +100,7 @@ def validation_cases(env):
     return [os.path.join(images, f"{c}_0000.nii.gz") for c in generate_crossval_split(ids, 12345, 5)[0]["val"]]
 
 
-def time_config(work, config, threads):
+def time_config(config, threads, table):
     """Run in a subprocess with ``nnUNet_def_n_proc=threads`` set before nnU-Net is imported; prints a JSON."""
     import torch
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
@@ -133,7 +137,7 @@ def time_config(work, config, threads):
             for _ in range(20):
                 net(x)
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-    with open(os.path.join(RESULTS, f"inference_profile_{config}_t{threads}.txt"), "w") as f:
+    with open(os.path.join(RESULTS, f"{table}_profile_{config}_t{threads}.txt"), "w") as f:
         f.write(f"{config}: 20 forwards at batch 1, patch {list(patch)}, {threads} thread(s)\n{table}\n")
     ops = sum(e.count for e in prof.key_averages() if not e.key.startswith("aten::empty")) / 20
     print(json.dumps({"config": config, "threads": threads, "patch": list(patch), "cases": len(per_case),
@@ -178,7 +182,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/hippo_infer")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--out", default=os.path.join(RESULTS, "inference_speed.json"))
+    ap.add_argument("--genotype", default=GENOTYPE, help="the found architecture timed (a genotype JSON)")
+    ap.add_argument("--table", default="inference_speed",
+                    help="tag of the results (benchmarks/results/TAG.json) and of BENCHMARKS.md's table markers")
     ap.add_argument("--update-benchmarks-md", action="store_true")
     ap.add_argument("--write-model", help=argparse.SUPPRESS)
     ap.add_argument("--time-config", help=argparse.SUPPRESS)
@@ -186,17 +192,19 @@ def main():
     if args.write_model:
         return write_model(args.write_model)
     if args.time_config:
-        return time_config(args.work, args.time_config, args.threads[0])
-    env, add_arch_output = prepare(args.work)
+        return time_config(args.time_config, args.threads[0], args.table)
+    genotype = os.path.abspath(args.genotype)
+    env, add_arch_output = prepare(args.work, genotype)
     from nnunet_nas.nnunet.width import conv_output_elements
-    res = {"machine": machine(), "genotype": GENOTYPE, "add_arch": add_arch_output.strip(), "timings": {},
-           "elements": {}}
+    res = {"machine": machine(), "genotype": os.path.relpath(genotype, REPO), "add_arch": add_arch_output.strip(),
+           "timings": {}, "elements": {}}
     for threads in args.threads:
         rows = res["timings"].setdefault(str(threads), {})
         for config in (BASE, FOUND):
             print(f"[{config}, {threads} thread(s)] in-process per-case timing", flush=True)
             rows[config] = run_child([sys.executable, __file__, "--work", args.work, "--time-config", config,
-                                      "--threads", str(threads)], env=dict(env, nnUNet_def_n_proc=str(threads)))
+                                      "--threads", str(threads), "--table", args.table],
+                                     env=dict(env, nnUNet_def_n_proc=str(threads)))
             print(f"[{config}, {threads} thread(s)] nnUNetv2_predict", flush=True)
             rows[config]["command"] = time_command(env, config, threads, args.work)
             print(json.dumps(rows[config]), flush=True)
@@ -213,9 +221,10 @@ def main():
     table = render_table(res)
     print(table)
     from nnunet_nas.io import atomic_write_text
-    atomic_write_text(args.out, json.dumps(res, indent=1))
+    atomic_write_text(os.path.join(RESULTS, f"{args.table}.json"), json.dumps(res, indent=1))
     if args.update_benchmarks_md:
-        update_markdown(os.path.join(REPO, "BENCHMARKS.md"), table, TABLE_START, TABLE_END)
+        update_markdown(os.path.join(REPO, "BENCHMARKS.md"), table, f"<!-- {args.table}:table:start -->",
+                        f"<!-- {args.table}:table:end -->")
 
 
 if __name__ == "__main__":

@@ -128,6 +128,12 @@ class nnUNetTrainerSCNASSearchHippo2D_20x10_DecoupledExp(nnUNetTrainerSCNASSearc
                             temperature_schedule="exponential")
 
 
+class nnUNetTrainerSCNASSearchHippo2D_20x10_Decoupled_nnunet(nnUNetTrainerSCNASSearchHippo2D_20x10_Decoupled):
+    """Issue 23's SCNAS row with the optional memory term in nnU-Net's terms: at most 1.0 of nnU-Net's planned
+    network, the found network counted at its export width (the search width's 68/48 ratio, as the paper's stem)."""
+    search_config = replace(nnUNetTrainerSCNASSearchHippo2D_20x10_Decoupled.search_config, memory_budget=1.0)
+
+
 class nnUNetTrainerIACSearchHippo2D_40x5(nnUNetTrainerIACSearch):
     """CPU IAC search for MSD Hippocampus 2d_bs32 (benchmarks/iac_hippocampus.py), on the benchmark's trained
     baseline (nnUNetTrainerNAS_20x50), frozen. The default IAC cell (4 nodes, 8 DARTS ops, K=4 partial channels, edge
@@ -167,3 +173,24 @@ class nnUNetTrainerNAS_10x50_FromModel(nnUNetTrainerNAS_10x50):
         net = self.network.module if hasattr(self.network, "module") else self.network
         getattr(net, "_orig_mod", net).load_state_dict(weights)
         self.print_to_log_file(f"initialised from {path}")
+
+
+# The second searches of issue 23's two-seed agreement (nnunet-nas agreement FIRST SECOND): the same search with
+# another seed, under its own trainer name so that its fold folder lies beside the first's.
+SECOND_SEED = 23456
+
+
+class nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25_nnunet_seed2(nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25_nnunet):
+    search_seed = SECOND_SEED
+
+
+class nnUNetTrainerDASTSearchHippo2D_L8D3_20x25_nnunet_seed2(nnUNetTrainerDASTSearchHippo2D_L8D3_20x25_nnunet):
+    search_seed = SECOND_SEED
+
+
+class nnUNetTrainerSCNASSearchHippo2D_20x10_Decoupled_seed2(nnUNetTrainerSCNASSearchHippo2D_20x10_Decoupled):
+    search_seed = SECOND_SEED
+
+
+class nnUNetTrainerIACSearchHippo2D_40x5_seed2(nnUNetTrainerIACSearchHippo2D_40x5):
+    search_seed = SECOND_SEED

@@ -320,12 +320,16 @@ def dry_run_lines(s, facts, steps, prints, ledger, run_dir) -> List[str]:
         lines.append(f"[{i:>2}] {st.name}  ({state}; after: {', '.join(st.deps) or 'nothing'})")
         lines.append(f"      {st.shell()}")
     trainings = [st for st in steps if st.kind in TRAINING_KINDS]
-    controls = sum(st.kind == "control" for st in steps)
-    lines.append(f"{LOG} {len(trainings)} trainings ({sum(st.kind == 'baseline' for st in steps)} baseline, "
-                 f"{sum(st.kind == 'search' for st in steps)} searches, {sum(st.kind == 'train' for st in steps)} "
-                 f"of found configurations{f', {controls} fair controls' if controls else ''}); "
-                 f"{time_estimate(trainings, ledger)}; {disk_estimate(s, facts, steps)}")
+    kinds = [st.kind for st in steps]
+    controls = f", {counted(kinds.count('control'), 'control')}" if "control" in kinds else ""
+    lines.append(f"{LOG} {counted(len(trainings), 'training')} ({kinds.count('baseline')} baseline, "
+                 f"{counted(kinds.count('search'), 'search', 'searches')}, {kinds.count('train')} of found "
+                 f"configurations{controls}); {time_estimate(trainings, ledger)}; {disk_estimate(s, facts, steps)}")
     return lines
+
+
+def counted(n: int, noun: str, plural: str = "") -> str:
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def time_estimate(trainings: List[Step], ledger) -> str:
