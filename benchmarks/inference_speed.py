@@ -136,9 +136,9 @@ def time_config(config, threads, table):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(20):
                 net(x)
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    operators = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     with open(os.path.join(RESULTS, f"{table}_profile_{config}_t{threads}.txt"), "w") as f:
-        f.write(f"{config}: 20 forwards at batch 1, patch {list(patch)}, {threads} thread(s)\n{table}\n")
+        f.write(f"{config}: 20 forwards at batch 1, patch {list(patch)}, {threads} thread(s)\n{operators}\n")
     ops = sum(e.count for e in prof.key_averages() if not e.key.startswith("aten::empty")) / 20
     print(json.dumps({"config": config, "threads": threads, "patch": list(patch), "cases": len(per_case),
                       "per_case_median_s": statistics.median(per_case), "per_case_mean_s": statistics.mean(per_case),
