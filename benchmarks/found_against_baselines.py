@@ -4,7 +4,8 @@ against the baseline's own run-to-run noise.
     python benchmarks/found_against_baselines.py --fold 0 \
         --baseline RESULTS/.../TRAINER__PLANS__2d_bs32 RESULTS/.../TRAINER__PLANS__2d_bs32_repeat2 \
         --row "DiNTS, nnU-Net budget" MODEL_FOLDER SEARCH_FOLD_FOLDER \
-        --row "DiNTS, random architecture" MODEL_FOLDER - [--json OUT.json]
+        --row "DiNTS, random architecture" MODEL_FOLDER - \
+        --pair "DiNTS, nnU-Net budget" "DiNTS, random architecture" [--json OUT.json]
 
 Each ``--row NAME MODEL SEARCH`` names a model folder (``TRAINER__PLANS__CONFIGURATION``, trained on ``--fold``) and
 the fold folder of the search behind it (``-`` for none). Per row: nnU-Net's Dice per label and its foreground mean
@@ -57,7 +58,7 @@ def network(model_folder: str, fold: int) -> dict:
 
 def search_facts(search_fold: str) -> dict:
     """The search's convergence summary (its genotype's provenance) and compute time (sum of its epoch times)."""
-    genotypes = [p for p in glob.glob(os.path.join(search_fold, "*_genotype.json"))]
+    genotypes = glob.glob(os.path.join(search_fold, "*_genotype.json"))
     convergence = {}
     if genotypes:
         with open(genotypes[0]) as f:
@@ -75,22 +76,29 @@ def verdict(differences, band: float) -> str:
     return sides[0] if len(set(sides)) == 1 else "within"
 
 
-def compare(baselines, rows, fold: int) -> dict:
+def compare(baselines, rows, fold: int, pairs=()) -> dict:
     from nnunet_nas.study.report import paired_difference
     base = [(os.path.basename(b.rstrip(os.sep)), fold_scores(b, fold)) for b in baselines]
     noise = paired_difference(base[1][1]["cases"], base[0][1]["cases"]) if len(base) > 1 else None
     band = max(abs(noise["low"]), abs(noise["high"])) if noise else 0.0
     out = {"fold": fold, "baselines": [{"model": name, "foreground_mean": s["foreground_mean"], "labels": s["labels"],
                                         **network(b, fold)} for b, (name, s) in zip(baselines, base)],
-           "noise": noise, "noise_band": band, "rows": []}
+           "noise": noise, "noise_band": band, "rows": [], "pairs": []}
+    cases = {}
     for name, model, search in rows:
         scores = fold_scores(model, fold)
+        cases[name] = scores["cases"]
         differences = [dict(paired_difference(scores["cases"], s["cases"]), against=b) for b, s in base]
         row = {"name": name, "model": model, "foreground_mean": scores["foreground_mean"], "labels": scores["labels"],
                "differences": differences, "verdict": verdict(differences, band), **network(model, fold)}
         if search != "-":
             row.update(search_facts(search))
         out["rows"].append(row)
+    for a, b in pairs:
+        unknown = [n for n in (a, b) if n not in cases]
+        if unknown:
+            raise SystemExit(f"--pair names no --row: {', '.join(unknown)}; give the NAME of a --row.")
+        out["pairs"].append(dict(paired_difference(cases[a], cases[b]), row=a, against=b))
     return out
 
 
@@ -119,6 +127,10 @@ def markdown(result: dict) -> list:
                      + f" | {r['verdict']} | {f(width, 'g')} | {f(r['parameters_m'], '.2f')} | "
                        f"{f(r['memory_gib'], '.2f')} | {f(r.get('separation'), '.2f')} | "
                        f"{f(r.get('argmax_changed'), '.0%')} | {f(hours and hours / 3600, '.2f')} |")
+    if result["pairs"]:
+        lines += ["", "Paired per-case difference of the mean Dice between rows (95 % bootstrap interval):", ""]
+        lines += [f"- {d['row']} against {d['against']}: {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+                  for d in result["pairs"]]
     return lines
 
 
@@ -128,12 +140,14 @@ def main():
     p.add_argument("--baseline", nargs="+", required=True, help="model folders of the baseline runs (first: the "
                                                                 "reference)")
     p.add_argument("--row", nargs=3, action="append", required=True, metavar=("NAME", "MODEL", "SEARCH"))
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("ROW", "AGAINST"),
+                   help="also set one row against another case by case (e.g. a found one against its random one)")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()
-    result = dict(compare(args.baseline, args.row, args.fold), machine=machine_info())
+    result = dict(compare(args.baseline, args.row, args.fold, args.pair), machine=machine_info())
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        from nnunet_nas.io import atomic_write_text
+        atomic_write_text(args.json, json.dumps(result, indent=1))
     print("\n".join(markdown(result)))
 
 
