@@ -194,6 +194,9 @@ def main():
     if args.time_config:
         return time_config(args.time_config, args.threads[0], args.table)
     genotype = os.path.abspath(args.genotype)
+    if not os.path.isfile(genotype):
+        raise SystemExit(f"--genotype {args.genotype}: no such file; give a found genotype JSON (e.g. a search's "
+                         f"<method>_genotype.json).")
     env, add_arch_output = prepare(args.work, genotype)
     from nnunet_nas.nnunet.width import conv_output_elements
     res = {"machine": machine(), "genotype": os.path.relpath(genotype, REPO), "add_arch": add_arch_output.strip(),
