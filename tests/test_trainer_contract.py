@@ -244,3 +244,13 @@ def test_counting_the_memory_leaves_the_searchs_random_stream_alone(nnunet_in_pr
         trainer.initialize()
         weights.append(_state(trainer)["weights"])
     _assert_same(weights[0], weights[1], "initial weights")
+
+
+@pytest.mark.parametrize("name, schedule", [("nnUNetTrainerNASDemo", (20, 25, 5)),
+                                            ("nnUNetTrainerNAS_20x50", (20, 50, 10))])
+def test_a_short_schedule_saves_its_latest_checkpoint_every_epoch(name, schedule, nnunet_in_process):
+    # nnU-Net saves checkpoint_latest every 50 epochs; a 20-epoch training killed at epoch 19 would resume from its
+    # best epoch with --c, not its last
+    trainer = _trainer(name, "2d")
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == schedule
+    assert trainer.save_every == 1

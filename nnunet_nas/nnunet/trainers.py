@@ -133,12 +133,16 @@ class nnUNetTrainerDASTSearchDemo(nnUNetTrainerDASTSearch):
 
 
 class _ShortSchedule(nnUNetTrainer):
+    """nnU-Net's trainer on a shorter schedule. It saves its latest checkpoint every epoch: nnU-Net saves it every 50,
+    which a 20-epoch schedule never reaches, so a training killed before its end (a study cut off, a preempted job)
+    would resume with ``--c`` from its best epoch, not its last."""
     schedule = (1000, 250, 50)  # epochs, iterations per epoch, validation iterations per epoch
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.schedule
+        self.save_every = 1
 
 
 class nnUNetTrainerNASDemo(_ShortSchedule):
