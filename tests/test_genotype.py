@@ -48,9 +48,8 @@ def test_monai_round_trip(cvpr, tmp_path):
     on = np.asarray(raw["arch_code_a"]).astype(bool)
     np.testing.assert_array_equal(code_c[on], np.asarray(raw["arch_code_c"])[on])
     torch.save({"node_a": node_a, "code_a": code_a, "code_c": code_c}, tmp_path / "auto3dseg.pth")
-    assert load_monai_file(str(tmp_path / "auto3dseg.pth")) == from_monai_codes(node_a, code_a, code_c,
-                                                                                provenance=load_monai_file(
-                                                                                    str(tmp_path / "auto3dseg.pth")).provenance)
+    loaded = load_monai_file(str(tmp_path / "auto3dseg.pth"))
+    assert loaded == from_monai_codes(node_a, code_a, code_c, provenance=loaded.provenance)
 
 
 def _mutated(cvpr, **changes):

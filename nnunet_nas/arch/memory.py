@@ -299,11 +299,12 @@ def estimate_training_memory_bytes(net, patch_size, batch_size: int, amp: bool =
     """Rough training-memory estimate in bytes (for printing before training; not a guarantee).
 
     ``activations * (2 if amp else 4) + parameters * 4 * 4`` with ``activations =
-    batch_size * net.compute_conv_feature_map_size(patch_size)`` (any network with DNA's estimator) and four fp32 copies per parameter: the weights,
-    their gradients, the SGD momentum buffer and one more copy for optimizer/GradScaler temporaries. Not
-    counted: the CUDA context, cuDNN workspaces, allocator fragmentation and the fp32 tensors autocast keeps
-    (norm statistics, loss inputs). The activation count is within 10 % of what autograd keeps for a fixed network
-    on the CPU (see :func:`network_feature_map_size`); not validated against a GPU's peak memory.
+    batch_size * net.compute_conv_feature_map_size(patch_size)`` (any network with DNA's estimator) and four fp32
+    copies per parameter: the weights, their gradients, the SGD momentum buffer and one more copy for
+    optimizer/GradScaler temporaries. Not counted: the CUDA context, cuDNN workspaces, allocator fragmentation and
+    the fp32 tensors autocast keeps (norm statistics, loss inputs). The activation count is within 10 % of what
+    autograd keeps for a fixed network on the CPU (see :func:`network_feature_map_size`); not validated against a
+    GPU's peak memory.
     """
     activations = batch_size * net.compute_conv_feature_map_size(patch_size)
     params = sum(p.numel() for p in net.parameters())

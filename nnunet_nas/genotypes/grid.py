@@ -116,7 +116,8 @@ class GridGenotype(Genotype):
                                 f"needs D + 1 = {D + 1} (the input stage and one per level).")
         if expected_depths is not None and expected_depths != D or expected_blocks is not None and expected_blocks != L:
             raise GenotypeError(f"{source}: num_blocks/num_depths ({expected_blocks}, {expected_depths}) disagree with "
-                                f"the arrays ([L, E] = {list(self.arch_code_a.shape)}, node_a {list(self.node_a.shape)}).")
+                                f"the arrays ([L, E] = {list(self.arch_code_a.shape)}, "
+                                f"node_a {list(self.node_a.shape)}).")
         for name, arr, shape in (("node_a", self.node_a, (L + 1, D)), ("edges", self.arch_code_a, (L, E))):
             if arr.shape != shape:
                 raise GenotypeError(f"{source}: {name} has shape {list(arr.shape)}, expected {list(shape)} for "

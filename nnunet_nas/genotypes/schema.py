@@ -71,7 +71,8 @@ def register_schema(name: str):
     """Class decorator: ``name`` is the ``schema`` value of the class's JSON."""
     def deco(cls):
         if name in SCHEMAS and SCHEMAS[name] is not cls:
-            raise ValueError(f"genotype schema {name!r} is registered twice ({SCHEMAS[name].__name__}, {cls.__name__}).")
+            raise ValueError(f"genotype schema {name!r} is registered twice "
+                             f"({SCHEMAS[name].__name__}, {cls.__name__}).")
         SCHEMAS[name] = cls
         cls.schema_name = name
         return cls
@@ -125,7 +126,8 @@ def genotype_from_dict(d: dict, source: str = "genotype") -> Genotype:
     cls = SCHEMAS.get(d.get("schema"))
     if cls is None:
         raise GenotypeError(f"{source}: schema {d.get('schema')!r} is not a genotype schema of nnunet_nas (known: "
-                            f"{sorted(SCHEMAS)}). MONAI arch codes are imported with `nnunet-nas add-arch --monai FILE`.")
+                            f"{sorted(SCHEMAS)}). MONAI arch codes are imported with "
+                            f"`nnunet-nas add-arch --monai FILE`.")
     return cls.from_dict(d, source)
 
 
