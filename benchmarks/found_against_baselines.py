@@ -5,7 +5,8 @@ against the baseline's own run-to-run noise.
         --baseline RESULTS/.../TRAINER__PLANS__2d_bs32 RESULTS/.../TRAINER__PLANS__2d_bs32_repeat2 \
         --row "DiNTS, nnU-Net budget" MODEL_FOLDER SEARCH_FOLD_FOLDER \
         --row "DiNTS, random architecture" MODEL_FOLDER - \
-        --pair "DiNTS, nnU-Net budget" "DiNTS, random architecture" [--json OUT.json]
+        --pair "DiNTS, nnU-Net budget" "DiNTS, random architecture" \
+        --second-seed "DiNTS, nnU-Net budget" SECOND_SEARCH_FOLD_FOLDER [--json OUT.json]
 
 Each ``--row NAME MODEL SEARCH`` names a model folder (``TRAINER__PLANS__CONFIGURATION``, trained on ``--fold``) and
 the fold folder of the search behind it (``-`` for none). Per row: nnU-Net's Dice per label and its foreground mean
@@ -14,7 +15,10 @@ bootstrap interval (``nnunet_nas.study.report.paired_difference``, the study rep
 baseline's noise; the exported width (``channel_mul`` of the plans) and parameters (the network nnU-Net builds); the
 search's separation and the share of its edges still changing (its genotype's provenance); the search's compute time,
 the sum of nnU-Net's ``Epoch time`` over every training log of the search (every attempt of a resumed search;
-a pause of the machine inside an epoch counts).
+a pause of the machine inside an epoch counts). ``--second-seed ROW FOLD_FOLDER`` names a second search of the
+row's (same trainer, another ``search_seed``): the row then shows the two-seed agreement, the share of edges whose op
+the two searches decide alike, beside the share two random architectures of the space agree on
+(``nnunet_nas.agreement.search_agreement``, the one of ``nnunet-nas agreement``).
 
 Noise: the paired difference between the baseline runs; its band is the larger end of its interval, ``n`` =
 ``max(|low|, |high|)``. A row is *below* a baseline run where its whole interval lies under ``-n``, *above* where it
@@ -71,12 +75,20 @@ def search_facts(search_fold: str) -> dict:
             "argmax_changed": convergence.get("argmax_changed"), "search_epoch_seconds": round(seconds, 1)}
 
 
+def search_checkpoint(search_fold: str) -> str:
+    for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
+        if os.path.isfile(os.path.join(search_fold, name)):
+            return os.path.join(search_fold, name)
+    raise SystemExit(f"{search_fold} holds no checkpoint_final.pth or checkpoint_latest.pth: name a search's fold "
+                     f"folder.")
+
+
 def verdict(differences, band: float) -> str:
     sides = ["below" if d["high"] < -band else "above" if d["low"] > band else "within" for d in differences]
     return sides[0] if len(set(sides)) == 1 else "within"
 
 
-def compare(baselines, rows, fold: int, pairs=()) -> dict:
+def compare(baselines, rows, fold: int, pairs=(), second_seeds=()) -> dict:
     from nnunet_nas.study.report import paired_difference
     base = [(os.path.basename(b.rstrip(os.sep)), fold_scores(b, fold)) for b in baselines]
     noise = paired_difference(base[1][1]["cases"], base[0][1]["cases"]) if len(base) > 1 else None
@@ -99,6 +111,13 @@ def compare(baselines, rows, fold: int, pairs=()) -> dict:
         if unknown:
             raise SystemExit(f"--pair names no --row: {', '.join(unknown)}; give the NAME of a --row.")
         out["pairs"].append(dict(paired_difference(cases[a], cases[b]), row=a, against=b))
+    searches = {name: search for name, _, search in rows}
+    for name, second in second_seeds:
+        if searches.get(name, "-") == "-":
+            raise SystemExit(f"--second-seed names no --row with a search: {name!r}.")
+        from nnunet_nas.agreement import search_agreement
+        result = search_agreement(search_checkpoint(searches[name]), search_checkpoint(second))
+        next(r for r in out["rows"] if r["name"] == name)["two_seeds"] = dict(result, second_search=second)
     return out
 
 
@@ -112,21 +131,24 @@ def markdown(result: dict) -> list:
                 if noise else "none (one baseline run)"), "",
              "| row | Dice " + " | Dice ".join(labels) + " | mean | " +
              " | ".join(f"against {b['model'].split('__')[-1]}" for b in result["baselines"]) +
-             " | verdict | width | parameters (M) | memory (GiB, AMP) | separation | edges changing | search (h) |",
-             "|---|" + "---|" * (len(labels) + 1 + len(result["baselines"]) + 7)]
+             " | verdict | width | parameters (M) | memory (GiB, AMP) | separation | edges changing | "
+             "two seeds agree (ops; random) | search (h) |",
+             "|---|" + "---|" * (len(labels) + 1 + len(result["baselines"]) + 8)]
     for b in result["baselines"]:
         lines.append(f"| {b['configuration']} (baseline) | " + " | ".join(f"{b['labels'][k]:.4f}" for k in labels)
                      + f" | {b['foreground_mean']:.4f} |" + " |" * (len(result["baselines"]) + 2)
-                     + f" {f(b['parameters_m'], '.2f')} | {f(b['memory_gib'], '.2f')} | | | |")
+                     + f" {f(b['parameters_m'], '.2f')} | {f(b['memory_gib'], '.2f')} | | | | |")
     for r in result["rows"]:
         width = r["channel_mul"] if r["channel_mul"] is not None else r["cell_channel_mul"]
         hours = r.get("search_epoch_seconds")
+        seeds = r.get("two_seeds")
+        agree = f"{seeds['agreement']['ops']:.0%} ({seeds['chance']['ops']:.0%})" if seeds else "-"
         lines.append(f"| {r['name']} | " + " | ".join(f"{r['labels'][k]:.4f}" for k in labels)
                      + f" | {r['foreground_mean']:.4f} | "
                      + " | ".join(f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" for d in r["differences"])
                      + f" | {r['verdict']} | {f(width, 'g')} | {f(r['parameters_m'], '.2f')} | "
                        f"{f(r['memory_gib'], '.2f')} | {f(r.get('separation'), '.2f')} | "
-                       f"{f(r.get('argmax_changed'), '.0%')} | {f(hours and hours / 3600, '.2f')} |")
+                       f"{f(r.get('argmax_changed'), '.0%')} | {agree} | {f(hours and hours / 3600, '.2f')} |")
     if result["pairs"]:
         lines += ["", "Paired per-case difference of the mean Dice between rows (95 % bootstrap interval):", ""]
         lines += [f"- {d['row']} against {d['against']}: {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
@@ -142,9 +164,11 @@ def main():
     p.add_argument("--row", nargs=3, action="append", required=True, metavar=("NAME", "MODEL", "SEARCH"))
     p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("ROW", "AGAINST"),
                    help="also set one row against another case by case (e.g. a found one against its random one)")
+    p.add_argument("--second-seed", nargs=2, action="append", default=[], metavar=("ROW", "SEARCH"),
+                   help="the fold folder of a second search of ROW's (another seed): the row shows their agreement")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()
-    result = dict(compare(args.baseline, args.row, args.fold, args.pair), machine=machine_info())
+    result = dict(compare(args.baseline, args.row, args.fold, args.pair, args.second_seed), machine=machine_info())
     if args.json:
         from nnunet_nas.io import atomic_write_text
         atomic_write_text(args.json, json.dumps(result, indent=1))
