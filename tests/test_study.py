@@ -251,6 +251,7 @@ def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_
     ledger = json.load(open(os.path.join(run_dir, "ledger.json")))
     assert ledger[f"baseline/{CONFIG}/fold_0"]["ended"] == baseline_ended  # not redone
     assert ledger[f"search/dints/{CONFIG}"]["command"][-1] == "--c"  # resumed from its checkpoint
+    assert ledger[f"search/dints/{CONFIG}"]["attempts"] == 2 and ledger[f"search/dints/{CONFIG}"]["earlier_seconds"] > 0
     assert "every step finished" in second.stdout
     # IAC's fine-tune of fold 1 started from fold 1's own baseline, not from the search fold's
     log = open(ledger[f"train/{CONFIG}_iac/fold_1"]["log"]).read()
@@ -272,6 +273,7 @@ def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_
                  for f in (0, 1)]
         assert f"| {config} | 0,1 | " in report and f"| {np.mean(means):.4f} | {np.std(means):.4f} |" in report
     assert f"| {CONFIG}_iac against {CONFIG}_iac_control (the same start and schedule, no cells) | " in report
+    assert re.search(rf"\| search/dints/{CONFIG} \| done \| [0-9.]+ s \(2 attempts\) \|", report)
     # beside the Dice, how far each search separated (the tiny searches did not): the genotype's own figure
     genotype = json.load(open(os.path.join(results, DATASET_NAME, f"{SEARCH['dints']}__nnUNetPlans__{CONFIG}",
                                            "fold_0", "dints_genotype.json")))
@@ -440,6 +442,32 @@ def test_time_left_comes_from_finished_steps_of_the_same_kind():
     wrapped = launched("/run", batch[0], ["nnUNetv2_train", "D", "2d", "0"])
     assert wrapped[1:3] == ["-m", "nnunet_nas.study.gpu_peak"] and wrapped[-4:] == ["nnUNetv2_train", "D", "2d", "0"]
     assert launched("/run", batch[3], batch[3].command) == batch[3].command
+
+
+def test_a_steps_wall_clock_counts_every_attempt_of_the_same_computation(tmp_path):
+    from nnunet_nas.study.ledger import DONE, FAILED, Ledger, wall_seconds
+    from nnunet_nas.study.report import step_table
+    ledger = Ledger(str(tmp_path))
+    ledger.start_attempt("search/dints/2d", "f1", log=str(tmp_path / "search.log"))
+    ledger.update("search/dints/2d", status=FAILED, seconds=100.0)  # e.g. cut off by its time limit
+    ledger.start_attempt("search/dints/2d", "f1", log=str(tmp_path / "search.log"))
+    # this attempt dies with the run: no end on record, counted up to the last write to its log
+    started = ledger.get("search/dints/2d")["started"]
+    (tmp_path / "search.log").write_text("epoch 1\n")
+    os.utime(tmp_path / "search.log", (started + 30, started + 30))
+    ledger.start_attempt("search/dints/2d", "f1", log=str(tmp_path / "search.log"))
+    ledger.update("search/dints/2d", status=DONE, seconds=50.0)
+    record = ledger.get("search/dints/2d")
+    assert record["attempts"] == 3 and record["earlier_seconds"] == pytest.approx(130.0, abs=0.2)
+    assert wall_seconds(record) == pytest.approx(180.0, abs=0.2)
+    table = "\n".join(step_table({"steps": [{"name": "search/dints/2d", "kind": "search"}]}, ledger.records))
+    assert "| search/dints/2d | done | 180 s (3 attempts) |" in table
+    # redone (done before, or its settings changed): a new computation, counted from zero
+    ledger.start_attempt("search/dints/2d", "f1")
+    assert ledger.get("search/dints/2d")["attempts"] == 1 and wall_seconds(ledger.get("search/dints/2d")) == 0
+    ledger.update("search/dints/2d", status=FAILED, seconds=10.0)
+    ledger.start_attempt("search/dints/2d", "f2")
+    assert ledger.get("search/dints/2d")["earlier_seconds"] == 0
 
 
 def test_one_run_at_a_time_per_run_folder(tmp_path):

@@ -153,8 +153,8 @@ class StepScheduler:
                 step = ready.pop(0)
                 pending.remove(step)
                 status[step.name] = RUNNING
-                self.ledger.update(step.name, status=RUNNING, fingerprint=prints[step.name], command=todo[step.name],
-                                   log=log_path(self.run_dir, step), started=time.time(), job_id=None)
+                self.ledger.start_attempt(step.name, prints[step.name], command=todo[step.name],
+                                          log=log_path(self.run_dir, step), job_id=None)
                 peak = gpu_peak_path(self.run_dir, step)
                 if os.path.isfile(peak):
                     os.remove(peak)  # an earlier attempt's

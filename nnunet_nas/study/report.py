@@ -14,6 +14,7 @@ import numpy as np
 
 from nnunet_nas.convergence import CHANGE_CEILING, SEPARATION_FLOOR
 from nnunet_nas.io import atomic_write_text
+from nnunet_nas.study.ledger import wall_seconds
 from nnunet_nas.nnunet.export import EXPORT_NAME_ENV
 from nnunet_nas.study.steps import TRAINING_KINDS, VALIDATED_KINDS, control_configuration, random_configuration
 
@@ -315,7 +316,7 @@ def search_lines(study, ledger, figures_dir) -> List[str]:
         method = step["name"].split("/")[1]
         record = ledger.get(step["name"], {})
         lines.append(f"- {method} ({study['search_trainers'].get(method)}, fold {step['fold']}): "
-                     f"{record.get('status', 'not run')}, {_hours(record.get('seconds'))}; registered "
+                     f"{record.get('status', 'not run')}, {_wall_clock(record)}; registered "
                      f"`{step['env'].get(EXPORT_NAME_ENV)}`")
         for suffix in ("architecture", "arch_trajectories"):
             source = os.path.join(step["fold_folder"], f"{method}_{suffix}.png")
@@ -327,8 +328,9 @@ def search_lines(study, ledger, figures_dir) -> List[str]:
 
 
 def step_table(study, ledger) -> List[str]:
-    """Every step's status, wall-clock, GPU-hours (trainings on CUDA: wall-clock x GPUs), peak resident memory of
-    its process tree and peak CUDA memory (``torch.cuda.max_memory_allocated``, single-GPU trainings)."""
+    """Every step's status, wall-clock (all its attempts), GPU-hours (trainings on CUDA: wall-clock x GPUs), peak
+    resident memory of its process tree and peak CUDA memory (``torch.cuda.max_memory_allocated``, single-GPU
+    trainings)."""
     lines = ["## Steps", "", "| step | status | wall-clock | GPU-hours | peak RSS (MiB) | peak GPU memory (MiB) |",
              "|---|---|---|---|---|---|"]
     kinds = {st["name"]: st["kind"] for st in study["steps"]}
@@ -337,15 +339,21 @@ def step_table(study, ledger) -> List[str]:
     for name in names:
         r = ledger.get(name, {})
         gpu_hours = None
-        if study.get("device") == "cuda" and kinds.get(name) in TRAINING_KINDS and r.get("seconds"):
-            gpu_hours = r["seconds"] / 3600 * study.get("gpus_per_training", 1)
+        if study.get("device") == "cuda" and kinds.get(name) in TRAINING_KINDS and wall_seconds(r):
+            gpu_hours = wall_seconds(r) / 3600 * study.get("gpus_per_training", 1)
             total += gpu_hours
         lines.append(f"| {name} | {r.get('status', 'not run')}{' (found on disk)' if r.get('adopted') else ''}"
-                     f" | {_hours(r.get('seconds'))} | {'-' if gpu_hours is None else f'{gpu_hours:.2f}'} | "
+                     f" | {_wall_clock(r)} | {'-' if gpu_hours is None else f'{gpu_hours:.2f}'} | "
                      f"{r.get('peak_rss_mib') or '-'} | {r.get('peak_gpu_mib') or '-'} |")
     if total:
         lines.append(f"\nGPU-hours of the trainings and searches: {total:.2f}.")
     return lines + [""]
+
+
+def _wall_clock(record: dict) -> str:
+    """A step's wall-clock over all its attempts, with their number where there were several."""
+    attempts = record.get("attempts") or 1
+    return _hours(wall_seconds(record)) + (f" ({attempts} attempts)" if attempts > 1 else "")
 
 
 def _hours(seconds) -> str:
