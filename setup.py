@@ -9,6 +9,6 @@ setup(
                                  "demo_data/hippocampus/imagesTr/*.nii.gz", "demo_data/hippocampus/labelsTr/*.nii.gz"]},
     python_requires=">=3.10",
     install_requires=["nnunetv2>=2.8.1,<2.9", "numpy", "matplotlib", "filelock>=3.12", "pyyaml"],
-    extras_require={"test": ["pytest", "monai==1.6.1", "scipy", "submitit>=1.5"], "slurm": ["submitit>=1.5"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "monai==1.6.1", "scipy", "submitit>=1.5"], "slurm": ["submitit>=1.5"]},
     entry_points={"console_scripts": ["nnunet-nas=nnunet_nas.cli:main"]},
 )
