@@ -14,8 +14,8 @@ import numpy as np
 
 from nnunet_nas.convergence import CHANGE_CEILING, SEPARATION_FLOOR
 from nnunet_nas.io import atomic_write_text
-from nnunet_nas.study.ledger import wall_seconds
 from nnunet_nas.nnunet.export import EXPORT_NAME_ENV
+from nnunet_nas.study.ledger import wall_seconds
 from nnunet_nas.study.steps import TRAINING_KINDS, VALIDATED_KINDS, control_configuration, random_configuration
 
 BOOTSTRAP_SAMPLES = 2000
