@@ -254,3 +254,11 @@ def test_a_short_schedule_saves_its_latest_checkpoint_every_epoch(name, schedule
     trainer = _trainer(name, "2d")
     assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == schedule
     assert trainer.save_every == 1
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_a_search_saves_its_latest_checkpoint_every_epoch(method, nnunet_in_process):
+    # the package's search of 80-200 epochs, cut off by a scheduler's limit, resumes from its last epoch
+    from nnunet_nas.nnunet.trainers import default_search_trainer
+    trainer = _trainer(default_search_trainer(method), "2d")
+    assert trainer.nas_method == method and trainer.num_epochs >= 80 and trainer.save_every == 1

@@ -26,7 +26,6 @@ class nnUNetTrainerDiNTSSearchHippo2D_L8D3(nnUNetTrainerDiNTSSearch):
     num_epochs_default = 6
     iterations_per_epoch = 8
     val_iterations_per_epoch = 2
-    save_every_default = 1
 
 
 class nnUNetTrainerDiNTSSearchHippo2D_L8D3_40x25(nnUNetTrainerDiNTSSearchHippo2D_L8D3):
@@ -61,7 +60,6 @@ class nnUNetTrainerDASTSearchHippo2D_L8D3_20x25(nnUNetTrainerDASTSearch):
     num_epochs_default = 20
     iterations_per_epoch = 25
     val_iterations_per_epoch = 2
-    save_every_default = 1
 
 
 class nnUNetTrainerDASTSearchHippo2D_L8D3_20x25_nnunet(nnUNetTrainerDASTSearchHippo2D_L8D3_20x25):
@@ -106,7 +104,6 @@ class nnUNetTrainerSCNASSearchHippo2D_20x10(nnUNetTrainerSCNASSearch):
     num_epochs_default = 20
     iterations_per_epoch = 10
     val_iterations_per_epoch = 2
-    save_every_default = 1
 
 
 class nnUNetTrainerSCNASSearchHippo2D_20x10_JSD(nnUNetTrainerSCNASSearchHippo2D_20x10):
@@ -146,7 +143,6 @@ class nnUNetTrainerIACSearchHippo2D_40x5(nnUNetTrainerIACSearch):
     num_epochs_default = 40
     iterations_per_epoch = 5
     val_iterations_per_epoch = 1
-    save_every_default = 1
 
 
 class nnUNetTrainerIACLTHSearchHippo2D_40x5(nnUNetTrainerIACSearchHippo2D_40x5):

@@ -67,7 +67,9 @@ class NASSearchTrainer(nnUNetTrainer):
     num_epochs_default = 80
     iterations_per_epoch = None  # None: nnU-Net's (250 / 50)
     val_iterations_per_epoch = None
-    save_every_default = None
+    # [ours] checkpoint_latest every epoch (nnU-Net: every 50): a search of 80-200 epochs cut off by a scheduler's time
+    # limit would otherwise resume from its one to four saves, or start again; None keeps nnU-Net's
+    save_every_default = 1
     host_trainer = "nnUNetTrainer"  # methods that build on a trained model (IAC): the trainer that trained it
     search_seed = 12345  # [ours] searches are seeded (seed + fold): the same command finds the same architecture
     _arch_finite: Optional[Dict[str, torch.Tensor]] = None  # on an accelerator: alpha finite so far this epoch

@@ -44,7 +44,6 @@ class nnUNetTrainerDiNTSSearchDemo(nnUNetTrainerDiNTSSearch):
     num_epochs_default = 6
     iterations_per_epoch = 12
     val_iterations_per_epoch = 3
-    save_every_default = 1
 
 
 class nnUNetTrainerSCNASSearch(NASSearchTrainer):
@@ -60,7 +59,6 @@ class nnUNetTrainerSCNASSearchDemo(nnUNetTrainerSCNASSearch):
     num_epochs_default = 6
     iterations_per_epoch = 12
     val_iterations_per_epoch = 3
-    save_every_default = 1
 
 
 class nnUNetTrainerDiNTSSearch_JSD(nnUNetTrainerDiNTSSearch):
@@ -129,7 +127,6 @@ class nnUNetTrainerDASTSearchDemo(nnUNetTrainerDASTSearch):
     num_epochs_default = 6
     iterations_per_epoch = 12
     val_iterations_per_epoch = 3
-    save_every_default = 1
 
 
 class _ShortSchedule(nnUNetTrainer):
