@@ -206,6 +206,31 @@ def test_the_report_sets_each_found_configuration_against_its_controls_case_by_c
     assert "2d_dints_random0 against" not in lines and "2d_dints against 2d_iac" not in lines
 
 
+def test_the_report_says_when_the_chosen_configuration_is_not_above_its_controls(tmp_path):
+    # model selection never sees the controls: a chosen configuration no better than one of them gets a line
+    from nnunet_nas.study.report import noise_band, selection_lines
+    cases = {f"c{i}": 0.5 + 0.01 * i for i in range(30)}
+    shifted = {"2d_repeat2": 0.01 * (np.arange(30) % 2 * 2 - 1), "2d_dints": 0.03, "2d_dints_random0": 0.01,
+               "2d_iac": 0.02, "2d_iac_control": 0.019, "2d_iac_random0": 0.0}
+    scores = {"2d": cases, **{c: {k: v + d for (k, v), d in zip(cases.items(), np.broadcast_to(s, 30))}
+                              for c, s in shifted.items()}}
+    results = {c: {"kind": "baseline" if c in ("2d", "2d_repeat2") else "train", "folds": {}} for c in scores}
+    os.makedirs(tmp_path / "selection")
+
+    def chosen(*configurations):
+        (tmp_path / "selection" / "inference_information.json").write_text(json.dumps({"best_model_or_ensemble": {
+            "selected_model_or_models": [{"configuration": c} for c in configurations],
+            "result_on_crossval_pre_pp": 0.8, "result_on_crossval_post_pp": 0.8}, "all_results": {"x": 0.8}}))
+        return "\n".join(selection_lines(str(tmp_path), results, scores))
+    lines = chosen("2d_iac", "2d_dints")
+    band = noise_band(results, scores)  # the baseline runs' spread, about 0.0036 here
+    assert 0.001 < band < 0.01
+    assert "**2d_iac is not above 2d_iac_control** (the same start and schedule, no cells) beyond the noise: " \
+           f"+0.0010 [+0.0010, +0.0010] case by case, noise band +-{band:.4f}" in lines
+    assert "2d_iac_random0**" not in lines and "**2d_dints is not above" not in lines  # +0.02 above each
+    assert "not above" not in chosen("2d_dints")
+
+
 # ---------------------------------------------------------------- the whole study, real commands
 def _study(env, run_dir, *extra, crash=False):
     env = dict(env)

@@ -8,7 +8,7 @@ searches' pictures, and what ``nnUNetv2_find_best_configuration`` chose."""
 import json
 import os
 import shutil
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -126,7 +126,7 @@ def write_report(run_dir: str) -> str:
     if picture:
         lines += ["", f"![Dice per case](figures/{os.path.basename(picture)})", ""]
     lines += network_table(study, results)
-    lines += selection_lines(run_dir)
+    lines += selection_lines(run_dir, results, scores)
     lines += search_lines(study, ledger, figures_dir)
     lines += step_table(study, ledger)
     path = os.path.join(run_dir, "report.md")
@@ -228,22 +228,41 @@ def comparison_table(study, results, scores) -> List[str]:
         pooled, only_clean = compared(c, base)
         lines.append(f"| {c} | {' | '.join(fmt(pooled))} | {' | '.join(fmt(only_clean))} |")
         counts += [d["cases"] for d in (pooled, only_clean) if d is not None]
-    for found in results:  # a found configuration against its controls
-        randoms = {random_configuration(found, seed) for seed in range(len(results))}
-        controls = [(c, "a random architecture of its search's space at the same memory") for c in results
-                    if c in randoms]
-        controls += [(control_configuration(found), "the same start and schedule, no cells")]  # IAC's
-        for control, what in controls:
-            if control in results and scores[found] and scores[control]:
-                pooled, only_clean = compared(found, control)
-                lines.append(f"| {found} against {control} ({what}) | {' | '.join(fmt(pooled))} | "
-                             f"{' | '.join(fmt(only_clean))} |")
+    for found, control, what in control_pairs(results):
+        if scores[found] and scores[control]:
+            pooled, only_clean = compared(found, control)
+            lines.append(f"| {found} against {control} ({what}) | {' | '.join(fmt(pooled))} | "
+                         f"{' | '.join(fmt(only_clean))} |")
     if counts and min(counts) < FEW_CASES:
         lines.append(f"\nWith fewer than {FEW_CASES} cases an interval over cases is rough: it cannot show the "
                      f"run-to-run spread of the trainings themselves (about 0.015 mean Dice between identical "
                      f"nnU-Net runs on the 200-case Hippocampus protocol); more folds, more cases or "
                      f"--baseline-repeats 2 tell more.")
     return lines + [""]
+
+
+FAIR_CONTROL = "the same start and schedule, no cells"
+
+
+def control_pairs(results) -> List[Tuple[str, str, str]]:
+    """``(found, control, what the control is)`` for every control the study trained beside a found configuration:
+    random architectures of its search's space at the same memory, and IAC's fair control."""
+    pairs = []
+    for found in results:
+        randoms = {random_configuration(found, seed) for seed in range(len(results))}
+        controls = [(c, "a random architecture of its search's space at the same memory") for c in results
+                    if c in randoms]
+        controls.append((control_configuration(found), FAIR_CONTROL))
+        pairs += [(found, control, what) for control, what in controls if control in results]
+    return pairs
+
+
+def noise_band(results, scores) -> float:
+    """The baselines' run-to-run noise: the larger end of the 95 % interval of the second baseline run against the
+    first, case by case (0 with one run: then only an interval holding 0 is noise)."""
+    baselines = [c for c, r in results.items() if r["kind"] == "baseline"]
+    d = paired_difference(scores[baselines[1]], scores[baselines[0]]) if len(baselines) > 1 else None
+    return max(abs(d["low"]), abs(d["high"])) if d else 0.0
 
 
 def strip_plot(scores, results, path) -> Optional[str]:
@@ -288,7 +307,9 @@ def network_table(study, results) -> List[str]:
     return lines + [""]
 
 
-def selection_lines(run_dir) -> List[str]:
+def selection_lines(run_dir, results, scores) -> List[str]:
+    """What nnU-Net's model selection chose, every candidate's score, and, where a chosen configuration is not above
+    one of its controls beyond the noise, a line that says so: model selection never sees the controls."""
     path = os.path.join(run_dir, "selection", "inference_information.json")
     if not os.path.isfile(path):
         return ["## Model selection", "", "nnUNetv2_find_best_configuration has not run.", ""]
@@ -305,6 +326,16 @@ def selection_lines(run_dir) -> List[str]:
     lines += [f"| {k} | {v:.4f} |" for k, v in ranked]
     if len(ranked) > 1:
         lines.append(f"\nThe winner leads the runner-up by {ranked[0][1] - ranked[1][1]:.4f}.")
+    band = noise_band(results, scores)
+    members = {m["configuration"] for m in best["selected_model_or_models"]}
+    for found, control, what in control_pairs(results):
+        d = paired_difference(scores[found], scores[control]) if found in members else None
+        if d and d["low"] <= band:
+            why = ("what it gains over the baseline comes from training on from the trained model, which the "
+                   "control does too" if what == FAIR_CONTROL else "a random architecture of its space does as well, "
+                   "so what it brings to the choice is not its search's")
+            lines.append(f"\n**{found} is not above {control}** ({what}) beyond the noise: {d['mean']:+.4f} "
+                         f"[{d['low']:+.4f}, {d['high']:+.4f}] case by case, noise band +-{band:.4f}; {why}.")
     return lines + [""]
 
 
