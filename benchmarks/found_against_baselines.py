@@ -75,14 +75,6 @@ def search_facts(search_fold: str) -> dict:
             "argmax_changed": convergence.get("argmax_changed"), "search_epoch_seconds": round(seconds, 1)}
 
 
-def search_checkpoint(search_fold: str) -> str:
-    for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
-        if os.path.isfile(os.path.join(search_fold, name)):
-            return os.path.join(search_fold, name)
-    raise SystemExit(f"{search_fold} holds no checkpoint_final.pth or checkpoint_latest.pth: name a search's fold "
-                     f"folder.")
-
-
 def verdict(differences, band: float) -> str:
     sides = ["below" if d["high"] < -band else "above" if d["low"] > band else "within" for d in differences]
     return sides[0] if len(set(sides)) == 1 else "within"
@@ -116,6 +108,7 @@ def compare(baselines, rows, fold: int, pairs=(), second_seeds=()) -> dict:
         if searches.get(name, "-") == "-":
             raise SystemExit(f"--second-seed names no --row with a search: {name!r}.")
         from nnunet_nas.agreement import search_agreement
+        from nnunet_nas.nnunet.export import search_checkpoint
         result = search_agreement(search_checkpoint(searches[name]), search_checkpoint(second))
         next(r for r in out["rows"] if r["name"] == name)["two_seeds"] = dict(result, second_search=second)
     return out

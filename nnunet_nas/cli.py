@@ -44,27 +44,16 @@ def _cmd_methods(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    from nnunet_nas.nnunet.export import export_from_checkpoint
-    export_from_checkpoint(_search_checkpoint(args.checkpoint), name=args.name, channel_mul=args.channel_mul,
+    from nnunet_nas.nnunet.export import export_from_checkpoint, search_checkpoint
+    export_from_checkpoint(search_checkpoint(args.checkpoint), name=args.name, channel_mul=args.channel_mul,
                            base_config=args.base_config, overwrite=args.overwrite, random_seed=args.random)
-
-
-def _search_checkpoint(path: str) -> str:
-    """A search checkpoint, or the first of nnU-Net's checkpoints in a search fold folder."""
-    if os.path.isdir(path):
-        names = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
-        found = [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
-        if not found:
-            raise MissingFileError(f"{path} holds none of {names}; pass a search fold folder or one of its "
-                                   f"checkpoints.")
-        return found[0]
-    return path
 
 
 def _cmd_agreement(args) -> None:
     import json
     from nnunet_nas.agreement import agreement_lines, search_agreement
-    result = search_agreement(_search_checkpoint(args.a), _search_checkpoint(args.b), args.samples, args.seed)
+    from nnunet_nas.nnunet.export import search_checkpoint
+    result = search_agreement(search_checkpoint(args.a), search_checkpoint(args.b), args.samples, args.seed)
     print(json.dumps(result, indent=1) if args.json else "\n".join(agreement_lines(result)))
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from nnunet_nas.convergence import convergence_summary, unseparated_warning
-from nnunet_nas.errors import ConfigError, EnvironmentSetupError, InputFileError
+from nnunet_nas.errors import ConfigError, EnvironmentSetupError, InputFileError, MissingFileError
 from nnunet_nas.genotypes.schema import Genotype
 from nnunet_nas.io import read_json
 from nnunet_nas.nnunet.plans_io import (PlansError, check_configuration_name, check_registration, load_plans,
@@ -308,6 +308,18 @@ class SearchedArchitecture:
     op_set: str
     arch_state: dict
     dims: int
+
+
+def search_checkpoint(path: str) -> str:
+    """A search checkpoint, or the first of nnU-Net's checkpoints in a search fold folder."""
+    if os.path.isdir(path):
+        names = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+        found = [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
+        if not found:
+            raise MissingFileError(f"{path} holds none of {names}; pass a search fold folder or one of its "
+                                   f"checkpoints.")
+        return found[0]
+    return path
 
 
 def read_searched_architecture(checkpoint_path: str) -> SearchedArchitecture:
