@@ -81,10 +81,10 @@ def verdict(differences, band: float) -> str:
 
 
 def compare(baselines, rows, fold: int, pairs=(), second_seeds=()) -> dict:
-    from nnunet_nas.study.report import paired_difference
+    from nnunet_nas.study.report import band_of, paired_difference
     base = [(os.path.basename(b.rstrip(os.sep)), fold_scores(b, fold)) for b in baselines]
     noise = paired_difference(base[1][1]["cases"], base[0][1]["cases"]) if len(base) > 1 else None
-    band = max(abs(noise["low"]), abs(noise["high"])) if noise else 0.0
+    band = band_of(noise)
     out = {"fold": fold, "baselines": [{"model": name, "foreground_mean": s["foreground_mean"], "labels": s["labels"],
                                         **network(b, fold)} for b, (name, s) in zip(baselines, base)],
            "noise": noise, "noise_band": band, "rows": [], "pairs": []}

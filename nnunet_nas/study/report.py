@@ -257,12 +257,16 @@ def control_pairs(results) -> List[Tuple[str, str, str]]:
     return pairs
 
 
+def band_of(noise: Optional[dict]) -> float:
+    """The noise band of a paired difference between two runs of one configuration: the larger end of its 95 %
+    interval (0 without a second run: then only an interval holding 0 is noise)."""
+    return max(abs(noise["low"]), abs(noise["high"])) if noise else 0.0
+
+
 def noise_band(results, scores) -> float:
-    """The baselines' run-to-run noise: the larger end of the 95 % interval of the second baseline run against the
-    first, case by case (0 with one run: then only an interval holding 0 is noise)."""
+    """The baselines' run-to-run noise: the band of the second baseline run against the first, case by case."""
     baselines = [c for c, r in results.items() if r["kind"] == "baseline"]
-    d = paired_difference(scores[baselines[1]], scores[baselines[0]]) if len(baselines) > 1 else None
-    return max(abs(d["low"]), abs(d["high"])) if d else 0.0
+    return band_of(paired_difference(scores[baselines[1]], scores[baselines[0]]) if len(baselines) > 1 else None)
 
 
 def strip_plot(scores, results, path) -> Optional[str]:
