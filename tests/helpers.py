@@ -35,6 +35,24 @@ def run_cli(cmd, env, timeout=900, check=True):
     return p
 
 
+def point_nnunet_at(monkeypatch, env: dict) -> None:
+    """nnU-Net's folders and trainer lookup of ``env`` for this process (nnU-Net reads them when it uses them)."""
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(var, env[var])
+
+
+def run_main(capsys, argv):
+    """``(exit code, stdout, stderr)`` of ``nnunet-nas`` run in this process (its own checks, where no nnU-Net
+    entry point runs; argparse's usage errors exit through SystemExit)."""
+    from nnunet_nas import cli
+    try:
+        rc = cli.main(argv)
+    except SystemExit as e:
+        rc = e.code
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
 def run_search(env, trainer, extra=(), crash_after=None):
     """``nnUNetv2_train DATASET 3d_fullres 0 -tr trainer -device cpu``; with ``crash_after=k`` the test trainers
     die right after epoch k (as a killed job would) and the exit code is left to the caller."""

@@ -1,6 +1,6 @@
-"""The plan's geometry and label layout through nnU-Net's real commands: a thick-slice dataset searched by one grid
-and one cell method (the found network keeps nnU-Net's strides, kernels and patch), and regions and the ignore label
-end to end (the export counts the heads nnU-Net trains)."""
+"""The plan's geometry and label layout through nnU-Net's real commands: a thick-slice dataset with an ignore label
+searched by one grid and one cell method (the found network keeps nnU-Net's strides, kernels and patch, and counts
+the heads nnU-Net trains), and regions end to end."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import pytest
 from helpers import nnunet_env, plan_dataset, run_cli, write_dataset
 
 pytestmark = pytest.mark.e2e
-THICK, REGIONS, IGNORE = 992, 993, 994
+THICK, REGIONS = 992, 993
 SEARCH_TRAINERS = {"dints": "nnUNetTrainerDiNTSSearchBriefTest", "scnas": "nnUNetTrainerSCNASSearchBriefTest"}
 PLAIN = "nnUNetTrainerNASTest"
 
@@ -50,9 +50,10 @@ def _predict_keeps_shapes(env, dataset_id, name, configuration, tmp_path, channe
 
 @pytest.fixture(scope="module")
 def thick_slices(tmp_path_factory):
-    """8 cases of 12 x 64 x 64 voxels at 5 x 1 x 1 mm, planned by nnU-Net (3d_fullres)."""
-    return _prepared(tmp_path_factory, THICK, "ThickSlices", shape=(12, 64, 64), spacing=(5.0, 1.0, 1.0),
-                     num_cases=8)  # SCNAS splits 4:1: at least 5 training cases
+    """8 cases of 12 x 64 x 64 voxels at 5 x 1 x 1 mm with an ignore label (background, two labels and the ignore
+    label: three heads), planned by nnU-Net (3d_fullres)."""
+    return _prepared(tmp_path_factory, THICK, "ThickSlices", kind="ignore", shape=(12, 64, 64),
+                     spacing=(5.0, 1.0, 1.0), num_cases=8)  # SCNAS splits 4:1: at least 5 training cases
 
 
 @pytest.mark.parametrize("method", sorted(SEARCH_TRAINERS))
@@ -63,6 +64,7 @@ def test_a_thick_slice_search_keeps_nnunets_geometry_and_patch(thick_slices, met
     assert kwargs["strides"][1] == [1, 2, 2] and kwargs["kernel_sizes"][0] == [1, 3, 3]  # nnU-Net saw thick slices
     search = _train(env, THICK, "3d_fullres", SEARCH_TRAINERS[method])
     assert "patch size" not in search.stdout  # nnU-Net's patch is searched as it is
+    assert "1 input channels, 3 outputs" in search.stdout  # the heads nnU-Net trains: the ignore label is none
     fold = os.path.join(env["nnUNet_results"], "Dataset992_ThickSlices",
                         f"{SEARCH_TRAINERS[method]}__nnUNetPlans__3d_fullres", "fold_0")
     with open(os.path.join(os.path.dirname(fold), "plans.json")) as f:
@@ -76,14 +78,11 @@ def test_a_thick_slice_search_keeps_nnunets_geometry_and_patch(thick_slices, met
     _predict_keeps_shapes(env, THICK, "ThickSlices", f"3d_fullres_{method}", tmp_path)
 
 
-@pytest.mark.parametrize("kind,dataset_id,channels,heads", [("regions", REGIONS, 4, 3), ("ignore", IGNORE, 1, 3)])
-def test_regions_and_the_ignore_label_end_to_end(tmp_path_factory, tmp_path, kind, dataset_id, channels, heads):
-    """A BraTS-style dataset (4 channels, three overlapping regions: three heads) and one with an ignore label
-    (background, two labels and the ignore label: three heads) through search, export, stock training and
-    prediction; the export counts the heads nnU-Net trains."""
-    name = kind.capitalize()
-    env = _prepared(tmp_path_factory, dataset_id, name, kind=kind, channels=channels, shape=(16, 16, 16))
-    search = _train(env, dataset_id, "3d_fullres", SEARCH_TRAINERS["dints"])
-    assert f"{channels} input channels, {heads} outputs" in search.stdout
-    _train(env, dataset_id, "3d_fullres_dints", PLAIN)
-    _predict_keeps_shapes(env, dataset_id, name, "3d_fullres_dints", tmp_path, channels)
+def test_regions_end_to_end(tmp_path_factory, tmp_path):
+    """A BraTS-style dataset (4 channels, three overlapping regions: three heads) through search, export, stock
+    training and prediction; the export counts the heads nnU-Net trains."""
+    env = _prepared(tmp_path_factory, REGIONS, "Regions", kind="regions", channels=4, shape=(16, 16, 16))
+    search = _train(env, REGIONS, "3d_fullres", SEARCH_TRAINERS["dints"])
+    assert "4 input channels, 3 outputs" in search.stdout
+    _train(env, REGIONS, "3d_fullres_dints", PLAIN)
+    _predict_keeps_shapes(env, REGIONS, "Regions", "3d_fullres_dints", tmp_path, 4)

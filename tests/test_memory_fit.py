@@ -149,42 +149,45 @@ def test_the_memory_target_reads_the_environment_then_the_config_then_the_machin
             memory_target(cpu)
 
 
-def test_nnunet_nas_memory_reports_the_search_planned_and_fitted_beside_nnunets_network(planned_dataset):
-    """`nnunet-nas memory` through the real command, without a GPU: a card the tiny search fits, a card it fits
-    only after the fit (the batch or patch shrinks), the JSON for scripts; and one error line for a card nothing fits
-    and for a trainer that is not a search trainer."""
+def test_nnunet_nas_memory_reports_the_search_planned_and_fitted_beside_nnunets_network(planned_dataset, monkeypatch,
+                                                                                        capsys):
+    """`nnunet-nas memory` without a GPU, once through the installed command and then in this process (it launches
+    no nnU-Net command): a card the tiny search fits, a card it fits only after the fit (the batch or patch
+    shrinks), the JSON for scripts; and one error line for a card nothing fits and for a trainer that is not a search
+    trainer."""
     import json
-    import subprocess
-    import sys
-    from helpers import DATASET_ID, SEARCH_TEST_TRAINERS, run_cli
+    from helpers import DATASET_ID, SEARCH_TEST_TRAINERS, point_nnunet_at, run_cli, run_main
     _, env = planned_dataset
     env = dict(env)
     env.pop(MEMORY_ENV, None)
     trainer = SEARCH_TEST_TRAINERS["dints"][0]
-    cli = [sys.executable, "-m", "nnunet_nas.cli", "memory", str(DATASET_ID), "-c", "3d_fullres", "-tr", trainer]
-    roomy = json.loads(run_cli(cli + ["--gpu-memory", "80", "--json"], env).stdout)
+    args = ["memory", str(DATASET_ID), "-c", "3d_fullres", "-tr", trainer]
+    roomy = json.loads(run_cli(["nnunet-nas", *args, "--gpu-memory", "80", "--json"], env).stdout)
     planned = roomy["search_planned"]
     assert not roomy["search_fitted"]["changed"] and planned["estimate_gib"] > 0
     assert roomy["nnunet_planned_network_gib"] > 0 and roomy["target"] == "a 80 GiB card"
-    text = run_cli(cli + ["--gpu-memory", "80"], env).stdout
-    assert "fits as planned" in text and "nnU-Net's planned network" in text
+    point_nnunet_at(monkeypatch, env)
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    rc, text, _ = run_main(capsys, args + ["--gpu-memory", "80"])
+    assert rc == 0 and "fits as planned" in text and "nnU-Net's planned network" in text
     # a target just below the planned estimate: the fit shrinks the search
-    env[MEMORY_ENV] = str(0.8 * planned["estimate_gib"])
-    tight = json.loads(run_cli(cli + ["--json"], env).stdout)
+    monkeypatch.setenv(MEMORY_ENV, str(0.8 * planned["estimate_gib"]))
+    rc, out, _ = run_main(capsys, args + ["--json"])
+    tight = json.loads(out)
     assert tight["search_fitted"]["changed"] and tight["search_fitted"]["estimate_gib"] <= tight["target_gib"]
-    env.pop(MEMORY_ENV)
+    monkeypatch.delenv(MEMORY_ENV)
     # IAC adds cells to nnU-Net's network: the found network is counted for a sampled architecture
-    iac = [sys.executable, "-m", "nnunet_nas.cli", "memory", str(DATASET_ID), "-c", SEARCH_TEST_TRAINERS["iac"][1],
-           "-tr", SEARCH_TEST_TRAINERS["iac"][0], "--gpu-memory", "80", "--json"]
-    report = json.loads(run_cli(iac, env).stdout)
+    rc, out, _ = run_main(capsys, ["memory", str(DATASET_ID), "-c", SEARCH_TEST_TRAINERS["iac"][1], "-tr",
+                                   SEARCH_TEST_TRAINERS["iac"][0], "--gpu-memory", "80", "--json"])
+    report = json.loads(out)
     assert report["found_network_gib"] >= report["nnunet_planned_network_gib"] > 0
     assert "at most 2x nnU-Net's conv feature maps" in report["found_network"]  # the cells' width as exported
     assert roomy["found_network_gib"] is None  # DiNTS: the export fits the width to nnU-Net's planned memory
     for bad, needed in ((["--gpu-memory", "0.001"], "does not fit"),
                         (["-tr", "nnUNetTrainer"], "not a search trainer")):
-        p = subprocess.run(cli + bad, env=env, capture_output=True, text=True, timeout=300)
-        last = p.stderr.strip().splitlines()[-1]  # after any library warning: the one error line
-        assert p.returncode == 2 and last.startswith("nnunet-nas memory: error:") and needed in last, p.stderr
+        rc, _, err = run_main(capsys, args + bad)
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("nnunet-nas memory: error:") and needed in lines[0]
 
 
 def _tiny_search(name, dims):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import DATASET_ID, DATASET_NAME, copy_work, fold_folder, run_cli, run_search
+from helpers import DATASET_ID, DATASET_NAME, copy_work, fold_folder, point_nnunet_at, run_cli, run_main, run_search
 from nnunet_nas.genotypes.grid import GridGenotype
 
 SEARCH = "nnUNetTrainerDiNTSSearchTest"
@@ -62,11 +62,13 @@ def test_search_exports_a_dropin_configuration(searched):
     assert "arch.edge_logits" in ckpt["network_weights"]
 
 
-def test_export_on_demand_from_a_checkpoint(searched):
+def test_export_on_demand_from_a_checkpoint(searched, monkeypatch, capsys):
+    """``nnunet-nas export`` (in this process: it launches no nnU-Net command) of a finished search's checkpoint."""
     env, _ = searched
+    point_nnunet_at(monkeypatch, env)
     fold = fold_folder(env, SEARCH)
-    res = run_cli(["nnunet-nas", "export", fold, "--name", "3d_fullres_dints_wide", "--channel-mul", "0.25"], env)
-    assert "registered configuration '3d_fullres_dints_wide'" in res.stdout
+    rc, out, _ = run_main(capsys, ["export", fold, "--name", "3d_fullres_dints_wide", "--channel-mul", "0.25"])
+    assert rc == 0 and "registered configuration '3d_fullres_dints_wide'" in out
     configs = _plans(env)["configurations"]
     kwargs = configs["3d_fullres_dints_wide"]["architecture"]["arch_kwargs"]
     assert kwargs["channel_mul"] == 0.25
@@ -78,37 +80,36 @@ def test_export_on_demand_from_a_checkpoint(searched):
     # search counted its budget at (twice the search width)
     ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     ckpt["nnunet_nas_search_state"]["search_config"]["export_channel_mul"] = None
-    torch.save(ckpt, os.path.join(fold, "checkpoint_fitted.pth"))
-    res = run_cli(["nnunet-nas", "export", os.path.join(fold, "checkpoint_fitted.pth"), "--name", "3d_fullres_fitted"],
-                  env)
+    fitted_checkpoint = os.path.join(fold, "checkpoint_fitted.pth")
+    torch.save(ckpt, fitted_checkpoint)
+    rc, out, _ = run_main(capsys, ["export", fitted_checkpoint, "--name", "3d_fullres_fitted"])
     fitted = _plans(env)["configurations"]["3d_fullres_fitted"]["architecture"]["arch_kwargs"]["channel_mul"]
     assert f"the search counted its memory at channel_mul 0.25; fitted to nnU-Net's plan {fitted:g}, a " \
-           f"correction of {fitted / 0.25:.2f}x" in res.stdout
-    res = run_cli(["nnunet-nas", "export", os.path.join(fold, "debug.json")], env, check=False)
-    assert res.returncode == 2 and "error" in res.stderr
+           f"correction of {fitted / 0.25:.2f}x" in out
+    rc, _, err = run_main(capsys, ["export", os.path.join(fold, "debug.json")])
+    assert rc == 2 and "error" in err
     # the control a study trains beside it: a random architecture of the same space, registered the same way
-    res = run_cli(["nnunet-nas", "export", fold, "--random", "3"], env)
-    assert "registered configuration '3d_fullres_dints_random3'" in res.stdout and "random draw" not in res.stdout
+    rc, out, _ = run_main(capsys, ["export", fold, "--random", "3"])
+    assert rc == 0 and "registered configuration '3d_fullres_dints_random3'" in out and "random draw" not in out
     random = _plans(env)["configurations"]["3d_fullres_dints_random3"]["architecture"]["arch_kwargs"]
     found = _plans(env)["configurations"]["3d_fullres_dints"]["architecture"]["arch_kwargs"]
     assert random["genotype"]["provenance"]["random_draw"]["seed"] == 3
     assert random["channel_mul"] == found["channel_mul"] and random["strides"] == found["strides"]
     assert os.path.isfile(os.path.join(fold, "dints_genotype_random3.json"))
-    res = run_cli(["nnunet-nas", "export", fold, "--random", "-1"], env, check=False)
-    assert res.returncode == 2 and "a seed (a whole number of at least 0)" in res.stderr
+    rc, _, err = run_main(capsys, ["export", fold, "--random", "-1"])
+    assert rc == 2 and "a seed (a whole number of at least 0)" in err
 
 
 @pytest.fixture(scope="module")
 def trained(searched):
-    """The found configuration and the plain one, each trained on fold 0 by nnU-Net's stock training (with the
-    validation probabilities that model selection and ensembling need)."""
+    """The found configuration trained on fold 0 by nnU-Net's stock training (with the validation probabilities
+    that model selection needs)."""
     env, _ = searched
-    for config in ("3d_fullres_dints", "3d_fullres"):
-        run_cli(["nnUNetv2_train", str(DATASET_ID), config, "0", "-tr", PLAIN, "-device", "cpu", "--npz"], env)
+    run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres_dints", "0", "-tr", PLAIN, "-device", "cpu", "--npz"], env)
     return env
 
 
-def test_exported_configuration_trains_predicts_and_ensembles_with_stock_nnunet(trained, tmp_path):
+def test_exported_configuration_trains_predicts_and_is_selected_by_stock_nnunet(trained, tmp_path):
     env = trained
     summary = json.load(open(os.path.join(fold_folder(env, PLAIN, "3d_fullres_dints"), "validation", "summary.json")))
     assert "foreground_mean" in summary
@@ -160,18 +161,15 @@ def test_resume_after_kill_gives_the_uninterrupted_result(searched, planned_data
     assert 0.0 < result["chance"]["ops"] < result["chance"]["edges"] < 1.0
 
 
-def test_published_architecture_is_added_with_one_command(fresh_dataset):
+def test_published_architecture_is_added_with_one_command(fresh_dataset, monkeypatch, capsys):
+    """``nnunet-nas add-arch`` (in this process; a different architecture under a taken name is one of the bad
+    inputs of test_bad_inputs)."""
     root, env = fresh_dataset
-    res = run_cli(["nnunet-nas", "add-arch", str(DATASET_ID), "--channel-mul", "0.0625"], env)
-    assert "3d_fullres_dints_cvpr" in res.stdout
+    point_nnunet_at(monkeypatch, env)
+    rc, out, _ = run_main(capsys, ["add-arch", str(DATASET_ID), "--channel-mul", "0.0625"])
+    assert rc == 0 and "3d_fullres_dints_cvpr" in out
     config = _plans(env)["configurations"]["3d_fullres_dints_cvpr"]
     assert all(p % 32 == 0 for p in config["patch_size"])
-    # a second, different architecture under the same name is refused, and the plans stay intact
-    before = open(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")).read()
-    res = run_cli(["nnunet-nas", "add-arch", str(DATASET_ID), "--channel-mul", "0.125", "--name",
-                   "3d_fullres_dints_cvpr"], env, check=False)
-    assert res.returncode == 2 and "already holds a different architecture" in res.stderr
-    assert open(os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")).read() == before
     # nnU-Net's own network construction path builds it from the plans
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     arch = config["architecture"]

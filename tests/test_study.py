@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from helpers import DATASET_ID, DATASET_NAME, copy_work, nnunet_env, run_cli
+from helpers import DATASET_ID, DATASET_NAME, copy_work, nnunet_env, point_nnunet_at, run_cli, run_main
 from nnunet_nas.errors import UserError
 from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.nnunet.host import building_trainer_fold, host_for_fold, per_fold_host
@@ -242,20 +242,24 @@ def _study(env, run_dir, *extra, crash=False):
                     "--run-dir", run_dir, *extra], env, timeout=1200, check=not crash)
 
 
-def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_path):
-    import shutil
+@pytest.mark.e2e
+def test_a_study_that_died_is_finished_by_the_same_command(tmp_path, monkeypatch, capsys):
+    """The whole study through nnU-Net's real commands (``nnunet-nas run`` in a subprocess); the dry run, the report
+    and the refused rerun, which launch no nnU-Net command, in this process."""
+    from nnunet_nas.demo import make_demo_dataset
     env = nnunet_env(str(tmp_path / "nnunet"))  # the raw dataset only: the study plans it
-    shutil.copytree(os.path.join(planned_dataset[1]["nnUNet_raw"], DATASET_NAME),
-                    os.path.join(env["nnUNet_raw"], DATASET_NAME))
+    make_demo_dataset(env["nnUNet_raw"], DATASET_ID, num_cases=6, shape=(32, 32, 32), seed=1)  # 5 folds, 1-2 each
     run_dir = str(tmp_path / "study")
     test = tmp_path / "test"
     os.makedirs(test)
     image = sorted(os.listdir(os.path.join(env["nnUNet_raw"], DATASET_NAME, "imagesTr")))[0]
     os.symlink(os.path.join(env["nnUNet_raw"], DATASET_NAME, "imagesTr", image), test / image)
 
-    dry = run_cli(["nnunet-nas", "run", str(DATASET_ID), "--methods", "dints", "iac", "--folds", "0", "1",
-                   "--trainer", TRAINER, "--search-trainer", *[f"{m}={t}" for m, t in SEARCH.items()], "-device",
-                   "cpu", "--run-dir", run_dir, "--dry-run"], env).stdout
+    point_nnunet_at(monkeypatch, env)
+    rc, dry, _ = run_main(capsys, ["run", str(DATASET_ID), "--methods", "dints", "iac", "--folds", "0", "1",
+                                   "--trainer", TRAINER, "--search-trainer", *[f"{m}={t}" for m, t in SEARCH.items()],
+                                   "-device", "cpu", "--run-dir", run_dir, "--dry-run"])
+    assert rc == 0
     assert re.search(r"\[ 4\] search/dints/3d_fullres  \(to run; after: plan\)\n +NNUNET_NAS_EXPORT_NAME="
                      r"3d_fullres_dints nnUNetv2_train Dataset991_NASDemo 3d_fullres 0 -tr " + SEARCH["dints"], dry)
     assert "10 trainings (2 baseline, 2 searches, 4 of found configurations, 2 controls)" in dry
@@ -309,7 +313,7 @@ def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_
     assert os.path.getsize(os.path.join(run_dir, "figures", "dice_per_case.png")) > 1000
     assert os.path.isfile(os.path.join(run_dir, "figures", f"dints_{CONFIG}_architecture.png"))
     os.remove(os.path.join(run_dir, "report.md"))
-    run_cli(["nnunet-nas", "report", run_dir], env)
+    assert run_main(capsys, ["report", run_dir])[0] == 0
     assert open(os.path.join(run_dir, "report.md")).read() == report
 
     # a found configuration is an ordinary nnU-Net model: 2-D here, shipped as nnU-Net's zip, predicting where installed
@@ -330,11 +334,10 @@ def test_a_study_that_died_is_finished_by_the_same_command(planned_dataset, tmp_
     assert [f for f in os.listdir(out) if f.endswith(".nii.gz")] == [image.replace("_0000", "")]
 
     # a rerun with another trainer for the baselines and retrainings names the steps it would redo
-    other = run_cli(["nnunet-nas", "run", str(DATASET_ID), "-c", CONFIG, "--methods", "dints", "iac", "--folds", "0",
-                     "1", "--trainer", "nnUNetTrainerNASDemo", "--search-trainer",
-                     *[f"{m}={t}" for m, t in SEARCH.items()], "-device", "cpu", "--run-dir", run_dir], env,
-                    check=False)
-    assert other.returncode == 2 and "--redo-changed" in other.stderr and f"baseline/{CONFIG}/fold_0" in other.stderr
+    rc, _, err = run_main(capsys, ["run", str(DATASET_ID), "-c", CONFIG, "--methods", "dints", "iac", "--folds", "0",
+                                   "1", "--trainer", "nnUNetTrainerNASDemo", "--search-trainer",
+                                   *[f"{m}={t}" for m, t in SEARCH.items()], "-device", "cpu", "--run-dir", run_dir])
+    assert rc == 2 and "--redo-changed" in err and f"baseline/{CONFIG}/fold_0" in err
 
 
 def test_slurm_without_submitit_is_one_error_naming_the_extra(raw_only, monkeypatch):
@@ -505,20 +508,20 @@ def test_one_run_at_a_time_per_run_folder(tmp_path):
         pass
 
 
-def test_add_config_copies_a_configuration_for_a_second_run_or_another_batch(fresh_dataset):
+def test_add_config_copies_a_configuration_for_a_second_run_or_another_batch(fresh_dataset, monkeypatch, capsys):
     """``nnunet-nas add-config``: what ``--baseline-repeats 2`` trains under, and the CPU protocol's ``2d_bs32``."""
     root, env = fresh_dataset
-    run_cli(["nnunet-nas", "add-config", str(DATASET_ID), "2d", "2d_repeat2"], env)
-    run_cli(["nnunet-nas", "add-config", str(DATASET_ID), "2d", "2d_bs4", "--batch-size", "4"], env)
+    point_nnunet_at(monkeypatch, env)
+    assert run_main(capsys, ["add-config", str(DATASET_ID), "2d", "2d_repeat2"])[0] == 0
+    assert run_main(capsys, ["add-config", str(DATASET_ID), "2d", "2d_bs4", "--batch-size", "4"])[0] == 0
     path = os.path.join(env["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")
     plans = json.load(open(path))["configurations"]
     repeat = plans["2d_repeat2"]
     assert repeat["inherits_from"] == "2d" and repeat["architecture"] == plans["2d"]["architecture"]
     assert "batch_size" not in repeat
     assert plans["2d_bs4"]["batch_size"] == 4
-    again = run_cli(["nnunet-nas", "add-config", str(DATASET_ID), "2d", "2d_bs4", "--batch-size", "8"], env,
-                    check=False)
-    assert again.returncode == 2 and "2d_bs4" in again.stderr  # never replaces a configuration silently
+    rc, _, err = run_main(capsys, ["add-config", str(DATASET_ID), "2d", "2d_bs4", "--batch-size", "8"])
+    assert rc == 2 and "2d_bs4" in err  # never replaces a configuration silently
 
 
 def test_a_trained_start_is_the_planned_network_with_every_weight_of_its_folds_model(tmp_path):
