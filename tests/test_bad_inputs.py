@@ -526,16 +526,17 @@ def search_env(dints_search, tmp_path):
     return root, copy_work(dints_search[0], root)
 
 
+# one check at the config's validation and one that needs the search network: every other message of either kind
+# reaches the user the same way and is asserted in this process (test_bad_config_fields_are_named_..., above)
 TRAINER_CASES = [
     ("nnUNetTrainerDiNTSSearchNaNBudgetTest", "memory_budget=nan must be a finite number > 0"),
     ("nnUNetTrainerDiNTSSearchUnreachableBudgetTest", r"attainable range is \(0, 0\.\d+\]"),
-]  # a check at the config's validation and one that needs the search network: every other message of either
-# kind reaches the user the same way and is asserted in this process (test_bad_config_fields_are_named_..., above)
+]
 
 
 def test_a_bad_search_config_stops_nnunetv2_train_at_its_start_with_one_last_line(search_env):
-    """Case 5 of the issue: NaN (or an unreachable budget) stops the search
-    before its first step; the plans file is untouched and the last line of the output is the message."""
+    """Case 5 of the issue: NaN (or an unreachable budget) stops the search before its first step; the plans file
+    is untouched and the last line of the output is the message."""
     root, env = search_env
     plans = os.path.join(root, "nnUNet_preprocessed", DATASET_NAME, "nnUNetPlans.json")
     before = snapshot(root)

@@ -83,6 +83,7 @@ def test_export_on_demand_from_a_checkpoint(searched, monkeypatch, capsys):
     fitted_checkpoint = os.path.join(fold, "checkpoint_fitted.pth")
     torch.save(ckpt, fitted_checkpoint)
     rc, out, _ = run_main(capsys, ["export", fitted_checkpoint, "--name", "3d_fullres_fitted"])
+    assert rc == 0
     fitted = _plans(env)["configurations"]["3d_fullres_fitted"]["architecture"]["arch_kwargs"]["channel_mul"]
     assert f"the search counted its memory at channel_mul 0.25; fitted to nnU-Net's plan {fitted:g}, a " \
            f"correction of {fitted / 0.25:.2f}x" in out
