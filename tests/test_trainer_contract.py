@@ -262,3 +262,20 @@ def test_a_search_saves_its_latest_checkpoint_every_epoch(method, nnunet_in_proc
     from nnunet_nas.nnunet.trainers import default_search_trainer
     trainer = _trainer(default_search_trainer(method), "2d")
     assert trainer.nas_method == method and trainer.num_epochs >= 80 and trainer.save_every == 1
+
+
+def test_every_shipped_trainer_is_exported_under_its_name_and_its_search_config_holds():
+    """What nnU-Net's lookup finds through the shim: each name of ``__all__`` is its class's own name, and every
+    search trainer's config passes its checks (a variant's mistake shows here, not at a user's first step)."""
+    from nnunet_nas.nnunet import trainers
+    from nnunet_nas.nnunet.search_trainer import NASSearchTrainer
+    for name in trainers.__all__:
+        cls = getattr(trainers, name)
+        assert cls.__name__ == name
+        if issubclass(cls, NASSearchTrainer):
+            _, cfg = cls.method_and_config()
+            cfg.validate(source=name)
+    # SCNAS's variant in nnU-Net's budget differs from the paper's settings only by its memory term
+    from dataclasses import replace
+    scnas = trainers.nnUNetTrainerSCNASSearch_nnunetBudget.method_and_config()[1]
+    assert scnas == replace(trainers.nnUNetTrainerSCNASSearch.method_and_config()[1], memory_budget=1.0)

@@ -53,6 +53,12 @@ class nnUNetTrainerSCNASSearch(NASSearchTrainer):
     num_epochs_default = 200
 
 
+class nnUNetTrainerSCNASSearch_nnunetBudget(nnUNetTrainerSCNASSearch):
+    """SCNAS with DiNTS's memory term in nnU-Net's terms [ours; the paper has none]: the found network at its export
+    width at most 1.0 of nnU-Net's planned network, so the export's width fit stays a small correction."""
+    search_config = replace(SCNASSearchConfig(), memory_budget=1.0)
+
+
 class nnUNetTrainerSCNASSearchDemo(nnUNetTrainerSCNASSearch):
     """A short search for trying things out: 6 epochs x 12 iterations, narrow (8 stem channels)."""
     search_config = replace(SCNASSearchConfig(), channel_mul=0.25)
@@ -158,7 +164,8 @@ class nnUNetTrainerNAS_20x50(_ShortSchedule):
 __all__ = ["nnUNetTrainerDiNTSSearch", "nnUNetTrainerDiNTSSearch_sigma05", "nnUNetTrainerDiNTSSearch_sigma02",
            "nnUNetTrainerDiNTSSearch_spaceBudget", "nnUNetTrainerDASTSearch_spaceBudget",
            "nnUNetTrainerDiNTSSearchDemo", "nnUNetTrainerDiNTSSearch_JSD", "nnUNetTrainerSCNASSearch",
-           "nnUNetTrainerSCNASSearchDemo", "nnUNetTrainerSCNASSearch_JSD", "nnUNetTrainerIACSearch",
+           "nnUNetTrainerSCNASSearch_nnunetBudget", "nnUNetTrainerSCNASSearchDemo", "nnUNetTrainerSCNASSearch_JSD",
+           "nnUNetTrainerIACSearch",
            "nnUNetTrainerIACSearch_perLevel", "nnUNetTrainerIACLTHSearch", "nnUNetTrainerDASTSearch",
            "nnUNetTrainerDASTSearch_sigma05", "nnUNetTrainerDASTSearch_sigma02", "nnUNetTrainerDASTSearch_P3D",
            "nnUNetTrainerDASTSearchDemo",
