@@ -53,6 +53,15 @@ def run_main(capsys, argv):
     return rc, captured.out, captured.err
 
 
+def one_error_line(rc, err: str, command: str) -> str:
+    """The one line a bad input gets from ``nnunet-nas COMMAND`` run by :func:`run_main`: exit code 2 and a single
+    ``nnunet-nas COMMAND: error: ...`` line on stderr (asserted here); returns the line."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert rc == 2, (rc, err)
+    assert len(lines) == 1 and lines[0].startswith(f"nnunet-nas {command}: error: "), err
+    return lines[0]
+
+
 def run_search(env, trainer, extra=(), crash_after=None):
     """``nnUNetv2_train DATASET 3d_fullres 0 -tr trainer -device cpu``; with ``crash_after=k`` the test trainers
     die right after epoch k (as a killed job would) and the exit code is left to the caller."""

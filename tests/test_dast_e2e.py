@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from helpers import DATASET_ID, DATASET_NAME, fold_folder, point_nnunet_at, run_cli, run_main, search_on_copy
+from helpers import (DATASET_ID, DATASET_NAME, fold_folder, one_error_line, point_nnunet_at, run_cli, run_main,
+                     search_on_copy)
 from nnunet_nas.genotypes.grid import GridGenotype
 
 SEARCH = "nnUNetTrainerDASTSearchTest"
@@ -82,7 +83,5 @@ def test_search_exports_a_dast_configuration_that_trains_predicts_and_shows_its_
     for files, extra, message in bad:
         rc, _, err = run_main(capsys, ["attention", "-i", *files, "-o", str(tmp_path / "att_bad"), "-d",
                                        str(DATASET_ID), "-c", "3d_fullres_dast_t", "-tr", PLAIN, "-f", "0", *extra])
-        lines = [line for line in err.strip().splitlines() if line.strip()]
-        assert rc == 2 and len(lines) == 1 and lines[0].startswith("nnunet-nas attention: error: "), err
-        assert message in lines[0], err
+        assert message in one_error_line(rc, err, "attention"), err
         assert not os.path.exists(tmp_path / "att_bad")

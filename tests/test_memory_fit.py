@@ -156,7 +156,7 @@ def test_nnunet_nas_memory_reports_the_search_planned_and_fitted_beside_nnunets_
     shrinks), the JSON for scripts; and one error line for a card nothing fits and for a trainer that is not a search
     trainer."""
     import json
-    from helpers import DATASET_ID, SEARCH_TEST_TRAINERS, point_nnunet_at, run_cli, run_main
+    from helpers import DATASET_ID, SEARCH_TEST_TRAINERS, one_error_line, point_nnunet_at, run_cli, run_main
     _, env = planned_dataset
     env = dict(env)
     env.pop(MEMORY_ENV, None)
@@ -186,8 +186,7 @@ def test_nnunet_nas_memory_reports_the_search_planned_and_fitted_beside_nnunets_
     for bad, needed in ((["--gpu-memory", "0.001"], "does not fit"),
                         (["-tr", "nnUNetTrainer"], "not a search trainer")):
         rc, _, err = run_main(capsys, args + bad)
-        lines = [line for line in err.strip().splitlines() if line.strip()]
-        assert rc == 2 and len(lines) == 1 and lines[0].startswith("nnunet-nas memory: error:") and needed in lines[0]
+        assert needed in one_error_line(rc, err, "memory"), err
 
 
 def _tiny_search(name, dims):
