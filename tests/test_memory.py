@@ -246,6 +246,7 @@ def test_the_search_counts_a_found_network_as_the_export_does(method_name, dims,
         fixed = method.fixed_network_kwargs(genotype, width, planned=planned)
         exact = conv_output_elements(lambda: DiNTSNet(1, 3, deep_supervision=True, **fixed), 1, patch)
         assert counted.genotype_ratio(genotype) == pytest.approx(exact, rel=3e-3)
+        assert counted.min_ratio() <= counted.genotype_ratio(genotype)
     a, c = _rand_logits(3, counted.pre.shape[1], counted.op.shape[-1], seed=1)
     a.requires_grad_(True)
     c.requires_grad_(True)
@@ -278,9 +279,38 @@ def test_scnas_counts_a_found_network_as_the_export_does(dims, patch):
         kwargs = method.fixed_network_kwargs(genotype, cfg.counted_export_width(), planned=planned)
         exact = conv_output_elements(lambda: SCNASNet(1, 3, deep_supervision=True, **kwargs), 1, patch)
         assert counted.genotype_ratio(genotype, CELL_TYPES, op_names(op_set)) * 1e6 == pytest.approx(exact, rel=1e-9)
+        assert counted.min_ratio() <= counted.genotype_ratio(genotype, CELL_TYPES, op_names(op_set))
     supernet = method.build_supernet(cfg, op_set, 1, 3, dims, True, planned=planned)
     arch = method.build_arch_params(cfg, supernet, op_set)
     net = SearchNetwork(supernet, arch, method.make_weighting(cfg))
     net.export_memory = counted
     method.regularizers(net, cfg)["memory"].backward()
     assert arch.op_logits.grad.abs().sum() > 0
+
+
+def test_the_memory_floor_is_the_least_a_discrete_architecture_counts():
+    """min_ratio by enumeration: a cell space's floor is its cheapest architecture (one op per edge); a grid's is
+    below every architecture that keeps an edge per block, and equals the cheapest where no stem costs anything."""
+    import itertools
+
+    from nnunet_nas.arch.counted_memory import CountedCellMemory, CountedGridMemory
+    rng = np.random.default_rng(0)
+    cells = CountedCellMemory(7.0, rng.uniform(0, 5, (2, 3, 3)), reference=4.0)
+    cheapest = min(float(cells.ratio(torch.nn.functional.one_hot(torch.tensor(c).view(2, 3), 3).double()))
+                   for c in itertools.product(range(3), repeat=6))
+    assert cells.min_ratio() == pytest.approx(cheapest)
+    L, E, N = 2, 3, 2
+    for stem in ([0.0, 0.0], [2.0, 5.0]):
+        grid = CountedGridMemory(7.0, stem, rng.uniform(0, 3, (L, E)), rng.uniform(0, 5, (L, E, N)), 4.0,
+                                 edges_from=[[0, 1], [2]])
+        counts = []
+        for on in itertools.product((0.0, 1.0), repeat=L * E):
+            on = torch.tensor(on, dtype=torch.float64).view(L, E)
+            if (on.sum(-1) == 0).any():
+                continue
+            for ops in itertools.product(range(N), repeat=L * E):
+                onehot = torch.nn.functional.one_hot(torch.tensor(ops).view(L, E), N).double()
+                counts.append(float(grid.ratio(on, onehot)))
+        assert grid.min_ratio() <= min(counts) + 1e-12
+        if not any(stem):
+            assert grid.min_ratio() == pytest.approx(min(counts))

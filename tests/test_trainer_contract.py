@@ -275,7 +275,43 @@ def test_every_shipped_trainer_is_exported_under_its_name_and_its_search_config_
         if issubclass(cls, NASSearchTrainer):
             _, cfg = cls.method_and_config()
             cfg.validate(source=name)
-    # SCNAS's variant in nnU-Net's budget differs from the paper's settings only by its memory term
+    # SCNAS's variant in nnU-Net's budget differs from the paper's settings only by its memory term and the width
+    # at which that term can be met
     from dataclasses import replace
     scnas = trainers.nnUNetTrainerSCNASSearch_nnunetBudget.method_and_config()[1]
-    assert scnas == replace(trainers.nnUNetTrainerSCNASSearch.method_and_config()[1], memory_budget=1.0)
+    assert scnas == replace(trainers.nnUNetTrainerSCNASSearch.method_and_config()[1], memory_budget=1.0,
+                            channel_mul=0.25)
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_every_shipped_memory_budget_in_nnunets_terms_is_one_an_architecture_meets(configuration, planned_dataset):
+    """At the configurations nnU-Net's own planner made, every shipped search trainer that budgets in nnU-Net's terms
+    asks for a memory some architecture of its space meets at the width it counts (the search's own check passes),
+    and a budget below the space's floor is refused with the width that would meet it."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_nas.errors import ConfigError
+    from nnunet_nas.nnunet import trainers
+    from nnunet_nas.nnunet.search_memory import count_export_memory
+    from nnunet_nas.nnunet.search_trainer import NASSearchTrainer
+    from nnunet_nas.planned_network import PlannedNetwork
+    plans = os.path.join(planned_dataset[1]["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")
+    planned = PlannedNetwork.from_configuration_manager(PlansManager(plans).get_configuration(configuration))
+    checked = set()
+    for name in trainers.__all__:
+        cls = getattr(trainers, name)
+        if not issubclass(cls, NASSearchTrainer):
+            continue
+        method, cfg = cls.method_and_config()
+        counted = count_export_memory(method, cfg, planned, 1, 3)
+        if counted is None or method.check_search is None or getattr(cfg, "sigma", cfg.memory_budget) is None:
+            continue
+        net = SimpleNamespace(export_memory=counted)
+        method.check_search(net, cfg)
+        checked.add(method.name)
+        with pytest.raises(ConfigError, match=r"memory_budget=.* is below the smallest architecture .*channel_mul="):
+            method.check_search(net, replace(cfg, memory_budget=counted.min_ratio() / 2))
+    assert checked == {"dints", "dast", "scnas"}

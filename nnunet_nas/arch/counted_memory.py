@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnunet_nas.errors import ConfigError
 from nnunet_nas.networks.common import module_output_elements
 
 _CELL = re.compile(r"^space\.cells\.b(\d+)_e(\d+)\.(pre|ops\.([^.]+))(\.|$)")
@@ -124,6 +125,12 @@ class CountedGridMemory:
         """The largest architecture of the space (every edge on, its costliest op) as a share of nnU-Net's."""
         return float(self.fixed + self.stem.sum() + (self.pre + self.op.max(-1).values).sum()) / self.reference
 
+    def min_ratio(self) -> float:
+        """A floor no architecture of the space goes below, as a share of nnU-Net's: what every architecture has,
+        the cheapest stem, and per block its cheapest edge with its cheapest op (every block keeps an edge)."""
+        per_block = (self.pre + self.op.min(-1).values).min(-1).values.sum()
+        return float(self.fixed + self.stem.min() + per_block) / self.reference
+
     def genotype_ratio(self, genotype) -> float:
         """A discrete grid genotype's count as a share of nnU-Net's."""
         on = torch.as_tensor(np.asarray(genotype.arch_code_a), dtype=torch.float64)
@@ -179,6 +186,11 @@ class CountedCellMemory:
         """The largest architecture of the space (the costliest op on every edge) as a share of nnU-Net's."""
         return float(self.fixed + self.op.max(-1).values.sum()) / self.reference
 
+    def min_ratio(self) -> float:
+        """The smallest count the search's op weights can reach (the cheapest op on every edge), as a share of
+        nnU-Net's."""
+        return float(self.fixed + self.op.min(-1).values.sum()) / self.reference
+
     def genotype_ratio(self, genotype, cell_types: Sequence[str], op_names: Sequence[str]) -> float:
         """A discrete cell genotype's count as a share of nnU-Net's (a dropped edge counts nothing)."""
         chosen = torch.zeros_like(self.op)
@@ -188,3 +200,21 @@ class CountedCellMemory:
                     chosen[t, e, list(op_names).index(op)] = 1.0
         return float(self.ratio(chosen))
 
+
+
+def check_budget_reachable(counted, budget: float, source: str, width_field: str, width: float) -> None:
+    """Raise :class:`~nnunet_nas.errors.ConfigError` when ``budget`` (a share of nnU-Net's planned network) is below
+    ``counted.min_ratio()``, the least any architecture of the space counts at the width the config's ``width_field``
+    (at ``width``) sets: no choice of ops meets it, so the memory term would push every edge to its cheapest op
+    whatever the data say. The fix names the field's value at which that floor takes three quarters of the budget
+    (conv outputs scale about linearly with the width), leaving the ops the rest."""
+    floor = counted.min_ratio()
+    if budget >= floor:
+        return
+    narrower = width * 0.75 * budget / floor
+    raise ConfigError(f"{source}: memory_budget={budget:g} of nnU-Net's planned memory is below the smallest "
+                      f"architecture of this space at {width_field}={width:.4g}: {floor:.2f}x nnU-Net's planned "
+                      f"memory at the width the search counts, before any op is chosen. No architecture meets it, so "
+                      f"the memory term would only push every edge to its cheapest op. Search narrower "
+                      f"({width_field}={narrower:.3g} leaves the ops a quarter of the budget) or raise memory_budget "
+                      f"above {floor:.2f}.")

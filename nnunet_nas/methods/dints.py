@@ -15,7 +15,7 @@ import torch
 from nnunet_nas.arch import grid_probs
 from nnunet_nas.arch.params import GridArchParams
 from nnunet_nas.arch.weighting import GridEdgeOpWeighting
-from nnunet_nas.arch.counted_memory import CountedGridMemory, attached_counted_memory
+from nnunet_nas.arch.counted_memory import CountedGridMemory, attached_counted_memory, check_budget_reachable
 from nnunet_nas.arch.memory import MEMORY_PENALTIES, MEMORY_REFERENCES, budget_loss
 from nnunet_nas.config import SearchConfig
 from nnunet_nas.config_rules import boolean, integer, number, one_of, optional
@@ -190,8 +190,11 @@ def fixed_network_kwargs(genotype: GridGenotype, channel_mul: float, base_channe
 
 def check_search(net, cfg: DiNTSSearchConfig) -> None:
     """The memory budget must be one the space can reach with a reference that is a share of the space's own
-    architectures: sigma in (0, max ratio] (under "nnunet" a budget above the space is said in the search's notes)."""
+    architectures: sigma in (0, max ratio]; with nnU-Net's as reference, at least the least any architecture of the
+    space counts (a budget above the space is said in the search's notes)."""
     if cfg.memory_reference == NNUNET_REFERENCE:
+        field = "channel_mul" if cfg.export_channel_mul is None else "export_channel_mul"
+        check_budget_reachable(attached_counted_memory(net), cfg.sigma, type(cfg).__name__, field, getattr(cfg, field))
         return
     attainable = net.supernet.memory_model.max_ratio(cfg.memory_reference)
     if cfg.sigma > attainable * (1 + 1e-9):
@@ -210,7 +213,8 @@ def search_notes(net, cfg: DiNTSSearchConfig) -> List[str]:
     counted, width = attached_counted_memory(net), cfg.counted_export_width()
     notes = [f"memory budget: sigma {cfg.sigma} of nnU-Net's planned network ({counted.reference / 1e6:.2f} M "
              f"conv-output elements at the configuration's patch), the found network counted at its export width "
-             f"channel_mul {width:g}; the architectures of this space take up to {counted.max_ratio():.2f}x"]
+             f"channel_mul {width:g}; the architectures of this space take {counted.min_ratio():.2f}x to "
+             f"{counted.max_ratio():.2f}x"]
     if cfg.sigma > counted.max_ratio():
         favours = " (the two-sided term favours the largest architectures)" if cfg.memory_penalty == "two_sided" else ""
         notes.append(f"note: the budget is above every architecture of this space at channel_mul {width:g}: it does "

@@ -13,7 +13,7 @@ from typing import ClassVar, Optional, Tuple
 
 import torch
 
-from nnunet_nas.arch.counted_memory import CountedCellMemory, attached_counted_memory
+from nnunet_nas.arch.counted_memory import CountedCellMemory, attached_counted_memory, check_budget_reachable
 from nnunet_nas.arch.memory import MEMORY_PENALTIES, budget_loss
 from nnunet_nas.arch.params import CellArchParams, masked_op_probs, mean_entropy
 from nnunet_nas.arch.weighting import GumbelPairWeighting
@@ -137,6 +137,14 @@ def regularizers(net, cfg: SCNASSearchConfig):
     return {"memory": budget_loss(ratio, cfg.memory_budget, cfg.memory_penalty)}
 
 
+def check_search(net, cfg: SCNASSearchConfig) -> None:
+    """A memory budget must be one some architecture of the space meets at the width the search counts."""
+    if cfg.memory_budget is not None:
+        field = "channel_mul" if cfg.export_channel_mul is None else "export_channel_mul"
+        check_budget_reachable(attached_counted_memory(net), cfg.memory_budget, type(cfg).__name__, field,
+                               getattr(cfg, field))
+
+
 @torch.no_grad()
 def describe(net, cfg: SCNASSearchConfig):
     probs = net.arch.op_probs().float().cpu()
@@ -163,8 +171,8 @@ def search_notes(net, cfg: SCNASSearchConfig):
             f"step (Algorithm 1), temperature {cfg.temperature_start} -> {cfg.temperature_end} "
             f"({cfg.temperature_schedule}, per epoch)",
             f"memory: the found network at its export width channel_mul {cfg.counted_export_width():.4g} against "
-            f"nnU-Net's planned network ({counted.reference / 1e6:.2f} M conv-output elements): this space spans up "
-            f"to {counted.max_ratio():.2f}x; {term}"]
+            f"nnU-Net's planned network ({counted.reference / 1e6:.2f} M conv-output elements): this space spans "
+            f"{counted.min_ratio():.2f}x to {counted.max_ratio():.2f}x; {term}"]
 
 
 def plot_genotype(genotype: CellGenotype, path: str) -> str:
@@ -199,6 +207,7 @@ SCNAS = register_method(SearchMethod(
     plot_genotype=plot_genotype,
     plot_history=plot_history,
     search_notes=search_notes,
+    check_search=check_search,
     count_export_memory=count_export_memory,
     search_width_field="channel_mul",
 ))

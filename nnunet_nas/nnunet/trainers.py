@@ -27,8 +27,10 @@ class nnUNetTrainerDiNTSSearch_sigma05(nnUNetTrainerDiNTSSearch):
 
 
 class nnUNetTrainerDiNTSSearch_sigma02(nnUNetTrainerDiNTSSearch):
-    """A fifth of nnU-Net's planned memory at the export width."""
-    search_config = replace(DiNTSSearchConfig(), memory_budget=0.2)
+    """A fifth of nnU-Net's planned memory at the export width, searched at half the default width (channel_mul
+    0.25): at 0.5 the parts every architecture has, with one edge per block, already count 0.20-0.23 of it on MSD
+    Hippocampus, so no architecture would meet the budget. The export fits the width to nnU-Net's memory."""
+    search_config = replace(DiNTSSearchConfig(), memory_budget=0.2, channel_mul=0.25)
 
 
 class nnUNetTrainerDiNTSSearch_spaceBudget(nnUNetTrainerDiNTSSearch):
@@ -55,8 +57,11 @@ class nnUNetTrainerSCNASSearch(NASSearchTrainer):
 
 class nnUNetTrainerSCNASSearch_nnunetBudget(nnUNetTrainerSCNASSearch):
     """SCNAS with DiNTS's memory term in nnU-Net's terms [ours; the paper has none]: the found network at its export
-    width at most 1.0 of nnU-Net's planned network, so the export's width fit stays a small correction."""
-    search_config = replace(SCNASSearchConfig(), memory_budget=1.0)
+    width at most 1.0 of nnU-Net's planned network, so the export's width fit stays a small correction. Searched at
+    channel_mul 0.25 (an 8-channel stem, counted at 68 / 48 of it): at the paper's 48 channels the stem, the cells'
+    input projections and the heads alone count 4.7-4.8x nnU-Net's planned memory (MSD Hippocampus 2d and 3d_fullres),
+    a budget no architecture meets; at 0.25 they take 0.8x and the ops choose within the rest."""
+    search_config = replace(SCNASSearchConfig(), channel_mul=0.25, memory_budget=1.0)
 
 
 class nnUNetTrainerSCNASSearchDemo(nnUNetTrainerSCNASSearch):
@@ -112,8 +117,9 @@ class nnUNetTrainerDASTSearch_sigma05(nnUNetTrainerDASTSearch):
 
 
 class nnUNetTrainerDASTSearch_sigma02(nnUNetTrainerDASTSearch):
-    """At most a fifth of nnU-Net's planned memory at the export width."""
-    search_config = replace(DASTSearchConfig(), memory_budget=0.2)
+    """At most a fifth of nnU-Net's planned memory at the export width, searched at half the default width
+    (channel_mul 0.25), as ``nnUNetTrainerDiNTSSearch_sigma02`` and for the same reason."""
+    search_config = replace(DASTSearchConfig(), memory_budget=0.2, channel_mul=0.25)
 
 
 class nnUNetTrainerDASTSearch_spaceBudget(nnUNetTrainerDASTSearch):
