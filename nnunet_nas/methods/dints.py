@@ -193,8 +193,7 @@ def check_search(net, cfg: DiNTSSearchConfig) -> None:
     architectures: sigma in (0, max ratio]; with nnU-Net's as reference, at least the least any architecture of the
     space counts (a budget above the space is said in the search's notes)."""
     if cfg.memory_reference == NNUNET_REFERENCE:
-        field = "channel_mul" if cfg.export_channel_mul is None else "export_channel_mul"
-        check_budget_reachable(attached_counted_memory(net), cfg.sigma, type(cfg).__name__, field, getattr(cfg, field))
+        check_budget_reachable(attached_counted_memory(net), cfg.sigma, cfg)
         return
     attainable = net.supernet.memory_model.max_ratio(cfg.memory_reference)
     if cfg.sigma > attainable * (1 + 1e-9):

@@ -140,9 +140,7 @@ def regularizers(net, cfg: SCNASSearchConfig):
 def check_search(net, cfg: SCNASSearchConfig) -> None:
     """A memory budget must be one some architecture of the space meets at the width the search counts."""
     if cfg.memory_budget is not None:
-        field = "channel_mul" if cfg.export_channel_mul is None else "export_channel_mul"
-        check_budget_reachable(attached_counted_memory(net), cfg.memory_budget, type(cfg).__name__, field,
-                               getattr(cfg, field))
+        check_budget_reachable(attached_counted_memory(net), cfg.memory_budget, cfg)
 
 
 @torch.no_grad()
