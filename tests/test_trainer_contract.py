@@ -283,11 +283,11 @@ def test_every_shipped_trainer_is_exported_under_its_name_and_its_search_config_
                             channel_mul=0.25)
 
 
-@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
-def test_every_shipped_memory_budget_in_nnunets_terms_is_one_an_architecture_meets(configuration, planned_dataset):
-    """At the configurations nnU-Net's own planner made, every shipped search trainer that budgets in nnU-Net's terms
-    asks for a memory some architecture of its space meets at the width it counts (the search's own check passes),
-    and a budget below the space's floor is refused with the width that would meet it."""
+def test_every_shipped_memory_budget_in_nnunets_terms_is_one_an_architecture_meets(planned_dataset):
+    """At the 3d_fullres configuration nnU-Net's own planner made, every shipped search trainer that budgets in
+    nnU-Net's terms asks for a memory some architecture of its space meets at the width it counts (the search's own
+    check passes), and a budget below the space's floor is refused with the width that would meet it. (The floor's
+    share of nnU-Net's memory is about the same in 2d: 0.23 against 0.20 for DiNTS on MSD Hippocampus.)"""
     from dataclasses import replace
     from types import SimpleNamespace
 
@@ -299,19 +299,24 @@ def test_every_shipped_memory_budget_in_nnunets_terms_is_one_an_architecture_mee
     from nnunet_nas.nnunet.search_trainer import NASSearchTrainer
     from nnunet_nas.planned_network import PlannedNetwork
     plans = os.path.join(planned_dataset[1]["nnUNet_preprocessed"], DATASET_NAME, "nnUNetPlans.json")
-    planned = PlannedNetwork.from_configuration_manager(PlansManager(plans).get_configuration(configuration))
-    checked = set()
+    planned = PlannedNetwork.from_configuration_manager(PlansManager(plans).get_configuration("3d_fullres"))
+    checked, counts = set(), {}  # one count per space and width: the budget fields do not change it
     for name in trainers.__all__:
         cls = getattr(trainers, name)
         if not issubclass(cls, NASSearchTrainer):
             continue
         method, cfg = cls.method_and_config()
-        counted = count_export_memory(method, cfg, planned, 1, 3)
-        if counted is None or method.check_search is None or getattr(cfg, "sigma", cfg.memory_budget) is None:
+        if method.count_export_memory is None or getattr(cfg, "sigma", cfg.memory_budget) is None:
             continue
-        net = SimpleNamespace(export_memory=counted)
+        space = {k: v for k, v in cfg.to_dict().items() if k not in ("memory_budget", "memory_penalty", "jsd_pruning")}
+        key = (method.name, repr(sorted(space.items())))
+        if key not in counts:
+            counts[key] = count_export_memory(method, cfg, planned, 1, 3)
+        if counts[key] is None:  # a budget in the space's own terms: checked against the space at the search's start
+            continue
+        net = SimpleNamespace(export_memory=counts[key])
         method.check_search(net, cfg)
         checked.add(method.name)
         with pytest.raises(ConfigError, match=r"memory_budget=.* is below the smallest architecture .*channel_mul="):
-            method.check_search(net, replace(cfg, memory_budget=counted.min_ratio() / 2))
+            method.check_search(net, replace(cfg, memory_budget=counts[key].min_ratio() / 2))
     assert checked == {"dints", "dast", "scnas"}
