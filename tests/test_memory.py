@@ -314,3 +314,37 @@ def test_the_memory_floor_is_the_least_a_discrete_architecture_counts():
         assert grid.min_ratio() <= min(counts) + 1e-12
         if not any(stem):
             assert grid.min_ratio() == pytest.approx(min(counts))
+
+
+def test_an_unmet_budget_is_refused_with_a_width_that_builds_or_the_budget_that_width_needs():
+    """The refusal's fix, on a hand-computed floor (2.0x nnU-Net's at channel_mul 0.5): a narrower search where one
+    builds (0.5 * 0.75 * budget / floor), else the budget the narrowest buildable width needs (linear in the width)."""
+    from nnunet_nas.arch.counted_memory import CountedCellMemory, check_budget_reachable
+    from nnunet_nas.errors import ConfigError
+    from nnunet_nas.methods.scnas import SCNASSearchConfig
+    counted = CountedCellMemory(8.0, np.zeros((4, 2, 3)), reference=4.0)
+    cfg = SCNASSearchConfig(channel_mul=0.5)
+    check_budget_reachable(counted, 2.0, cfg, narrowest=0.0625)
+    with pytest.raises(ConfigError, match=r"memory_budget=1 .* 2\.00x .*\(channel_mul=0\.188 leaves"):
+        check_budget_reachable(counted, 1.0, cfg, narrowest=0.0625)
+    with pytest.raises(ConfigError, match=r"narrowest width the network builds at \(channel_mul=0\.0625\) counts "
+                                          r"about 0\.25x"):
+        check_budget_reachable(counted, 0.2, cfg, narrowest=0.0625)
+
+
+@pytest.mark.parametrize("network, heads", [("dints", 1), ("dints", 8), ("scnas", 1)])
+def test_the_narrowest_width_a_network_builds_at_is_exact(network, heads):
+    """What the refusal names as the narrowest width builds, and 1 % below it does not."""
+    from nnunet_nas.errors import ConfigError
+    from nnunet_nas.networks import dints_net, scnas_net
+    if network == "dints":
+        narrowest = dints_net.narrowest_channel_mul(channel_multiple=heads)
+        build = lambda mul: dints_net.DiNTSNet(1, 3, None, num_blocks=2, num_depths=3, spatial_dims=2,  # noqa: E731
+                                               channel_mul=mul, channel_multiple=heads)
+    else:
+        narrowest = scnas_net.narrowest_channel_mul()
+        build = lambda mul: scnas_net.SCNASNet(1, 3, None, 2, mul, num_nodes=2)  # noqa: E731
+    with torch.device("meta"):
+        build(narrowest)
+        with pytest.raises(ConfigError, match="channel_mul"):
+            build(narrowest * 0.99)

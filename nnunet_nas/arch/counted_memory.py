@@ -201,21 +201,26 @@ class CountedCellMemory:
         return float(self.ratio(chosen))
 
 
-def check_budget_reachable(counted, budget: float, cfg) -> None:
+def check_budget_reachable(counted, budget: float, cfg, narrowest: float) -> None:
     """Raise :class:`~nnunet_nas.errors.ConfigError` when ``budget`` (a share of nnU-Net's planned network) is below
     ``counted.min_ratio()``, the least any architecture of the space counts at the width ``cfg`` counts at (its
     ``export_channel_mul``, else its search width ``channel_mul`` times the method's rule): no choice of ops meets
     it, so the memory term would push every edge to its cheapest op whatever the data say. The fix names that
     field's value at which the floor takes three quarters of the budget (conv outputs scale about linearly with the
-    width), leaving the ops the rest."""
+    width), leaving the ops the rest; where that is below ``narrowest``, the narrowest value of the field the network
+    builds at, it names the budget that width would need instead."""
     floor = counted.min_ratio()
     if budget >= floor:
         return
     field = "channel_mul" if cfg.export_channel_mul is None else "export_channel_mul"
     width = getattr(cfg, field)
+    narrower = width * 0.75 * budget / floor
+    fix = (f"Search narrower ({field}={narrower:.3g} leaves the ops a quarter of the budget) or raise memory_budget "
+           f"above {floor:.2f}." if narrower >= narrowest else
+           f"Even the narrowest width the network builds at ({field}={narrowest:g}) counts about "
+           f"{floor * narrowest / width:.2f}x before any op: raise memory_budget above that, at that width, or above "
+           f"{floor:.2f} at this one.")
     raise ConfigError(f"{type(cfg).__name__}: memory_budget={budget:g} of nnU-Net's planned memory is below the "
                       f"smallest architecture of this space at {field}={width:.4g}: {floor:.2f}x nnU-Net's planned "
                       f"memory at the width the search counts, before any op is chosen. No architecture meets it, so "
-                      f"the memory term would only push every edge to its cheapest op. Search narrower "
-                      f"({field}={width * 0.75 * budget / floor:.3g} leaves the ops a quarter of the budget) or raise "
-                      f"memory_budget above {floor:.2f}.")
+                      f"the memory term would only push every edge to its cheapest op. {fix}")

@@ -25,7 +25,7 @@ from nnunet_nas.errors import ConfigError
 from nnunet_nas.genotypes.grid import GridGenotype
 from nnunet_nas.geometry import Geometry, space_geometry
 from nnunet_nas.genotypes.monai_compat import from_monai_codes
-from nnunet_nas.networks.dints_net import DiNTSNet
+from nnunet_nas.networks.dints_net import DiNTSNet, narrowest_channel_mul
 from nnunet_nas.ops.catalog import op_names
 from nnunet_nas.registry import SearchMethod, register_method
 from nnunet_nas.spaces.grid import GRID_OP_SETS
@@ -193,7 +193,9 @@ def check_search(net, cfg: DiNTSSearchConfig) -> None:
     architectures: sigma in (0, max ratio]; with nnU-Net's as reference, at least the least any architecture of the
     space counts (a budget above the space is said in the search's notes)."""
     if cfg.memory_reference == NNUNET_REFERENCE:
-        check_budget_reachable(attached_counted_memory(net), cfg.sigma, cfg)
+        # DAST's grid levels come in multiples of its attention heads
+        narrowest = narrowest_channel_mul(channel_multiple=int(getattr(cfg, "num_heads", 1)))
+        check_budget_reachable(attached_counted_memory(net), cfg.sigma, cfg, narrowest)
         return
     attainable = net.supernet.memory_model.max_ratio(cfg.memory_reference)
     if cfg.sigma > attainable * (1 + 1e-9):

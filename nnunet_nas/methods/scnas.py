@@ -24,7 +24,8 @@ from nnunet_nas.discretize.cell import argmax_cell
 from nnunet_nas.errors import ConfigError
 from nnunet_nas.genotypes.cell import CellGenotype
 from nnunet_nas.geometry import Geometry, space_geometry
-from nnunet_nas.networks.scnas_net import CELL_TYPES, DEFAULT_OP_SETS, NUM_LEVELS, SCNASNet
+from nnunet_nas.networks.scnas_net import (CELL_TYPES, DEFAULT_OP_SETS, NUM_LEVELS, SCNASNet,
+                                           narrowest_channel_mul)
 from nnunet_nas.ops.catalog import op_names
 from nnunet_nas.registry import SearchMethod, register_method
 from nnunet_nas.spaces.cell import cell_edges, cell_num_nodes
@@ -140,7 +141,7 @@ def regularizers(net, cfg: SCNASSearchConfig):
 def check_search(net, cfg: SCNASSearchConfig) -> None:
     """A memory budget must be one some architecture of the space meets at the width the search counts."""
     if cfg.memory_budget is not None:
-        check_budget_reachable(attached_counted_memory(net), cfg.memory_budget, cfg)
+        check_budget_reachable(attached_counted_memory(net), cfg.memory_budget, cfg, narrowest_channel_mul())
 
 
 @torch.no_grad()

@@ -47,6 +47,15 @@ from nnunet_nas.spaces.grid import GridSpace, default_grid_op_set
 from nnunet_nas.spaces.grid_topology import check_num_depths
 
 
+MIN_CHANNELS = 2  # per level, the narrowest a DiNTSNet builds
+
+
+def narrowest_channel_mul(base_channels: int = 32, channel_multiple: int = 1) -> float:
+    """The smallest ``channel_mul`` a :class:`DiNTSNet` builds at: the input stage and the first grid level (rounded
+    down to a multiple of ``channel_multiple``) at least :data:`MIN_CHANNELS` channels; deeper levels are wider."""
+    return max(MIN_CHANNELS / base_channels, max(MIN_CHANNELS, channel_multiple) / (2 * base_channels))
+
+
 class DiNTSNet(nn.Module):
     def __init__(self, input_channels: int, num_classes: int, genotype=None, num_blocks: int = 12,
                  num_depths: int = 4, spatial_dims: int = 3, channel_mul: float = 1.0, base_channels: int = 32,
@@ -74,7 +83,7 @@ class DiNTSNet(nn.Module):
         # the grid levels' channels are rounded down to a multiple of channel_multiple (DAST: the attention heads)
         self.filters = [int(base_channels * 2 ** i * channel_mul) for i in range(num_depths + 1)]
         self.filters[1:] = [f // channel_multiple * channel_multiple for f in self.filters[1:]]
-        if min(self.filters) < 2:
+        if min(self.filters) < MIN_CHANNELS:
             heads = f" (grid levels rounded down to a multiple of {channel_multiple} heads)" \
                 if channel_multiple > 1 else ""
             raise ConfigError(f"DiNTSNet: channel_mul={channel_mul} gives {self.filters} channels per level{heads}; "

@@ -43,6 +43,12 @@ CELL_TYPES = ("encoder_normal", "reduction", "decoder_normal", "expansion")
 NUM_LEVELS = 3  # three 2x down-samplings and up-samplings [paper]
 _KIND = {"encoder_normal": "normal", "reduction": "reduction", "decoder_normal": "normal", "expansion": "expansion"}
 DEFAULT_OP_SETS = {2: "scnas_2d", 3: "scnas_3d"}
+MIN_STEM_CHANNELS = 2  # the narrowest stem an SCNASNet builds
+
+
+def narrowest_channel_mul(base_channels: int = 32) -> float:
+    """The smallest ``channel_mul`` an :class:`SCNASNet` builds at (its stem :data:`MIN_STEM_CHANNELS` channels)."""
+    return MIN_STEM_CHANNELS / base_channels
 
 
 def cell_plan():
@@ -84,7 +90,7 @@ class SCNASNet(nn.Module):
             raise ConfigError(f"SCNASNet: op set {op_set!r} is not {spatial_dims}-D.")
         self.genotype, self.spatial_dims, self.op_set = genotype, spatial_dims, op_set
         c0 = int(base_channels * channel_mul)
-        if c0 < 2:
+        if c0 < MIN_STEM_CHANNELS:
             raise ConfigError(f"SCNASNet: channel_mul={channel_mul} gives a stem of {c0} channels; use a larger one.")
         self.channels = [c0 * 2 ** level for level in range(NUM_LEVELS + 1)]
         style = get_op_set(op_set).style
