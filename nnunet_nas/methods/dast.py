@@ -78,6 +78,11 @@ def build_supernet(cfg: DASTSearchConfig, op_set: str, input_channels: int, num_
                     channel_multiple=cfg.num_heads)
 
 
+def check_search(net, cfg: DASTSearchConfig) -> None:
+    """DiNTS's budget check, the grid levels' channels in multiples of the attention heads."""
+    dints.check_search(net, cfg, channel_multiple=int(cfg.num_heads))
+
+
 def genotype_config(genotype: GridGenotype) -> DASTSearchConfig:
     """The search config recorded in the genotype's provenance (the defaults where there is none)."""
     return DASTSearchConfig.from_dict(dict(genotype.provenance.get("search_config") or {}),
@@ -116,7 +121,7 @@ def search_notes(net, cfg: DASTSearchConfig):
 
 
 # DiNTS's record (its arch params, weighting, regularisers, decoder, genotype, fixed network, pictures) with DAST's
-# config, op sets, supernet builder, export kwargs, picture and notes
+# config, op sets, supernet builder, export kwargs, picture, notes and budget check
 DAST = register_method(replace(
     dints.DINTS,
     name="dast",
@@ -129,4 +134,5 @@ DAST = register_method(replace(
     fixed_network_kwargs=fixed_network_kwargs,
     plot_genotype=plot_genotype,
     search_notes=search_notes,
+    check_search=check_search,
 ))

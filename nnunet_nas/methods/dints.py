@@ -188,14 +188,14 @@ def fixed_network_kwargs(genotype: GridGenotype, channel_mul: float, base_channe
             "strides": genotype_geometry(genotype).output_strides(deepest + 2)}
 
 
-def check_search(net, cfg: DiNTSSearchConfig) -> None:
+def check_search(net, cfg: DiNTSSearchConfig, channel_multiple: int = 1) -> None:
     """The memory budget must be one the space can reach with a reference that is a share of the space's own
     architectures: sigma in (0, max ratio]; with nnU-Net's as reference, at least the least any architecture of the
-    space counts (a budget above the space is said in the search's notes)."""
+    space counts (a budget above the space is said in the search's notes). ``channel_multiple``: what the grid
+    levels' channels are rounded down to a multiple of (the narrowest width the network builds at depends on it)."""
     if cfg.memory_reference == NNUNET_REFERENCE:
-        # DAST's grid levels come in multiples of its attention heads
-        narrowest = narrowest_channel_mul(channel_multiple=int(getattr(cfg, "num_heads", 1)))
-        check_budget_reachable(attached_counted_memory(net), cfg.sigma, cfg, narrowest)
+        check_budget_reachable(attached_counted_memory(net), cfg.sigma, cfg,
+                               narrowest_channel_mul(channel_multiple=channel_multiple))
         return
     attainable = net.supernet.memory_model.max_ratio(cfg.memory_reference)
     if cfg.sigma > attainable * (1 + 1e-9):
